@@ -1,0 +1,77 @@
+"""Batches from datasets held in host memory as numpy arrays.
+
+Datasets that fit in memory are decoded once and batched from arrays (DESIGN.md section 6).
+The batch order is a pure function of (seed, epoch), so a run can be resumed at any step and
+any number of processes see the same global batches.
+"""
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+Batch = dict[str, np.ndarray]
+
+
+@dataclasses.dataclass(frozen=True)
+class ArrayDataset:
+    """Named splits of equal-length arrays, e.g. {"train": {"image": ..., "label": ...}}."""
+
+    name: str
+    splits: dict[str, Batch]
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return next(iter(self.splits.values()))["image"].shape[1:]
+
+    def num_examples(self, split: str) -> int:
+        return len(self._split(split)["label"])
+
+    def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
+        """Full global batches per epoch; the remainder is dropped in training."""
+        steps = self.num_examples(split) // batch_size
+        if steps == 0:
+            raise ValueError(
+                f"dataset.batch_size={batch_size} exceeds the {self.num_examples(split)} "
+                f"{split!r} examples of {self.name}; use a smaller batch size"
+            )
+        return steps
+
+    def train_batches(self, batch_size: int, *, seed: int, epoch: int, split: str = "train",
+                      process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
+        """One epoch of shuffled global batches of `batch_size`, this process's slice of each."""
+        arrays = self._split(split)
+        local = _local_batch_size(batch_size, process_count)
+        order = np.random.default_rng([seed, epoch]).permutation(self.num_examples(split))
+        for step in range(self.steps_per_epoch(batch_size, split)):
+            start = step * batch_size + process_index * local
+            idx = np.sort(order[start:start + local])  # sorted: contiguous reads, same set
+            yield {k: v[idx] for k, v in arrays.items()}
+
+    def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
+                     process_count: int = 1) -> Iterator[Batch]:
+        """Every example of `split` once, in order; the last batch is padded and has mask 0 there."""
+        arrays = self._split(split)
+        n = self.num_examples(split)
+        local = _local_batch_size(batch_size, process_count)
+        for start in range(0, n, batch_size):
+            idx = np.arange(start + process_index * local, start + (process_index + 1) * local)
+            mask = idx < n
+            idx = np.where(mask, idx, 0)
+            yield {**{k: v[idx] for k, v in arrays.items()}, "mask": mask}
+
+    def _split(self, split: str) -> Batch:
+        if split not in self.splits:
+            raise ValueError(
+                f"{self.name} has no split {split!r}; its splits: {', '.join(self.splits)}"
+            )
+        return self.splits[split]
+
+
+def _local_batch_size(batch_size: int, process_count: int) -> int:
+    if batch_size % process_count:
+        raise ValueError(
+            f"dataset.batch_size={batch_size} does not divide over {process_count} processes; "
+            f"use a multiple of {process_count}"
+        )
+    return batch_size // process_count

@@ -1,0 +1,59 @@
+"""The one config shape every experiment shares (DESIGN.md section 11); experiments fill it in."""
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+
+    c.dataset = ml_collections.ConfigDict()
+    c.dataset.name = ""
+    c.dataset.data_dir = ""          # where prepared datasets live ("" = the library default)
+    c.dataset.split_seed = 0         # fixes how datasets without a standard split are split
+    c.dataset.batch_size = 128       # global, over all devices and processes
+    c.dataset.eval_batch_size = 256
+
+    c.model = ml_collections.ConfigDict()
+    c.model.name = ""                # the net's own fields are added by each experiment
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adam"        # sgd | adam | adamw | rmsprop
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.momentum = 0.9       # sgd and rmsprop; 0 turns it off
+    c.optimizer.nesterov = False
+    c.optimizer.weight_decay = 0.0   # decoupled for adamw, L2 otherwise; never on biases/norms
+    c.optimizer.schedule = "constant"  # constant | warmup_cosine | step
+    c.optimizer.warmup_steps = 0
+    c.optimizer.decay_every = 0      # schedule=step: multiply by decay_factor every N steps
+    c.optimizer.decay_factor = 0.1
+    c.optimizer.clip_norm = 0.0      # global-norm gradient clipping; 0 turns it off
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.name = "cross_entropy"    # cross_entropy | binary_cross_entropy | mse
+    c.loss.label_smoothing = 0.0
+
+    c.epochs = 10
+    c.steps = 0                      # if > 0, overrides epochs
+    c.eval_every = 0                 # steps; 0 = once per epoch
+    c.eval_split = "validation"      # what evaluation during training (and early stopping) sees
+    c.test_split = "test"            # what the best checkpoint is finally evaluated on
+    c.log_every = 50                 # steps between fetching train metrics from the device
+
+    c.early_stopping = ml_collections.ConfigDict()
+    c.early_stopping.patience = 0    # evaluations without improvement; 0 turns it off
+    c.early_stopping.monitor = "eval_accuracy"  # or eval_loss; also ranks the best checkpoints
+
+    c.checkpoint = ml_collections.ConfigDict()
+    c.checkpoint.every = 0           # steps; 0 = at every evaluation
+    c.checkpoint.keep = 3            # the latest N
+    c.checkpoint.keep_best = 1       # and the best M by early_stopping.monitor
+
+    c.parallel = ml_collections.ConfigDict()
+    c.parallel.strategy = "dp"
+    c.parallel.mesh = "data=-1"      # axis=size pairs; -1 takes the remaining devices
+    return c
+
+
+def check_variant(variant: str, known: tuple[str, ...]) -> None:
+    if variant and variant not in known:
+        raise ValueError(f"unknown config variant {variant!r}; known: {', '.join(known)}")

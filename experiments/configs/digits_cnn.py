@@ -1,0 +1,34 @@
+"""A two-block CNN with batch norm on scikit-learn's digits.
+
+    descent train --config experiments/configs/digits_cnn.py --workdir runs/digits_cnn
+
+Reaches ~99 % test accuracy in 30 epochs, under a minute on 2 CPU cores.
+`--config experiments/configs/digits_cnn.py:tiny` is a seconds-long variant for tests.
+"""
+from experiments.configs.common import base_config, check_variant
+
+
+def get_config(variant: str = ""):
+    check_variant(variant, ("tiny",))
+    c = base_config()
+    c.dataset.name = "digits"
+    c.dataset.batch_size = 32
+    c.model.name = "cnn"
+    c.model.channels = (32, 64)
+    c.model.kernel_size = 3
+    c.model.dense = 128
+    c.model.activation = "relu"
+    c.model.dropout = 0.2
+    c.model.batch_norm = True
+    c.optimizer.name = "adamw"
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.weight_decay = 1e-4
+    c.optimizer.schedule = "warmup_cosine"
+    c.optimizer.warmup_steps = 100
+    c.epochs = 30
+    if variant == "tiny":
+        c.model.channels = (8, 16)
+        c.model.dense = 32
+        c.epochs = 2
+        c.log_every = 10
+    return c

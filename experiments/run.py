@@ -1,0 +1,72 @@
+"""The only place that knows nets, data and train at once: build them from a config and run."""
+import json
+import os
+from typing import NamedTuple
+
+import jax
+import ml_collections
+
+import data
+import nets
+from train import checkpoint
+from train.loop import Trainer, fit
+from train.state import TrainState
+
+
+def build(config: ml_collections.ConfigDict):
+    """The dataset and a freshly initialised model that `config` names."""
+    dataset = data.load(config.dataset.name, data_dir=config.dataset.data_dir or None,
+                        split_seed=config.dataset.split_seed)
+    fields = {k: v for k, v in config.model.items() if k != "name"}
+    model = nets.build(config.model.name, input_shape=dataset.input_shape,
+                       num_classes=dataset.num_classes, seed=config.seed, **fields)
+    return model, dataset
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Trains as `config` says, then restores the best checkpoint and evaluates it on the test split.
+
+    Returns the training summary from `train.loop.fit` plus `"test"`: the test metrics.
+    """
+    model, dataset = build(config)
+    summary = fit(config, workdir, model, dataset)
+    summary["test"] = evaluate(workdir, "best", config.test_split)
+    return summary
+
+
+class Restored(NamedTuple):
+    config: ml_collections.ConfigDict
+    dataset: data.ArrayDataset
+    trainer: Trainer
+    state: TrainState
+    step: int
+
+
+def restore(workdir: str, which: str | int = "best") -> Restored:
+    """Restores the checkpoint `which` ('best', 'latest' or a step) of `workdir` onto the devices here."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"no checkpoints in {workdir!r}; "
+                                f"run `descent train --workdir {workdir} ...` first")
+    probe = checkpoint.open_manager(workdir, read_only=True)
+    latest = checkpoint.resolve_step(probe, "latest")
+    config = ml_collections.ConfigDict(checkpoint.saved_config(probe, latest))
+    manager = checkpoint.open_manager(workdir, read_only=True,
+                                      monitor=config.early_stopping.monitor)
+    step = checkpoint.resolve_step(manager, which)
+    model, dataset = build(config)
+    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size))
+    state = checkpoint.restore(manager, step, trainer.initial_state)
+    return Restored(config, dataset, trainer, state, step)
+
+
+def evaluate(workdir: str, which: str | int = "best", split: str = "test") -> dict:
+    """Evaluates checkpoint `which` of `workdir` on `split`; writes `eval_<split>_<step>.json`."""
+    r = restore(workdir, which)
+    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    metrics = r.trainer.evaluate(
+        r.state, r.dataset.eval_batches(split, r.config.dataset.eval_batch_size, **shard))
+    metrics = {"split": split, "step": r.step, "checkpoint": str(which), **metrics}
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, f"eval_{split}_{r.step}.json"), "w") as f:
+            json.dump(metrics, f, indent=2)
+    return metrics

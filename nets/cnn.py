@@ -1,0 +1,56 @@
+"""A small convolutional network: conv -> (batch norm) -> activation -> 2x2 max-pool blocks, dense head."""
+import jax
+from flax import nnx
+
+from nets import activations
+
+
+def max_pool_2x2(x_BxHxWxC):
+    """2x2 max-pool by reshape-then-max.
+
+    `lax.reduce_window` has a slow backward pass on CPU (DESIGN.md section 9: 105 vs 61
+    ms/step on the MNIST CNN); a reshape is exact for stride-2 windows. Odd edges are cropped.
+    """
+    b, h, w, c = x_BxHxWxC.shape
+    x = x_BxHxWxC[:, : h // 2 * 2, : w // 2 * 2, :]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+class CNN(nnx.Module):
+    """`channels[i]` filters of `kernel_size` per block, each block halving height and width."""
+
+    def __init__(self, *, input_shape, num_classes, channels=(32, 64), kernel_size=3,
+                 dense=128, activation="relu", dropout=0.0, batch_norm=False, rngs: nnx.Rngs):
+        activations.activation(activation)  # an unknown name fails here, not at first call
+        self.act = activation
+        height, width, in_channels = input_shape
+        self.convs = nnx.List()
+        self.norms = nnx.List()
+        for out_channels in channels:
+            self.convs.append(nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size),
+                                       use_bias=not batch_norm, rngs=rngs))
+            if batch_norm:
+                self.norms.append(nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs))
+            in_channels = out_channels
+            height, width = height // 2, width // 2
+        if height < 1 or width < 1:
+            raise ValueError(
+                f"{len(channels)} pooling blocks shrink a {input_shape[0]}x{input_shape[1]} input "
+                f"below 1x1; use fewer model.channels"
+            )
+        self.dense = nnx.Linear(height * width * in_channels, dense, rngs=rngs)
+        self.head = nnx.Linear(dense, num_classes, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout)
+
+    def __call__(self, x_BxHxWxC, *, train=False, rngs=None) -> jax.Array:
+        act = activations.activation(self.act)
+        x = x_BxHxWxC
+        for i, conv in enumerate(self.convs):
+            x = conv(x)
+            if self.norms:
+                x = self.norms[i](x, use_running_average=not train)
+            x = max_pool_2x2(act(x))
+        x_BxD = x.reshape(x.shape[0], -1)
+        x_BxD = self.dropout(act(self.dense(x_BxD)), deterministic=not train, rngs=rngs)
+        return self.head(x_BxD)
+

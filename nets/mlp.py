@@ -1,0 +1,34 @@
+"""A feedforward network: dense layers of weights and biases with a nonlinearity between."""
+import math
+
+import jax
+from flax import nnx
+
+from nets import activations
+
+
+class MLP(nnx.Module):
+    """`depth` hidden layers of `width` units, then a linear layer to `num_classes` logits.
+
+    Images are flattened, so any input shape works.
+    """
+
+    def __init__(self, *, input_shape, num_classes, depth=2, width=256, activation="relu",
+                 dropout=0.0, rngs: nnx.Rngs):
+        activations.activation(activation)  # an unknown name fails here, not at first call
+        self.act = activation
+        in_features = math.prod(input_shape)
+        sizes = [in_features] + [width] * depth
+        self.hidden = nnx.List(
+            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
+        )
+        self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout)
+
+    def __call__(self, x_BxI, *, train=False, rngs=None) -> jax.Array:
+        x_BxD = x_BxI.reshape(x_BxI.shape[0], -1)
+        for layer in self.hidden:
+            x_BxD = activations.activation(self.act)(layer(x_BxD))
+            x_BxD = self.dropout(x_BxD, deterministic=not train, rngs=rngs)
+        return self.head(x_BxD)
+

@@ -1,0 +1,72 @@
+import jax
+import numpy as np
+import pytest
+
+from helpers import tiny_config, trainer_for
+
+
+def first_batches(dataset, config, n):
+    batches = dataset.train_batches(config.dataset.batch_size, seed=config.seed, epoch=0)
+    return [next(batches) for _ in range(n)]
+
+
+def copy(tree):
+    return jax.tree.map(lambda x: x.copy(), tree)
+
+
+def run_steps(trainer, state, batches):
+    for batch in batches:
+        state, metrics = trainer.train_step(state, trainer.put(batch))
+    return state, metrics
+
+
+@pytest.mark.parametrize("name", ["digits_mlp.py", "digits_cnn.py"])
+def test_train_step_is_pure_and_compiled_once(name):
+    config = tiny_config(name, **{"model.dropout": 0.3})
+    trainer, dataset = trainer_for(config)
+    batches = first_batches(dataset, config, 4)
+    a, metrics_a = run_steps(trainer, copy(trainer.initial_state), batches)
+    b, metrics_b = run_steps(trainer, copy(trainer.initial_state), batches)
+    jax.tree.map(np.testing.assert_array_equal, (a, metrics_a), (b, metrics_b))
+    assert int(a.step) == 4
+    assert trainer.train_step._cache_size() == 1  # steps 2..8 reused the first compilation
+
+
+def test_train_step_updates_params_and_batch_norm_statistics():
+    config = tiny_config("digits_cnn.py", **{"optimizer.schedule": "constant"})
+    trainer, dataset = trainer_for(config)
+    before = copy(trainer.initial_state)
+    batch = trainer.put(first_batches(dataset, config, 1)[0])
+    after, _ = trainer.train_step(copy(before), batch)
+    for old, new in zip(jax.tree.leaves(before.params), jax.tree.leaves(after.params)):
+        assert not np.array_equal(old, new)
+    stats_before, stats_after = jax.tree.leaves(before.model_state), jax.tree.leaves(after.model_state)
+    assert stats_before and all(not np.array_equal(x, y) for x, y in zip(stats_before, stats_after))
+
+
+@pytest.mark.parametrize("name", ["digits_mlp.py", "digits_cnn.py"])
+def test_one_device_and_eight_devices_agree(name):
+    results = []
+    for mesh in ("data=1", "data=8"):
+        config = tiny_config(name, **{"parallel.mesh": mesh})
+        trainer, dataset = trainer_for(config)
+        assert trainer.mesh.devices.size == int(mesh.split("=")[1])
+        state, _ = run_steps(trainer, trainer.initial_state, first_batches(dataset, config, 10))
+        evaluated = trainer.evaluate(state, dataset.eval_batches("test", 256))
+        results.append((jax.device_get(state.params), evaluated))
+    (p1, e1), (p8, e8) = results
+    diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y)) / (np.max(np.abs(x)) + 1e-12)),
+                         p1, p8)
+    largest = max(jax.tree.leaves(diffs))
+    print(f"{name}: largest relative parameter difference, 1 vs 8 devices: {largest:.2e}")
+    assert largest < 1e-5
+    assert e1["examples"] == e8["examples"] == 360
+    assert e1["accuracy"] == pytest.approx(e8["accuracy"], abs=1 / 360)
+    assert e1["loss"] == pytest.approx(e8["loss"], rel=1e-5)
+
+
+def test_batch_sizes_that_do_not_divide_over_devices_name_the_nearest_valid_ones():
+    with pytest.raises(ValueError, match=r"batch_size=30 does not divide over 8 devices.*use 24 or 32"):
+        trainer_for(tiny_config(**{"dataset.batch_size": 30}))
+    with pytest.raises(ValueError, match="needs 16 devices but 8 cpu devices were found"):
+        trainer_for(tiny_config(**{"parallel.mesh": "data=16"}))

@@ -1,0 +1,213 @@
+"""The training loop: one function that reads top to bottom.
+
+It receives a model and a dataset and knows neither's kind: the dataset needs
+`steps_per_epoch(batch_size)`, `train_batches(batch_size, seed=, epoch=, process_index=,
+process_count=)` and `eval_batches(split, batch_size, process_index=, process_count=)`.
+"""
+import itertools
+import math
+import os
+import time
+
+import jax
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from train import checkpoint, report, sharding
+from train.losses import classification_loss
+from train.optimizers import make_optimizer
+from train.state import TrainState, create_state, num_params
+from train.step import make_eval_step, make_train_step, summarize_eval
+
+
+class Diverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+    return config.steps or config.epochs * steps_per_epoch
+
+
+def prepare_workdir(workdir: str) -> str:
+    """Creates `workdir` and proves it writable, before any work is done."""
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        probe = os.path.join(workdir, ".write-test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ValueError(f"workdir {workdir!r} cannot be written ({e.strerror}); "
+                         f"pass a --workdir you can write to") from None
+    return workdir
+
+
+class Trainer:
+    """The compiled steps and shardings for one model, optimizer and mesh.
+
+    Built once by `fit` (and by evaluation code that restores a checkpoint); holds no state
+    that changes during training.
+    """
+
+    def __init__(self, config, model: nnx.Module, steps_per_epoch: int):
+        self.mesh = sharding.make_mesh(config.parallel.mesh)
+        sharding.check_batch_size(config.dataset.batch_size, self.mesh)
+        sharding.check_batch_size(config.dataset.eval_batch_size, self.mesh,
+                                  "dataset.eval_batch_size")
+        self.tx = make_optimizer(config.optimizer, total_steps(config, steps_per_epoch))
+        loss_fn = classification_loss(config.loss.name, config.loss.label_smoothing)
+        self.graphdef, state = create_state(model, self.tx, config.seed)
+        self.state_sharding = sharding.state_sharding(state, self.mesh, config.parallel.strategy)
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self.initial_state = jax.device_put(state, self.state_sharding)
+        replicated = sharding.replicated(self.mesh)
+        self.train_step = jax.jit(
+            make_train_step(self.graphdef, loss_fn, self.tx),
+            in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+        self.eval_step = jax.jit(
+            make_eval_step(self.graphdef, loss_fn),
+            in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
+
+    def put(self, batch: dict) -> dict:
+        return sharding.put_batch(batch, self.batch_sharding)
+
+    def evaluate(self, state: TrainState, batches) -> dict:
+        """Mean loss and accuracy over every unmasked example of `batches`."""
+        sums = None
+        for batch in batches:
+            out = self.eval_step(state, self.put(batch))
+            sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+        return summarize_eval(jax.device_get(sums))
+
+
+def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
+    """Trains `model` on `dataset` as `config` says; checkpoints, metrics and plot go to `workdir`.
+
+    Resumes from the latest checkpoint in `workdir` if there is one. Returns a summary with the
+    final state, the best checkpoint's step and why training stopped.
+    """
+    # --- setup: everything that can fail on bad input fails here, before any checkpoint is touched
+    prepare_workdir(workdir)
+    chief = jax.process_index() == 0
+    say = print if chief else (lambda *a, **k: None)
+    batch_size = config.dataset.batch_size
+    steps_per_epoch = dataset.steps_per_epoch(batch_size)
+    num_steps = total_steps(config, steps_per_epoch)
+    eval_every = config.eval_every or steps_per_epoch
+    checkpoint_every = config.checkpoint.every or eval_every
+    monitor = config.early_stopping.monitor
+    better = (lambda a, b: a < b) if checkpoint.metric_mode(monitor) == "min" else (
+        lambda a, b: a > b)
+    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+
+    trainer = Trainer(config, model, steps_per_epoch)
+    manager = checkpoint.open_manager(workdir, keep=config.checkpoint.keep,
+                                      keep_best=config.checkpoint.keep_best, monitor=monitor)
+    config_dict = config.to_dict()
+    state = trainer.initial_state
+    if manager.latest_step() is not None:
+        state = checkpoint.restore(manager, manager.latest_step(), state)
+        say(f"resumed from the checkpoint at step {int(state.step)} in {manager.directory}")
+    step = int(state.step)
+    history = [r for r in report.read_metrics(workdir) if r["step"] <= step]
+    if chief:
+        _rewrite_metrics(workdir, history)
+    evals = [r[monitor] for r in history if monitor in r]
+    best = None
+    bad_evals = 0
+    for value in evals:
+        best, bad_evals = (value, 0) if best is None or better(value, best) else (best, bad_evals + 1)
+    say(f"training {num_params(state):,} parameters for {num_steps} steps "
+        f"({steps_per_epoch} per epoch, batch {batch_size}) on {trainer.mesh.devices.size} "
+        f"{jax.devices()[0].platform} device(s)")
+
+    # --- the loop
+    stop_reason = "finished"
+    pending = []  # (step, device metrics) not yet fetched: fetching every step would stall dispatch
+    window_start, window_steps = time.perf_counter(), 0
+    bar = tqdm(total=num_steps, initial=step, unit="step", disable=None if chief else True,
+               dynamic_ncols=True)
+    while step < num_steps and stop_reason == "finished":
+        epoch, offset = divmod(step, steps_per_epoch)
+        batches = dataset.train_batches(batch_size, seed=config.seed, epoch=epoch, **shard)
+        for batch in itertools.islice(batches, offset, steps_per_epoch):
+            state, metrics = trainer.train_step(state, trainer.put(batch))
+            step += 1
+            window_steps += 1
+            pending.append((step, metrics))
+            bar.update()
+            do_eval = step % eval_every == 0 or step == num_steps
+            do_save = step % checkpoint_every == 0 or step == num_steps
+            if not (do_eval or do_save or step % config.log_every == 0):
+                continue
+
+            # Fetch the pending metrics; a NaN or Inf stops here, before anything is saved.
+            fetched = [(s, jax.device_get(m)) for s, m in pending]
+            pending = []
+            for s, m in fetched:
+                if not all(math.isfinite(float(v)) for v in m.values()):
+                    bar.close()
+                    manager.wait_until_finished()
+                    last = manager.latest_step()
+                    kept = (f"the last good checkpoint (step {last}) is kept in {manager.directory}"
+                            if last is not None else "no checkpoint had been saved yet")
+                    raise Diverged(f"loss became {m['loss']} at step {s}; stopped, and {kept}. "
+                                   f"Try a lower optimizer.learning_rate or optimizer.clip_norm")
+            elapsed = time.perf_counter() - window_start
+            record = {"step": step, "epoch": step / steps_per_epoch,
+                      "train_loss": float(np.mean([m["loss"] for _, m in fetched])),
+                      "train_accuracy": float(np.mean([m["accuracy"] for _, m in fetched])),
+                      "examples_per_s": window_steps * batch_size / elapsed}
+            window_start, window_steps = time.perf_counter(), 0
+            bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                            acc=f"{record['train_accuracy']:.3f}",
+                            ex_per_s=f"{record['examples_per_s']:.0f}")
+
+            if do_eval:
+                result = trainer.evaluate(state, dataset.eval_batches(
+                    config.eval_split, config.dataset.eval_batch_size, **shard))
+                record.update(eval_loss=result["loss"], eval_accuracy=result["accuracy"])
+                if best is None or better(record[monitor], best):
+                    best, bad_evals = record[monitor], 0
+                else:
+                    bad_evals += 1
+                if chief:
+                    bar.write(f"step {step:>6} epoch {record['epoch']:6.2f}  train loss "
+                              f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}  "
+                              f"{config.eval_split} loss {result['loss']:.4f} "
+                              f"acc {result['accuracy']:.4f}")
+                patience = config.early_stopping.patience
+                if patience and bad_evals >= patience:
+                    stop_reason = (f"early stopping: {monitor} did not improve on {best:.4f} "
+                                   f"for {patience} evaluations")
+            if chief:
+                report.append_metrics(workdir, record)
+                history.append(record)
+            if do_save or stop_reason != "finished":
+                saved_metrics = {monitor: record[monitor]} if monitor in record else None
+                checkpoint.save(manager, state, config_dict, saved_metrics)
+            if stop_reason != "finished":
+                break
+    bar.close()
+    manager.wait_until_finished()
+
+    # --- what the run leaves behind
+    if stop_reason != "finished":
+        say(stop_reason)
+    curves = report.plot_curves(workdir) if chief else None
+    return {"state": state, "trainer": trainer, "best_step": manager.best_step(),
+            "latest_step": manager.latest_step(), "stop_reason": stop_reason,
+            "history": history, "curves": curves, "checkpoints": str(manager.directory)}
+
+
+def _rewrite_metrics(workdir: str, records: list[dict]) -> None:
+    """Keeps only the records up to the resumed step; written whole, then renamed into place."""
+    path = os.path.join(workdir, report.METRICS_FILE)
+    if not os.path.exists(path):
+        return
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(report.json_line(r) for r in records)
+    os.replace(tmp, path)

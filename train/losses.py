@@ -1,0 +1,47 @@
+"""Losses, per example: callers weight and average them (padded evaluation batches carry a mask)."""
+import jax
+import jax.numpy as jnp
+import optax
+
+
+def softmax_cross_entropy(logits_BxK, labels_B, label_smoothing: float = 0.0):
+    """-sum_k q_k log softmax(logits)_k with q the one-hot label, smoothed towards uniform."""
+    num_classes = logits_BxK.shape[-1]
+    q_BxK = jax.nn.one_hot(labels_B, num_classes)
+    if label_smoothing:
+        q_BxK = q_BxK * (1.0 - label_smoothing) + label_smoothing / num_classes
+    return -jnp.sum(q_BxK * jax.nn.log_softmax(logits_BxK), axis=-1)
+
+
+def sigmoid_binary_cross_entropy(logits, targets):
+    """-[y log p + (1-y) log(1-p)] with p = sigmoid(logit), averaged over the last axis."""
+    return jnp.mean(optax.sigmoid_binary_cross_entropy(logits, targets), axis=-1)
+
+
+def mean_squared_error(predictions, targets):
+    """mean_k (prediction_k - target_k)^2 over the last axis."""
+    return jnp.mean(jnp.square(predictions - targets), axis=-1)
+
+
+def _one_hot_targets(loss):
+    return lambda logits_BxK, labels_B, label_smoothing=0.0: loss(
+        logits_BxK, jax.nn.one_hot(labels_B, logits_BxK.shape[-1]))
+
+
+# Classification losses on (logits, integer labels). "binary_cross_entropy" treats each class as
+# an independent yes/no output; "mse" regresses the raw outputs onto one-hot targets.
+LOSSES = {
+    "cross_entropy": softmax_cross_entropy,
+    "binary_cross_entropy": _one_hot_targets(sigmoid_binary_cross_entropy),
+    "mse": _one_hot_targets(mean_squared_error),
+}
+
+
+def classification_loss(name: str, label_smoothing: float = 0.0):
+    """Returns `loss(logits_BxK, labels_B) -> per-example loss_B` for the loss called `name`."""
+    if name not in LOSSES:
+        raise ValueError(f"unknown loss {name!r}; known: {', '.join(sorted(LOSSES))}")
+    if label_smoothing and name != "cross_entropy":
+        raise ValueError(f"loss.label_smoothing applies to cross_entropy only, not {name!r}")
+    loss = LOSSES[name]
+    return lambda logits_BxK, labels_B: loss(logits_BxK, labels_B, label_smoothing=label_smoothing)

@@ -1,0 +1,76 @@
+"""Optimizers and learning-rate schedules by name, composed from plain optax."""
+import jax
+import optax
+
+
+def constant(learning_rate, **_):
+    return optax.constant_schedule(learning_rate)
+
+
+def warmup_cosine(learning_rate, *, total_steps, warmup_steps, **_):
+    """Linear warmup from 0 over `warmup_steps`, then cosine decay to 0 at `total_steps`."""
+    return optax.warmup_cosine_decay_schedule(
+        0.0, learning_rate, warmup_steps=warmup_steps,
+        decay_steps=max(total_steps, warmup_steps + 1), end_value=0.0)
+
+
+def step_decay(learning_rate, *, decay_every, decay_factor, **_):
+    """learning_rate * decay_factor ** (step // decay_every)."""
+    if decay_every <= 0:
+        raise ValueError("optimizer.schedule='step' needs optimizer.decay_every > 0 (in steps)")
+    return optax.exponential_decay(learning_rate, decay_every, decay_factor, staircase=True)
+
+
+SCHEDULES = {"constant": constant, "warmup_cosine": warmup_cosine, "step": step_decay}
+
+
+def sgd(lr, cfg):
+    return optax.sgd(lr, momentum=cfg.momentum or None, nesterov=cfg.nesterov)
+
+
+def adam(lr, cfg):
+    return optax.adam(lr)
+
+
+def adamw(lr, cfg):
+    # Decoupled weight decay, masked so biases and norm scales are not decayed.
+    return optax.adamw(lr, weight_decay=cfg.weight_decay, mask=decay_mask)
+
+
+def rmsprop(lr, cfg):
+    return optax.rmsprop(lr, momentum=cfg.momentum)
+
+
+OPTIMIZERS = {"sgd": sgd, "adam": adam, "adamw": adamw, "rmsprop": rmsprop}
+
+
+def decay_mask(params):
+    """True for weight matrices and kernels; False for biases and norm scales (1-d arrays)."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
+    """The schedule named by `cfg.schedule` for `cfg.learning_rate` (the optimizer config)."""
+    if cfg.schedule not in SCHEDULES:
+        raise ValueError(
+            f"unknown schedule {cfg.schedule!r}; known: {', '.join(sorted(SCHEDULES))}")
+    return SCHEDULES[cfg.schedule](
+        cfg.learning_rate, total_steps=total_steps, warmup_steps=cfg.warmup_steps,
+        decay_every=cfg.decay_every, decay_factor=cfg.decay_factor)
+
+
+def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+    """optax chain: [clip by global norm] -> [L2 weight decay] -> optimizer with its schedule.
+
+    Weight decay is coupled (added to the gradient, masked like adamw's) for every optimizer
+    but adamw, whose decay is decoupled inside it.
+    """
+    if cfg.name not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {cfg.name!r}; known: {', '.join(sorted(OPTIMIZERS))}")
+    parts = []
+    if cfg.clip_norm:
+        parts.append(optax.clip_by_global_norm(cfg.clip_norm))
+    if cfg.weight_decay and cfg.name != "adamw":
+        parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
+    parts.append(OPTIMIZERS[cfg.name](learning_rate_schedule(cfg, total_steps), cfg))
+    return optax.chain(*parts)

@@ -1,0 +1,53 @@
+"""What a run shows and leaves behind: JSON-lines metrics, a progress bar, a PNG of the curves."""
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never needs a display
+import matplotlib.pyplot as plt  # noqa: E402
+
+METRICS_FILE = "metrics.jsonl"
+CURVES_FILE = "curves.png"
+
+
+def append_metrics(workdir: str, record: dict) -> None:
+    """Appends one JSON object per line to `<workdir>/metrics.jsonl`."""
+    with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+        f.write(json_line(record))
+
+
+def json_line(record: dict) -> str:
+    return json.dumps(record) + "\n"
+
+
+def read_metrics(workdir: str) -> list[dict]:
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def plot_curves(workdir: str) -> str:
+    """Draws train and eval loss and accuracy against step into `<workdir>/curves.png`."""
+    records = read_metrics(workdir)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        for split, style in (("train", "-"), ("eval", "o-")):
+            points = [(r["step"], r[f"{split}_{metric}"]) for r in records
+                      if f"{split}_{metric}" in r]
+            if points:
+                steps, values = zip(*points)
+                ax.plot(steps, values, style, label=split, markersize=3)
+        ax.set_xlabel("step")
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_yscale("log")
+    fig.suptitle(os.path.basename(os.path.abspath(workdir)))
+    fig.tight_layout()
+    path = os.path.join(workdir, CURVES_FILE)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

@@ -1,0 +1,36 @@
+"""The training state: one pytree holding everything a step reads and writes."""
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array         # int32 scalar: number of updates applied
+    params: nnx.State       # trainable nnx.Param variables
+    opt_state: optax.OptState
+    model_state: nnx.State  # everything else the model holds: batch-norm statistics
+    rng: jax.Array          # raw uint32 key; each step folds in its number
+
+
+def create_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int
+                 ) -> tuple[nnx.GraphDef, TrainState]:
+    """Splits `model` into its static graph definition and a fresh TrainState."""
+    graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       model_state=model_state, rng=jax.random.PRNGKey(seed))
+    return graphdef, state
+
+
+def abstract(tree: Any) -> Any:
+    """Shapes, dtypes and shardings of `tree` without its values: a restore target."""
+    return jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+        tree)
+
+
+def num_params(state: TrainState) -> int:
+    return sum(x.size for x in jax.tree.leaves(state.params))
