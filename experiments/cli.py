@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in argv
+    if not verbose:
+        from absl import logging  # orbax logs its routine decisions as warnings
+        logging.set_verbosity(logging.ERROR)
     try:
         return _run(argv)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line unless --verbose

@@ -6,6 +6,7 @@ complete, so a failed or interrupted save never replaces a good checkpoint. Noth
 """
 import os
 
+import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
@@ -30,9 +31,11 @@ def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
         ])
     options = ocp.CheckpointManagerOptions(
         best_fn=lambda m: m[monitor], best_mode=mode, preservation_policy=policy,
-        read_only=read_only, create=not read_only)
-    return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir), "checkpoints"),
-                                 options=options)
+        read_only=read_only, create=not read_only, save_interval_steps=0 if read_only else 1)
+    return ocp.CheckpointManager(
+        os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
+        item_handlers={"state": ocp.StandardCheckpointHandler(),
+                       "config": ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, state: TrainState, config: dict,
@@ -62,7 +65,23 @@ def resolve_step(manager: ocp.CheckpointManager, which: str | int = "latest") ->
 
 
 def restore(manager: ocp.CheckpointManager, step: int, like: TrainState) -> TrainState:
-    """Restores the state at `step` into the structure, shapes and shardings of `like`."""
+    """Restores the state at `step` into the structure, shapes and shardings of `like`.
+
+    A checkpoint of another model or optimizer raises ValueError naming the differing arrays.
+    """
+    saved = _shapes(manager.item_metadata(step)["state"])
+    wanted = _shapes(like)
+    differences = (
+        [f"{p}: checkpoint {saved[p]} vs model {wanted[p]}"
+         for p in wanted if p in saved and saved[p] != wanted[p]]
+        + [f"{p}: not in the checkpoint" for p in wanted if p not in saved]
+        + [f"{p}: not in the model" for p in saved if p not in wanted])
+    if differences:
+        shown = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more"
+                                              if len(differences) > 6 else "")
+        raise ValueError(f"the checkpoint at step {step} in {manager.directory} does not fit this "
+                         f"model and optimizer ({len(differences)} arrays differ): {shown}. "
+                         f"Use the config it was saved with, or another --workdir")
     restored = manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract(like))))
     return restored.state
@@ -71,3 +90,16 @@ def restore(manager: ocp.CheckpointManager, step: int, like: TrainState) -> Trai
 def saved_config(manager: ocp.CheckpointManager, step: int) -> dict:
     """The config saved with the checkpoint at `step`."""
     return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+
+def _shapes(tree) -> dict[str, tuple]:
+    """'params/hidden/0/kernel' -> shape, for every array in `tree` (a state or its metadata)."""
+    def name(key):
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(name(k) for k in path if name(k) != "value"): tuple(leaf.shape)
+            for path, leaf in leaves}

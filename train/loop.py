@@ -57,6 +57,8 @@ class Trainer:
                                   "dataset.eval_batch_size")
         self.tx = make_optimizer(config.optimizer, total_steps(config, steps_per_epoch))
         loss_fn = classification_loss(config.loss.name, config.loss.label_smoothing)
+        # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
+        eval_loss_fn = classification_loss(config.loss.name)
         self.graphdef, state = create_state(model, self.tx, config.seed)
         self.state_sharding = sharding.state_sharding(state, self.mesh, config.parallel.strategy)
         self.batch_sharding = sharding.batch_sharding(self.mesh)
@@ -67,7 +69,7 @@ class Trainer:
             in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, replicated), donate_argnums=0)
         self.eval_step = jax.jit(
-            make_eval_step(self.graphdef, loss_fn),
+            make_eval_step(self.graphdef, eval_loss_fn),
             in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
 
     def put(self, batch: dict) -> dict:
@@ -153,7 +155,8 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                     last = manager.latest_step()
                     kept = (f"the last good checkpoint (step {last}) is kept in {manager.directory}"
                             if last is not None else "no checkpoint had been saved yet")
-                    raise Diverged(f"loss became {m['loss']} at step {s}; stopped, and {kept}. "
+                    what = next(k for k, v in m.items() if not math.isfinite(float(v)))
+                    raise Diverged(f"{what} became {m[what]} at step {s}; stopped, and {kept}. "
                                    f"Try a lower optimizer.learning_rate or optimizer.clip_norm")
             elapsed = time.perf_counter() - window_start
             record = {"step": step, "epoch": step / steps_per_epoch,
@@ -196,7 +199,8 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     # --- what the run leaves behind
     if stop_reason != "finished":
         say(stop_reason)
-    curves = report.plot_curves(workdir) if chief else None
+    title = f"{config.model.name} on {config.dataset.name}: {os.path.abspath(workdir)}"
+    curves = report.plot_curves(workdir, title, config.eval_split) if chief else None
     return {"state": state, "trainer": trainer, "best_step": manager.best_step(),
             "latest_step": manager.latest_step(), "stop_reason": stop_reason,
             "history": history, "curves": curves, "checkpoints": str(manager.directory)}

