@@ -72,6 +72,8 @@ def error_of(capsys, *argv):
     ("--config.dataset.name=imagenet", "unknown dataset 'imagenet'; known: digits"),
     ("--config.loss.name=hinge", "unknown loss 'hinge'"),
     ("--config.dataset.batch_size=30", "use 24 or 32"),
+    ("--config.early_stopping.monitor=accuracy", "is not one of eval_accuracy, eval_loss"),
+    ("--config.parallel.mesh=model=8", "has no 'data' axis"),
 ])
 def test_bad_config_values_exit_2_naming_the_fix(capsys, tmp_path, override, message):
     code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path), override)

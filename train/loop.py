@@ -21,6 +21,9 @@ from train.state import TrainState, create_state, num_params
 from train.step import make_eval_step, make_train_step, summarize_eval
 
 
+MONITORED = ("eval_accuracy", "eval_loss")
+
+
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
@@ -100,6 +103,8 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     eval_every = config.eval_every or steps_per_epoch
     checkpoint_every = config.checkpoint.every or eval_every
     monitor = config.early_stopping.monitor
+    if monitor not in MONITORED:
+        raise ValueError(f"early_stopping.monitor={monitor!r} is not one of {', '.join(MONITORED)}")
     better = (lambda a, b: a < b) if checkpoint.metric_mode(monitor) == "min" else (
         lambda a, b: a > b)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -163,7 +168,6 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                       "train_loss": float(np.mean([m["loss"] for _, m in fetched])),
                       "train_accuracy": float(np.mean([m["accuracy"] for _, m in fetched])),
                       "examples_per_s": window_steps * batch_size / elapsed}
-            window_start, window_steps = time.perf_counter(), 0
             bar.set_postfix(loss=f"{record['train_loss']:.4f}",
                             acc=f"{record['train_accuracy']:.3f}",
                             ex_per_s=f"{record['examples_per_s']:.0f}")
@@ -193,6 +197,7 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                 checkpoint.save(manager, state, config_dict, saved_metrics)
             if stop_reason != "finished":
                 break
+            window_start, window_steps = time.perf_counter(), 0  # evaluation is not training time
     bar.close()
     manager.wait_until_finished()
 
