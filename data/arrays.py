@@ -45,7 +45,7 @@ class ArrayDataset:
         order = np.random.default_rng([seed, epoch]).permutation(self.num_examples(split))
         for step in range(self.steps_per_epoch(batch_size, split)):
             start = step * batch_size + process_index * local
-            idx = np.sort(order[start:start + local])  # sorted: contiguous reads, same set
+            idx = order[start:start + local]
             yield {k: v[idx] for k, v in arrays.items()}
 
     def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,

@@ -1,10 +1,14 @@
 """`descent`: the command line. Thin: it parses arguments and calls experiments.run.
 
-Exit codes: 0 done; 1 training diverged (NaN/Inf); 2 bad input (usage, config, names, files).
+Exit codes: 0 done; 1 training diverged (NaN/Inf); 2 bad input (usage, config, names, files,
+an unreachable coordinator).
 """
 import argparse
 import os
+import socket
+import subprocess
 import sys
+import time
 
 USAGE_EXIT = 2
 DIVERGED_EXIT = 1
@@ -24,17 +28,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    t = sub.add_parser("train", help="train as a config file says",
-                       description="Train; any config field can be set with --config.KEY=VALUE.")
-    t.add_argument("--config", required=True, help="config file, e.g. experiments/configs/digits_mlp.py[:tiny]")
-    t.add_argument("--workdir", required=True, help="where checkpoints, metrics and plots go")
-    t.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+    multi = _Parser(add_help=False)
+    group = multi.add_argument_group("multi-process runs (one process per host)")
+    group.add_argument("--coordinator", metavar="HOST:PORT",
+                       help="address of process 0; with --num-processes and --process-id")
+    group.add_argument("--num-processes", type=int)
+    group.add_argument("--process-id", type=int)
+    group.add_argument("--distributed", action="store_true",
+                       help="join a Cloud TPU, Slurm or Open MPI job (found automatically "
+                            "under Slurm and Open MPI)")
+    group.add_argument("--coordinator-timeout", type=int, default=300, metavar="SECONDS")
+    multi.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
 
-    e = sub.add_parser("eval", help="evaluate a checkpoint of a workdir")
+    t = sub.add_parser("train", parents=[multi], help="train as a config file says",
+                       description="Train; any config field can be set with --config.KEY=VALUE.")
+    t.add_argument("--config", required=True,
+                   help="config file, e.g. experiments/configs/digits_mlp.py[:tiny]")
+    t.add_argument("--workdir", required=True, help="where checkpoints, metrics and plots go")
+
+    e = sub.add_parser("eval", parents=[multi], help="evaluate a checkpoint of a workdir")
     e.add_argument("--workdir", required=True)
     e.add_argument("--checkpoint", default="best", help="best, latest or a step (default: best)")
     e.add_argument("--split", default="test", help="dataset split (default: test)")
-    e.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+
+    launch = sub.add_parser(
+        "launch-local", help="run a command as N processes on this machine",
+        description="Start N real processes of `descent COMMAND ...` on localhost, joined "
+                    "through JAX's multi-controller runtime, each with its own CPU devices: "
+                    "descent launch-local --num-processes 2 -- train --config ... --workdir ...")
+    launch.add_argument("--num-processes", type=int, required=True)
+    launch.add_argument("--devices-per-process", type=int, default=4)
+    launch.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
     return p
 
 
@@ -60,27 +84,91 @@ def main(argv: list[str] | None = None) -> int:
 def _run(argv: list[str]) -> int:
     from experiments.config import apply_override, load_config, split_overrides
 
+    if "--" in argv:  # launch-local: what follows `--` is the command each process runs
+        cut = argv.index("--")
+        args = _parser().parse_args(argv[:cut])
+        if args.command != "launch-local":
+            raise _UsageError("`--` separates launch-local's options from the command it runs")
+        return launch_local(args.num_processes, args.devices_per_process, argv[cut + 1:])
+
     overrides, rest = split_overrides(argv)
     args = _parser().parse_args(rest)
+    if args.command == "launch-local":
+        raise _UsageError("launch-local needs a command after `--`, e.g. "
+                          "`descent launch-local --num-processes 2 -- train --config ...`")
     if overrides and args.command != "train":
         raise _UsageError(f"--config.* overrides apply to `descent train`, not `{args.command}`")
-
     if args.command == "train":
         config = load_config(args.config)
         for key, value in overrides:
             apply_override(config, key, value)
-        from experiments import run  # imports JAX: only once the arguments are known good
+    _join_processes(args)
+    from experiments import run  # imports JAX: only once the arguments are known good
+
+    if args.command == "train":
         summary = run.train_and_evaluate(config, args.workdir)
         test = summary["test"]
-        print(f"best checkpoint: step {test['step']}; {test['split']} accuracy "
-              f"{test['accuracy']:.4f} ({test['examples']} examples), loss {test['loss']:.4f}")
-        print(f"workdir: {os.path.abspath(args.workdir)} (curves: {summary['curves']})")
+        _say(f"best checkpoint: step {test['step']}; {test['split']} accuracy "
+             f"{test['accuracy']:.4f} ({test['examples']} examples), loss {test['loss']:.4f}")
+        _say(f"workdir: {os.path.abspath(args.workdir)} (curves: {summary['curves']})")
     elif args.command == "eval":
-        from experiments import run
         m = run.evaluate(args.workdir, args.checkpoint, args.split)
-        print(f"checkpoint step {m['step']}: {m['split']} accuracy {m['accuracy']:.4f} "
-              f"({m['examples']} examples), loss {m['loss']:.4f}")
+        _say(f"checkpoint step {m['step']}: {m['split']} accuracy {m['accuracy']:.4f} "
+             f"({m['examples']} examples), loss {m['loss']:.4f}")
     return 0
+
+
+def _join_processes(args) -> None:
+    from train import distributed
+
+    if args.coordinator or args.num_processes is not None or args.process_id is not None:
+        if not (args.coordinator and args.num_processes and args.process_id is not None):
+            raise _UsageError("--coordinator, --num-processes and --process-id go together")
+        distributed.initialize(args.coordinator, args.num_processes, args.process_id,
+                               args.coordinator_timeout)
+    elif args.distributed or distributed.cluster_size_from_environment():
+        distributed.initialize(timeout_s=args.coordinator_timeout)
+
+
+def _say(line: str) -> None:
+    import jax
+    if jax.process_index() == 0:
+        print(line)
+
+
+def launch_local(num_processes: int, devices_per_process: int, command: list[str]) -> int:
+    """Runs `descent COMMAND` as `num_processes` CPU processes joined on localhost.
+
+    Returns the first non-zero exit code (and stops the other processes), or 0.
+    """
+    if num_processes < 1 or devices_per_process < 1:
+        raise _UsageError("--num-processes and --devices-per-process must be at least 1")
+    if not command or command[0] not in ("train", "eval"):
+        raise _UsageError("launch-local runs `train ...` or `eval ...` after `--`")
+    with socket.socket() as s:  # a free port for the coordinator
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+    procs = [subprocess.Popen(
+        [sys.executable, "-m", "experiments", *command, "--coordinator", f"127.0.0.1:{port}",
+         "--num-processes", str(num_processes), "--process-id", str(i)], env=env)
+        for i in range(num_processes)]
+    try:
+        while True:
+            codes = [p.poll() for p in procs]
+            failed = [c for c in codes if c not in (None, 0)]
+            if failed:
+                return failed[0]
+            if all(c == 0 for c in codes):
+                return 0
+            time.sleep(0.1)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            p.wait()
 
 
 if __name__ == "__main__":

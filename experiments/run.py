@@ -9,7 +9,8 @@ import ml_collections
 import data
 import nets
 from train import checkpoint
-from train.loop import Trainer, fit
+from train.loop import fit
+from train.trainer import Trainer
 from train.state import TrainState
 
 

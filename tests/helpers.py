@@ -1,7 +1,7 @@
 """Small builders shared by the training tests."""
 from experiments.config import load_config
 from experiments.run import build
-from train.loop import Trainer
+from train.trainer import Trainer
 
 from conftest import config_path
 

@@ -14,11 +14,9 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from train import checkpoint, report, sharding
-from train.losses import classification_loss
-from train.optimizers import make_optimizer
-from train.state import TrainState, create_state, num_params
-from train.step import make_eval_step, make_train_step, summarize_eval
+from train import checkpoint, report
+from train.state import num_params
+from train.trainer import Trainer, total_steps
 
 
 MONITORED = ("eval_accuracy", "eval_loss")
@@ -28,15 +26,11 @@ class Diverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def total_steps(config, steps_per_epoch: int) -> int:
-    return config.steps or config.epochs * steps_per_epoch
-
-
 def prepare_workdir(workdir: str) -> str:
     """Creates `workdir` and proves it writable, before any work is done."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, ".write-test")
+        probe = os.path.join(workdir, f".write-test-{jax.process_index()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.remove(probe)
@@ -44,47 +38,6 @@ def prepare_workdir(workdir: str) -> str:
         raise ValueError(f"workdir {workdir!r} cannot be written ({e.strerror}); "
                          f"pass a --workdir you can write to") from None
     return workdir
-
-
-class Trainer:
-    """The compiled steps and shardings for one model, optimizer and mesh.
-
-    Built once by `fit` (and by evaluation code that restores a checkpoint); holds no state
-    that changes during training.
-    """
-
-    def __init__(self, config, model: nnx.Module, steps_per_epoch: int):
-        self.mesh = sharding.make_mesh(config.parallel.mesh)
-        sharding.check_batch_size(config.dataset.batch_size, self.mesh)
-        sharding.check_batch_size(config.dataset.eval_batch_size, self.mesh,
-                                  "dataset.eval_batch_size")
-        self.tx = make_optimizer(config.optimizer, total_steps(config, steps_per_epoch))
-        loss_fn = classification_loss(config.loss.name, config.loss.label_smoothing)
-        # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
-        eval_loss_fn = classification_loss(config.loss.name)
-        self.graphdef, state = create_state(model, self.tx, config.seed)
-        self.state_sharding = sharding.state_sharding(state, self.mesh, config.parallel.strategy)
-        self.batch_sharding = sharding.batch_sharding(self.mesh)
-        self.initial_state = jax.device_put(state, self.state_sharding)
-        replicated = sharding.replicated(self.mesh)
-        self.train_step = jax.jit(
-            make_train_step(self.graphdef, loss_fn, self.tx),
-            in_shardings=(self.state_sharding, self.batch_sharding),
-            out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-        self.eval_step = jax.jit(
-            make_eval_step(self.graphdef, eval_loss_fn),
-            in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
-
-    def put(self, batch: dict) -> dict:
-        return sharding.put_batch(batch, self.batch_sharding)
-
-    def evaluate(self, state: TrainState, batches) -> dict:
-        """Mean loss and accuracy over every unmasked example of `batches`."""
-        sums = None
-        for batch in batches:
-            out = self.eval_step(state, self.put(batch))
-            sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
-        return summarize_eval(jax.device_get(sums))
 
 
 def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
@@ -116,8 +69,8 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     state = trainer.initial_state
     if manager.latest_step() is not None:
         state = checkpoint.restore(manager, manager.latest_step(), state)
-        say(f"resumed from the checkpoint at step {int(state.step)} in {manager.directory}")
-    step = int(state.step)
+        say(f"resumed from the checkpoint at step {manager.latest_step()} in {manager.directory}")
+    step = int(trainer.fetch({"step": state.step})["step"])
     history = [r for r in report.read_metrics(workdir) if r["step"] <= step]
     if chief:
         _rewrite_metrics(workdir, history)
@@ -128,7 +81,9 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
         best, bad_evals = (value, 0) if best is None or better(value, best) else (best, bad_evals + 1)
     say(f"training {num_params(state):,} parameters for {num_steps} steps "
         f"({steps_per_epoch} per epoch, batch {batch_size}) on {trainer.mesh.devices.size} "
-        f"{jax.devices()[0].platform} device(s)")
+        f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es), "
+        f"strategy {trainer.strategy}")
+    state = trainer.place(state)
 
     # --- the loop
     stop_reason = "finished"
@@ -151,16 +106,16 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                 continue
 
             # Fetch the pending metrics; a NaN or Inf stops here, before anything is saved.
-            fetched = [(s, jax.device_get(m)) for s, m in pending]
+            fetched = [(s, trainer.fetch(m)) for s, m in pending]
             pending = []
             for s, m in fetched:
-                if not all(math.isfinite(float(v)) for v in m.values()):
+                if not all(math.isfinite(v) for v in m.values()):
                     bar.close()
                     manager.wait_until_finished()
                     last = manager.latest_step()
                     kept = (f"the last good checkpoint (step {last}) is kept in {manager.directory}"
                             if last is not None else "no checkpoint had been saved yet")
-                    what = next(k for k, v in m.items() if not math.isfinite(float(v)))
+                    what = next(k for k, v in m.items() if not math.isfinite(v))
                     raise Diverged(f"{what} became {m[what]} at step {s}; stopped, and {kept}. "
                                    f"Try a lower optimizer.learning_rate or optimizer.clip_norm")
             elapsed = time.perf_counter() - window_start
@@ -173,7 +128,7 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                             ex_per_s=f"{record['examples_per_s']:.0f}")
 
             if do_eval:
-                result = trainer.evaluate(state, dataset.eval_batches(
+                result = trainer.evaluate(trainer.gather(state), dataset.eval_batches(
                     config.eval_split, config.dataset.eval_batch_size, **shard))
                 record.update(eval_loss=result["loss"], eval_accuracy=result["accuracy"])
                 if best is None or better(record[monitor], best):
@@ -194,7 +149,7 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                 history.append(record)
             if do_save or stop_reason != "finished":
                 saved_metrics = {monitor: record[monitor]} if monitor in record else None
-                checkpoint.save(manager, state, config_dict, saved_metrics)
+                checkpoint.save(manager, trainer.gather(state), config_dict, saved_metrics)
             if stop_reason != "finished":
                 break
             window_start, window_steps = time.perf_counter(), 0  # evaluation is not training time
@@ -206,7 +161,7 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
         say(stop_reason)
     title = f"{config.model.name} on {config.dataset.name}: {os.path.abspath(workdir)}"
     curves = report.plot_curves(workdir, title, config.eval_split) if chief else None
-    return {"state": state, "trainer": trainer, "best_step": manager.best_step(),
+    return {"state": trainer.gather(state), "trainer": trainer, "best_step": manager.best_step(),
             "latest_step": manager.latest_step(), "stop_reason": stop_reason,
             "history": history, "curves": curves, "checkpoints": str(manager.directory)}
 

@@ -16,8 +16,13 @@ from train.state import TrainState
 LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits_BxK, labels_B) -> loss_B
 
 
-def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation):
-    """Returns `train_step(state, batch) -> (state, metrics)`; jit it with the state donated."""
+def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation,
+                    axis_name: str | None = None):
+    """Returns `train_step(state, batch) -> (state, metrics)`; jit it with the state donated.
+
+    Under `jax.pmap`, pass the mapped `axis_name`: gradients and metrics are then averaged
+    over it (`lax.pmean`), so every device applies the same update.
+    """
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         dropout_key = jax.random.fold_in(state.rng, state.step)
@@ -32,11 +37,14 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
 
         (loss, (logits_BxK, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
             state.params)
+        accuracy = jnp.mean(jnp.argmax(logits_BxK, -1) == batch["label"])
+        if axis_name is not None:
+            grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {
             "loss": loss,
-            "accuracy": jnp.mean(jnp.argmax(logits_BxK, -1) == batch["label"]),
+            "accuracy": accuracy,
             "grad_norm": optax.tree.norm(grads),
             "param_norm": optax.tree.norm(params),  # non-finite params are caught before a save
         }

@@ -1,0 +1,93 @@
+"""The compiled steps and shardings for one model, optimizer, mesh and strategy."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from train import sharding
+from train.losses import classification_loss
+from train.optimizers import make_optimizer
+from train.state import TrainState, create_state
+from train.step import make_eval_step, make_train_step, summarize_eval
+
+
+def total_steps(config, steps_per_epoch: int) -> int:
+    return config.steps or config.epochs * steps_per_epoch
+
+
+class Trainer:
+    """Everything about a run that does not change while it trains.
+
+    States come in two layouts. The *canonical* one (`initial_state`, what checkpoints hold and
+    `evaluate` takes) is a pytree of global arrays laid out by `state_sharding`. The *running*
+    one is what `train_step` takes: the same for `dp` and `fsdp`; for `pmap`, a copy per device
+    stacked on a leading axis. `place` and `gather` convert between them.
+    """
+
+    def __init__(self, config, model: nnx.Module, steps_per_epoch: int):
+        self.strategy = config.parallel.strategy
+        sharding.check_strategy(self.strategy)
+        self.mesh = sharding.make_mesh(config.parallel.mesh)
+        sharding.check_batch_size(config.dataset.batch_size, self.mesh)
+        sharding.check_batch_size(config.dataset.eval_batch_size, self.mesh,
+                                  "dataset.eval_batch_size")
+        self.tx = make_optimizer(config.optimizer, total_steps(config, steps_per_epoch))
+        loss_fn = classification_loss(config.loss.name, config.loss.label_smoothing)
+        # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
+        eval_loss_fn = classification_loss(config.loss.name)
+        axis_name = None
+        if self.strategy == "pmap":
+            axis_name = "data"
+            for _, module in model.iter_modules():  # batch statistics over every device's batch
+                if isinstance(module, nnx.BatchNorm):
+                    module.axis_name = axis_name
+        self.graphdef, state = create_state(model, self.tx, config.seed)
+        self.state_sharding = sharding.state_sharding(state, self.mesh, self.strategy)
+        self.batch_sharding = sharding.batch_sharding(self.mesh)
+        self.initial_state = jax.device_put(state, self.state_sharding)
+        replicated = sharding.replicated(self.mesh)
+        step = make_train_step(self.graphdef, loss_fn, self.tx, axis_name)
+        if self.strategy == "pmap":
+            self.train_step = jax.pmap(step, axis_name=axis_name, donate_argnums=0,
+                                       devices=list(self.mesh.devices.flat))
+        else:
+            self.train_step = jax.jit(
+                step, in_shardings=(self.state_sharding, self.batch_sharding),
+                out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+        self.eval_step = jax.jit(
+            make_eval_step(self.graphdef, eval_loss_fn),
+            in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
+        stacked = sharding.batch_sharding(self.mesh)  # leading device axis over `data`
+        n = self.mesh.devices.size
+        self._stack = jax.jit(lambda s: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), s),
+                              out_shardings=stacked)
+        self._unstack = jax.jit(lambda s: jax.tree.map(lambda x: x[0], s),
+                                out_shardings=self.state_sharding)
+
+    def place(self, state: TrainState) -> TrainState:
+        """Canonical state -> the layout `train_step` takes."""
+        return self._stack(state) if self.strategy == "pmap" else state
+
+    def gather(self, state: TrainState) -> TrainState:
+        """The layout `train_step` returns -> canonical state (for checkpoints and evaluation)."""
+        return self._unstack(state) if self.strategy == "pmap" else state
+
+    def put(self, batch: dict) -> dict:
+        """This process's numpy batch -> global arrays on the mesh, as `train_step` takes them."""
+        if self.strategy == "pmap":
+            local = len([d for d in self.mesh.devices.flat if d.process_index == jax.process_index()])
+            return sharding.put_per_device_batch(batch, self.batch_sharding, local)
+        return sharding.put_batch(batch, self.batch_sharding)
+
+    def fetch(self, metrics: dict) -> dict:
+        """Device metrics (identical on every device) -> host floats."""
+        return {k: float(np.asarray(v.addressable_data(0)).reshape(-1)[0])
+                for k, v in metrics.items()}
+
+    def evaluate(self, state: TrainState, batches) -> dict:
+        """Mean loss and accuracy of the canonical `state` over every unmasked example."""
+        sums = None
+        for batch in batches:
+            out = self.eval_step(state, sharding.put_batch(batch, self.batch_sharding))
+            sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+        return summarize_eval(self.fetch(sums))
