@@ -46,6 +46,13 @@ def test_workdir_holds_metrics_curves_checkpoints_and_config(tmp_path):
     assert os.path.exists(tmp_path / f"eval_test_{best_step}.json")
 
 
+def test_a_step_budget_can_end_mid_epoch(tmp_path):
+    summary = run.train_and_evaluate(tiny_config(steps=50, eval_every=20), str(tmp_path))
+    assert int(summary["state"].step) == 50
+    assert [r["step"] for r in summary["history"] if "eval_accuracy" in r] == [20, 40, 50]
+    assert summary["latest_step"] == 50
+
+
 def test_save_restore_evaluate_gives_the_same_metrics(tmp_path):
     config = tiny_config("digits_cnn.py", **{"epochs": 2})
     model, dataset = run.build(config)

@@ -94,7 +94,8 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     while step < num_steps and stop_reason == "finished":
         epoch, offset = divmod(step, steps_per_epoch)
         batches = dataset.train_batches(batch_size, seed=config.seed, epoch=epoch, **shard)
-        for batch in itertools.islice(batches, offset, steps_per_epoch):
+        end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)  # `steps` may end mid-epoch
+        for batch in itertools.islice(batches, offset, end):
             state, metrics = trainer.train_step(state, trainer.put(batch))
             step += 1
             window_steps += 1

@@ -38,7 +38,7 @@ class Trainer:
         axis_name = None
         if self.strategy == "pmap":
             axis_name = "data"
-            for _, module in model.iter_modules():  # batch statistics over every device's batch
+            for _, module in nnx.iter_modules(model):  # batch statistics over every device's batch
                 if isinstance(module, nnx.BatchNorm):
                     module.axis_name = axis_name
         self.graphdef, state = create_state(model, self.tx, config.seed)

@@ -1,0 +1,117 @@
+"""Every strategy, device count and process count trains to the same numbers (DESIGN.md 10)."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import run
+from train import sharding
+
+from helpers import tiny_config, trainer_for
+
+STEPS = 20
+MODELS = {
+    # dropout off: a dropout mask drawn per device (pmap) differs from one drawn for the global batch
+    "mlp": ("digits_mlp.py", {"model.dropout": 0.0}),
+    "cnn_batch_norm": ("digits_cnn.py", {"model.dropout": 0.0, "model.channels": (32, 64),
+                                         "model.dense": 128, "model.batch_norm": True}),
+}
+IN_PROCESS = [("1 device", "data=1", "dp"), ("dp on 8", "data=8", "dp"),
+              ("fsdp on 8", "data=8", "fsdp"), ("pmap on 8", "data=8", "pmap")]
+
+
+def model_config(model, **more):
+    name, fields = MODELS[model]
+    return tiny_config(name, **fields, steps=STEPS, **more)
+
+
+def train_in_process(config):
+    trainer, dataset = trainer_for(config)
+    batches = dataset.train_batches(config.dataset.batch_size, seed=config.seed, epoch=0)
+    state = trainer.place(trainer.initial_state)
+    for _ in range(STEPS):
+        state, _ = trainer.train_step(state, trainer.put(next(batches)))
+    if trainer.strategy == "pmap":  # every device's copy is the same: nothing drifts
+        for leaf in jax.tree.leaves(state):
+            copies = [np.asarray(s.data) for s in leaf.addressable_shards]
+            assert all(np.array_equal(copies[0], c) for c in copies[1:])
+    if trainer.strategy == "fsdp":
+        specs = [s.spec for s in jax.tree.leaves(trainer.state_sharding.params)]
+        assert any("data" in spec for spec in specs), "fsdp sharded no parameter"
+    state = trainer.gather(state)
+    test = trainer.evaluate(state, dataset.eval_batches("test", config.dataset.eval_batch_size))
+    return jax.device_get({"params": state.params, "model_state": state.model_state}), test
+
+
+def train_two_processes(config_name, fields, workdir):
+    overrides = [f"--config.{k}={v}" for k, v in {**fields, "steps": STEPS}.items()]
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments", "launch-local", "--num-processes", "2",
+         "--devices-per-process", "4", "--", "train", "--config",
+         os.path.join("experiments", "configs", config_name) + ":tiny", "--workdir", workdir,
+         *overrides], capture_output=True, text=True, timeout=240,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "in 2 process(es)" in result.stdout
+    restored = run.restore(workdir, "latest")
+    assert restored.step == STEPS
+    with open(os.path.join(workdir, f"eval_test_{STEPS}.json")) as f:
+        test = json.load(f)
+    state = restored.state
+    return jax.device_get({"params": state.params, "model_state": state.model_state}), test
+
+
+def largest_relative_difference(a, b):
+    """max over arrays of ||a - b|| / ||a||: float rounding, not one element Adam amplified."""
+    return max(jax.tree.leaves(jax.tree.map(
+        lambda x, y: float(np.linalg.norm(x - y) / (np.linalg.norm(x) + 1e-12)), a, b)))
+
+
+@pytest.mark.parametrize("model", sorted(MODELS))
+def test_every_strategy_and_process_count_gives_the_same_numbers(model, tmp_path):
+    results = {label: train_in_process(model_config(model, **{"parallel.mesh": mesh,
+                                                              "parallel.strategy": strategy}))
+               for label, mesh, strategy in IN_PROCESS}
+    results["2 processes x 4"] = train_two_processes(*MODELS[model], str(tmp_path))
+    reference, reference_test = results.pop("1 device")
+    assert reference_test["examples"] == 360
+    for label, (state, test) in results.items():
+        diff = largest_relative_difference(reference, state)
+        print(f"{model}: 1 device vs {label}: largest relative difference {diff:.2e}; test "
+              f"accuracy {reference_test['accuracy']:.4f} vs {test['accuracy']:.4f}")
+        assert diff < 1e-5, label
+        assert test["examples"] == 360
+        assert test["accuracy"] == pytest.approx(reference_test["accuracy"], abs=1e-9), label
+        assert test["loss"] == pytest.approx(reference_test["loss"], rel=1e-5), label
+
+
+def test_fsdp_shards_the_largest_divisible_dimension_and_replicates_small_arrays():
+    assert sharding.fsdp_spec((64, 512), 8) == jax.sharding.PartitionSpec(None, "data")
+    assert sharding.fsdp_spec((3, 3, 32, 64), 8) == jax.sharding.PartitionSpec(None, None, None, "data")
+    assert sharding.fsdp_spec((1000, 10), 8) == jax.sharding.PartitionSpec("data")
+    assert sharding.fsdp_spec((4097,), 8) == jax.sharding.PartitionSpec()  # nothing divides
+    assert sharding.fsdp_spec((512,), 8) == jax.sharding.PartitionSpec()   # small: replicated
+
+
+def test_unknown_strategy_lists_the_known_ones():
+    with pytest.raises(ValueError, match="known: dp, fsdp, pmap"):
+        trainer_for(tiny_config(**{"parallel.strategy": "tp"}))
+
+
+def test_an_unreachable_coordinator_is_a_clear_error_not_a_hang(tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments", "train", "--config", "experiments/configs/digits_mlp.py:tiny",
+         "--workdir", str(tmp_path), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+         "--process-id", "1", "--coordinator-timeout", "3"],
+        capture_output=True, text=True, timeout=120,
+        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert result.returncode == 2
+    assert f"could not reach the coordinator at 127.0.0.1:{port} within 3 s" in result.stderr
