@@ -70,8 +70,8 @@ class ArrayDataset:
 
 def _local_batch_size(batch_size: int, process_count: int) -> int:
     if batch_size % process_count:
-        raise ValueError(
-            f"dataset.batch_size={batch_size} does not divide over {process_count} processes; "
-            f"use a multiple of {process_count}"
-        )
+        lower = batch_size // process_count * process_count
+        nearest = " or ".join(str(b) for b in (lower, lower + process_count) if b > 0)
+        raise ValueError(f"dataset.batch_size={batch_size} does not divide over "
+                         f"{process_count} processes; use {nearest}")
     return batch_size // process_count

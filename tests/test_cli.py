@@ -73,7 +73,8 @@ def error_of(capsys, *argv):
     ("--config.loss.name=hinge", "unknown loss 'hinge'"),
     ("--config.dataset.batch_size=30", "use 24 or 32"),
     ("--config.early_stopping.monitor=accuracy", "is not one of eval_accuracy, eval_loss"),
-    ("--config.parallel.mesh=model=8", "has no 'data' axis"),
+    ("--config.parallel.mesh=model=8", "only a 'data' axis is supported"),
+    ("--config.parallel.mesh=data=16", "needs 16 devices but 8 cpu devices were found"),
 ])
 def test_bad_config_values_exit_2_naming_the_fix(capsys, tmp_path, override, message):
     code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path), override)

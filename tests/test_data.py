@@ -74,5 +74,5 @@ def test_errors_name_the_fix(digits):
         list(digits.eval_batches("dev", 32))
     with pytest.raises(ValueError, match="use a smaller batch size"):
         digits.steps_per_epoch(5000)
-    with pytest.raises(ValueError, match="use a multiple of 3"):
+    with pytest.raises(ValueError, match="does not divide over 3 processes; use 30 or 33"):
         next(digits.train_batches(32, seed=0, epoch=0, process_count=3))

@@ -34,8 +34,9 @@ def make_mesh(spec: str, devices=None) -> Mesh:
     except ValueError:
         raise ValueError(
             f"parallel.mesh={spec!r} is not 'axis=size,...' (e.g. 'data=-1' or 'data=8')") from None
-    if "data" not in names:
-        raise ValueError(f"parallel.mesh={spec!r} has no 'data' axis; e.g. 'data=-1'")
+    if names != ("data",):
+        raise ValueError(f"parallel.mesh={spec!r}: only a 'data' axis is supported so far, "
+                         f"e.g. 'data=-1' or 'data=8'")
     known = math.prod(s for s in sizes if s != -1)
     if sizes.count(-1) > 1 or known <= 0 or any(s < -1 or s == 0 for s in sizes):
         raise ValueError(f"parallel.mesh={spec!r} needs positive sizes and at most one -1")
@@ -47,6 +48,9 @@ def make_mesh(spec: str, devices=None) -> Mesh:
     if math.prod(sizes) > len(devices):
         raise ValueError(f"parallel.mesh={spec!r} needs {math.prod(sizes)} devices but "
                          f"{len(devices)} {devices[0].platform} devices were found")
+    if math.prod(sizes) < len(devices) and jax.process_count() > 1:
+        raise ValueError(f"parallel.mesh={spec!r} leaves devices out, which a run of "
+                         f"{jax.process_count()} processes cannot; use 'data=-1'")
     devices = devices[:math.prod(sizes)]  # a smaller mesh uses the first devices
     return Mesh(np.asarray(devices).reshape(sizes), names)
 
