@@ -1,7 +1,9 @@
 """`descent`: the command line. Thin: it parses arguments and calls experiments.run.
 
-Exit codes: 0 done; 1 training diverged (NaN/Inf); 2 bad input (usage, config, names, files,
-an unreachable coordinator).
+Exit codes: 0 done; 1 training stopped: it diverged (NaN/Inf) or a checkpoint could not be
+written; 2 bad input (usage, config, names, files, an unreachable coordinator, a checkpoint of
+another model); 128 + signal number (143 for SIGTERM, 130 for SIGINT) preempted: the step in
+flight was finished and saved, and the same command resumes.
 """
 import argparse
 import os
@@ -11,7 +13,7 @@ import sys
 import time
 
 USAGE_EXIT = 2
-DIVERGED_EXIT = 1
+STOPPED_EXIT = 1
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,19 +68,29 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in argv
     if not verbose:
-        from absl import logging  # orbax logs its routine decisions as warnings
-        logging.set_verbosity(logging.ERROR)
+        from absl import logging  # orbax logs routine decisions as warnings, and the failures
+        logging.set_verbosity(logging.FATAL)  # it raises as errors too: we report those once
     try:
         return _run(argv)
     except Exception as e:  # noqa: BLE001 - every failure becomes one line unless --verbose
-        from train.loop import Diverged
+        from train.checkpoint import CheckpointWriteError
+        from train.loop import Diverged, Preempted
+        if isinstance(e, Preempted):
+            print(f"descent: {e}", file=sys.stderr)
+            return 128 + e.signum
         if verbose:
             raise
         usage = isinstance(e, (ValueError, OSError))
-        if not usage and not isinstance(e, Diverged):
+        if not usage and not isinstance(e, (Diverged, CheckpointWriteError)):
             raise
         print(f"descent: error: {e}", file=sys.stderr)
-        return USAGE_EXIT if usage else DIVERGED_EXIT
+        if isinstance(e, CheckpointWriteError):
+            # orbax's writer threads may be stuck on the failed disk; what is committed is safe,
+            # so leave now rather than wait for them at interpreter exit.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(STOPPED_EXIT)
+        return USAGE_EXIT if usage else STOPPED_EXIT
 
 
 def _run(argv: list[str]) -> int:

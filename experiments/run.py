@@ -4,7 +4,10 @@ import os
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 import ml_collections
+import numpy as np
+from flax import nnx
 
 import data
 import nets
@@ -43,8 +46,13 @@ class Restored(NamedTuple):
     step: int
 
 
-def restore(workdir: str, which: str | int = "best") -> Restored:
-    """Restores the checkpoint `which` ('best', 'latest' or a step) of `workdir` onto the devices here."""
+def restore(workdir: str, which: str | int = "best", *, strategy: str | None = None,
+            mesh: str = "data=-1") -> Restored:
+    """Restores checkpoint `which` ('best', 'latest' or a step) of `workdir` onto the devices here.
+
+    The state is laid out for `mesh` (default: every device present) and `strategy` (default:
+    the one it was trained with), whatever device count and strategy saved it.
+    """
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"no checkpoints in {workdir!r}; "
                                 f"run `descent train --workdir {workdir} ...` first")
@@ -54,6 +62,8 @@ def restore(workdir: str, which: str | int = "best") -> Restored:
     manager = checkpoint.open_manager(workdir, read_only=True,
                                       monitor=config.early_stopping.monitor)
     step = checkpoint.resolve_step(manager, which)
+    config.parallel.mesh = mesh
+    config.parallel.strategy = strategy or config.parallel.strategy
     model, dataset = build(config)
     trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size))
     state = checkpoint.restore(manager, step, trainer.initial_state)
@@ -71,3 +81,10 @@ def evaluate(workdir: str, which: str | int = "best", split: str = "test") -> di
         with open(os.path.join(workdir, f"eval_{split}_{r.step}.json"), "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics
+
+
+def predict(restored: Restored, images) -> np.ndarray:
+    """Class probabilities, (batch, classes), for a numpy batch of images from a restored run."""
+    model = nnx.merge(restored.trainer.graphdef, restored.state.params,
+                      restored.state.model_state)
+    return np.asarray(jax.nn.softmax(model(jnp.asarray(images), train=False)))

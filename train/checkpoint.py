@@ -1,16 +1,33 @@
-"""Orbax checkpoints: the train state, the config beside it, the metrics that rank it.
+"""Orbax checkpoints: the train state, the config and data position beside it, the metrics
+that rank it.
 
 Each checkpoint is a directory `<workdir>/checkpoints/<step>/` with the items `state`
-(StandardSave) and `config` (JSON). Orbax writes into a temporary directory and renames it when
-complete, so a failed or interrupted save never replaces a good checkpoint. Nothing is pickled.
+(StandardSave), `config` and `data` (JSON). Orbax writes into a temporary directory and renames
+it when complete, so a failed or interrupted save never replaces a good checkpoint. Nothing is
+pickled. A checkpoint that cannot be read is moved to `<workdir>/checkpoints-damaged/`, never
+deleted.
 """
+import errno
 import os
+import re
+import shutil
+import time
 
 import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from train.state import TrainState, abstract
+
+DAMAGED_DIR = "checkpoints-damaged"
+
+
+class IncompatibleCheckpoint(ValueError):
+    """The checkpoint holds another model or optimizer than the one asked for."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (unwritable work directory, full disk)."""
 
 
 def metric_mode(monitor: str) -> str:
@@ -35,14 +52,59 @@ def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
     return ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
         item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "config": ocp.JsonCheckpointHandler()})
+                       "config": ocp.JsonCheckpointHandler(),
+                       "data": ocp.JsonCheckpointHandler()})
 
 
-def save(manager: ocp.CheckpointManager, state: TrainState, config: dict,
-         metrics: dict | None = None) -> None:
-    """Starts an asynchronous save of `state` and `config` at `state.step`."""
-    manager.save(int(state.step), args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config)), metrics=metrics)
+def save(manager: ocp.CheckpointManager, step: int, state: TrainState, config: dict,
+         data_position: dict, metrics: dict | None = None) -> None:
+    """Starts an asynchronous save; the training loop goes on while orbax writes."""
+    try:
+        manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
+            data=ocp.args.JsonSave(data_position)), metrics=metrics)
+    except Exception as e:  # noqa: BLE001 - also an earlier async save failing now
+        raise _write_error(manager, step, e) from e
+
+
+def wait(manager: ocp.CheckpointManager) -> None:
+    """Blocks until every started save is complete on disk."""
+    try:
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+        raise _write_error(manager, None, e) from e
+
+
+def _write_error(manager, step, error) -> CheckpointWriteError:
+    kept = sorted(s for s in _listed_steps(manager) if step is None or s < step)
+    when = f" while saving step {step}" if step is not None else ""
+    return CheckpointWriteError(
+        f"could not write a checkpoint to {manager.directory}{when} ({_reason(error)}); the checkpoints "
+        f"already there are intact (steps {', '.join(map(str, kept)) or 'none'}). Free space or "
+        f"make the work directory writable, then rerun to resume")
+
+
+def _listed_steps(manager) -> list[int]:
+    try:
+        return [int(n) for n in os.listdir(manager.directory) if n.isdigit()]
+    except OSError:
+        return []
+
+
+def _reason(error: BaseException) -> str:
+    """The operating system's words for what failed (e.g. "No space left on device")."""
+    chain = [error]
+    while chain[-1].__cause__ is not None or chain[-1].__context__ is not None:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    for e in chain:
+        if isinstance(e, OSError) and e.strerror:
+            return e.strerror
+    text = " ".join(str(e) for e in chain)
+    for code in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT, errno.EIO):
+        if os.strerror(code) in text:
+            return os.strerror(code)
+    first = str(chain[-1]).splitlines()[0] if str(chain[-1]) else ""
+    return f"{type(chain[-1]).__name__}: {first[:200]}"
 
 
 def resolve_step(manager: ocp.CheckpointManager, which: str | int = "latest") -> int:
@@ -67,9 +129,13 @@ def resolve_step(manager: ocp.CheckpointManager, which: str | int = "latest") ->
 def restore(manager: ocp.CheckpointManager, step: int, like: TrainState) -> TrainState:
     """Restores the state at `step` into the structure, shapes and shardings of `like`.
 
-    A checkpoint of another model or optimizer raises ValueError naming the differing arrays.
+    A checkpoint of another model or optimizer raises IncompatibleCheckpoint naming the
+    differing arrays. `like`'s shardings may differ from the saved ones: another device count,
+    mesh or strategy.
     """
     saved = _shapes(manager.item_metadata(step)["state"])
+    if not saved:
+        raise FileNotFoundError(f"the checkpoint at step {step} has no readable array metadata")
     wanted = _shapes(like)
     differences = (
         [f"{p}: checkpoint {saved[p]} vs model {wanted[p]}"
@@ -79,7 +145,8 @@ def restore(manager: ocp.CheckpointManager, step: int, like: TrainState) -> Trai
     if differences:
         shown = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more"
                                               if len(differences) > 6 else "")
-        raise ValueError(f"the checkpoint at step {step} in {manager.directory} does not fit this "
+        raise IncompatibleCheckpoint(
+            f"the checkpoint at step {step} in {manager.directory} does not fit this "
                          f"model and optimizer ({len(differences)} arrays differ): {shown}. "
                          f"Use the config it was saved with, or another --workdir")
     restored = manager.restore(step, args=ocp.args.Composite(
@@ -90,6 +157,56 @@ def restore(manager: ocp.CheckpointManager, step: int, like: TrainState) -> Trai
 def saved_config(manager: ocp.CheckpointManager, step: int) -> dict:
     """The config saved with the checkpoint at `step`."""
     return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+
+def saved_data_position(manager: ocp.CheckpointManager, step: int) -> dict:
+    """Where the data iterator stood after `step`: {"epoch": e, "batch": b} of the next batch."""
+    return manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
+
+
+def remove_incomplete(workdir: str, log) -> None:
+    """Removes what an interrupted save left (orbax's temporary directories), saying so."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        return
+    for name in sorted(os.listdir(directory)):
+        if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", name):
+            log(f"removing an incomplete checkpoint left by an interrupted save: {name}")
+            shutil.rmtree(os.path.join(directory, name))
+
+
+def restore_latest_good(manager: ocp.CheckpointManager, like: TrainState, log
+                        ) -> tuple[TrainState, int, dict] | None:
+    """(state, step, data position) of the newest checkpoint that reads back whole, or None.
+
+    A checkpoint that fails to read (a truncated file, deleted metadata) is moved aside to
+    `<workdir>/checkpoints-damaged/` with a warning, and the one before it is tried.
+    """
+    steps = sorted(set(manager.all_steps()) | set(_listed_steps(manager)), reverse=True)
+    for step in steps:
+        try:
+            state = restore(manager, step, like)
+            return state, step, saved_data_position(manager, step)
+        except IncompatibleCheckpoint:
+            raise
+        except Exception as e:  # noqa: BLE001 - any read failure means this one is damaged
+            aside = _move_aside(manager, step)
+            log(f"warning: the checkpoint at step {step} cannot be read ({_reason(e)}); moved to "
+                f"{aside}; falling back to the previous one")
+    return None
+
+
+def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
+    workdir = os.path.dirname(str(manager.directory))
+    target = os.path.join(workdir, DAMAGED_DIR, f"{step}-{time.strftime('%Y%m%d-%H%M%S')}")
+    if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.move(os.path.join(str(manager.directory), str(step)), target)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+        multihost_utils.sync_global_devices(f"descent: moved checkpoint {step} aside")
+    manager.reload()
+    return target
 
 
 def _shapes(tree) -> dict[str, tuple]:

@@ -4,12 +4,16 @@ It receives a model and a dataset and knows neither's kind: the dataset needs
 `steps_per_epoch(batch_size)`, `train_batches(batch_size, seed=, epoch=, process_index=,
 process_count=)` and `eval_batches(split, batch_size, process_index=, process_count=)`.
 """
+import contextlib
 import itertools
 import math
 import os
+import signal
+import threading
 import time
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
@@ -24,6 +28,15 @@ MONITORED = ("eval_accuracy", "eval_loss")
 
 class Diverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Preempted(Exception):
+    """SIGTERM or SIGINT arrived; the step in flight finished and was saved."""
+
+    def __init__(self, signum: int, step: int, directory: str):
+        self.signum, self.step = signum, step
+        super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; its "
+                         f"checkpoint is saved in {directory}. Run the same command to resume")
 
 
 def prepare_workdir(workdir: str) -> str:
@@ -43,8 +56,9 @@ def prepare_workdir(workdir: str) -> str:
 def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     """Trains `model` on `dataset` as `config` says; checkpoints, metrics and plot go to `workdir`.
 
-    Resumes from the latest checkpoint in `workdir` if there is one. Returns a summary with the
-    final state, the best checkpoint's step and why training stopped.
+    Resumes from the newest readable checkpoint in `workdir` if there is one, exactly where it
+    stopped. SIGTERM or SIGINT finishes the current step, saves and raises Preempted. Returns a
+    summary with the final state, the best checkpoint's step and why training stopped.
     """
     # --- setup: everything that can fail on bad input fails here, before any checkpoint is touched
     prepare_workdir(workdir)
@@ -61,23 +75,29 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     better = (lambda a, b: a < b) if checkpoint.metric_mode(monitor) == "min" else (
         lambda a, b: a > b)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-
     trainer = Trainer(config, model, steps_per_epoch)
+
+    # --- resume: the newest checkpoint that reads back whole, and the data position saved with it
+    if chief:
+        checkpoint.remove_incomplete(workdir, say)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("descent: checkpoints cleaned")
     manager = checkpoint.open_manager(workdir, keep=config.checkpoint.keep,
                                       keep_best=config.checkpoint.keep_best, monitor=monitor)
     config_dict = config.to_dict()
-    state = trainer.initial_state
-    if manager.latest_step() is not None:
-        state = checkpoint.restore(manager, manager.latest_step(), state)
-        say(f"resumed from the checkpoint at step {manager.latest_step()} in {manager.directory}")
-    step = int(trainer.fetch({"step": state.step})["step"])
+    state, step = trainer.initial_state, 0
+    resumed = checkpoint.restore_latest_good(manager, state, say)
+    if resumed is not None:
+        state, step, position = resumed
+        say(f"resumed from the checkpoint at step {step} in {manager.directory}")
+        if position != data_position(step, steps_per_epoch, config):
+            say("warning: dataset.batch_size or seed differ from the run that saved this "
+                "checkpoint, so the data order differs from an uninterrupted run")
     history = [r for r in report.read_metrics(workdir) if r["step"] <= step]
     if chief:
         _rewrite_metrics(workdir, history)
-    evals = [r[monitor] for r in history if monitor in r]
-    best = None
-    bad_evals = 0
-    for value in evals:
+    best, bad_evals = None, 0
+    for value in (r[monitor] for r in history if monitor in r):
         best, bad_evals = (value, 0) if best is None or better(value, best) else (best, bad_evals + 1)
     say(f"training {num_params(state):,} parameters for {num_steps} steps "
         f"({steps_per_epoch} per epoch, batch {batch_size}) on {trainer.mesh.devices.size} "
@@ -91,71 +111,81 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     window_start, window_steps = time.perf_counter(), 0
     bar = tqdm(total=num_steps, initial=step, unit="step", disable=None if chief else True,
                dynamic_ncols=True)
-    while step < num_steps and stop_reason == "finished":
-        epoch, offset = divmod(step, steps_per_epoch)
-        batches = dataset.train_batches(batch_size, seed=config.seed, epoch=epoch, **shard)
-        end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)  # `steps` may end mid-epoch
-        for batch in itertools.islice(batches, offset, end):
-            state, metrics = trainer.train_step(state, trainer.put(batch))
-            step += 1
-            window_steps += 1
-            pending.append((step, metrics))
-            bar.update()
-            do_eval = step % eval_every == 0 or step == num_steps
-            do_save = step % checkpoint_every == 0 or step == num_steps
-            if not (do_eval or do_save or step % config.log_every == 0):
-                continue
+    with stop_requests() as stop_signals:
+        while step < num_steps and stop_reason == "finished":
+            epoch, offset = divmod(step, steps_per_epoch)
+            batches = dataset.train_batches(batch_size, seed=config.seed, epoch=epoch, **shard)
+            end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)  # may end mid-epoch
+            for batch in itertools.islice(batches, offset, end):
+                state, metrics = trainer.train_step(state, trainer.put(batch))
+                step += 1
+                window_steps += 1
+                pending.append((step, metrics))
+                bar.update()
+                preempted = (multihost_utils.reached_preemption_sync_point(step)
+                             if jax.process_count() > 1 else bool(stop_signals))
+                do_eval = step % eval_every == 0 or step == num_steps
+                do_save = step % checkpoint_every == 0 or step == num_steps or preempted
+                if not (do_eval or do_save or step % config.log_every == 0):
+                    continue
 
-            # Fetch the pending metrics; a NaN or Inf stops here, before anything is saved.
-            fetched = [(s, trainer.fetch(m)) for s, m in pending]
-            pending = []
-            for s, m in fetched:
-                if not all(math.isfinite(v) for v in m.values()):
-                    bar.close()
-                    manager.wait_until_finished()
-                    last = manager.latest_step()
-                    kept = (f"the last good checkpoint (step {last}) is kept in {manager.directory}"
-                            if last is not None else "no checkpoint had been saved yet")
-                    what = next(k for k, v in m.items() if not math.isfinite(v))
-                    raise Diverged(f"{what} became {m[what]} at step {s}; stopped, and {kept}. "
-                                   f"Try a lower optimizer.learning_rate or optimizer.clip_norm")
-            elapsed = time.perf_counter() - window_start
-            record = {"step": step, "epoch": step / steps_per_epoch,
-                      "train_loss": float(np.mean([m["loss"] for _, m in fetched])),
-                      "train_accuracy": float(np.mean([m["accuracy"] for _, m in fetched])),
-                      "examples_per_s": window_steps * batch_size / elapsed}
-            bar.set_postfix(loss=f"{record['train_loss']:.4f}",
-                            acc=f"{record['train_accuracy']:.3f}",
-                            ex_per_s=f"{record['examples_per_s']:.0f}")
+                # Fetch the pending metrics; a NaN or Inf stops here, before anything is saved.
+                fetched = [(s, trainer.fetch(m)) for s, m in pending]
+                pending = []
+                for s, m in fetched:
+                    if not all(math.isfinite(v) for v in m.values()):
+                        bar.close()
+                        checkpoint.wait(manager)
+                        last = manager.latest_step()
+                        kept = (f"the last good checkpoint (step {last}) is kept in "
+                                f"{manager.directory}" if last is not None
+                                else "no checkpoint had been saved yet")
+                        what = next(k for k, v in m.items() if not math.isfinite(v))
+                        raise Diverged(f"{what} became {m[what]} at step {s}; stopped, and {kept}. "
+                                       f"Try a lower optimizer.learning_rate or optimizer.clip_norm")
+                elapsed = time.perf_counter() - window_start
+                record = {"step": step, "epoch": step / steps_per_epoch,
+                          "train_loss": float(np.mean([m["loss"] for _, m in fetched])),
+                          "train_accuracy": float(np.mean([m["accuracy"] for _, m in fetched])),
+                          "examples_per_s": window_steps * batch_size / elapsed}
+                bar.set_postfix(loss=f"{record['train_loss']:.4f}",
+                                acc=f"{record['train_accuracy']:.3f}",
+                                ex_per_s=f"{record['examples_per_s']:.0f}")
 
-            if do_eval:
-                result = trainer.evaluate(trainer.gather(state), dataset.eval_batches(
-                    config.eval_split, config.dataset.eval_batch_size, **shard))
-                record.update(eval_loss=result["loss"], eval_accuracy=result["accuracy"])
-                if best is None or better(record[monitor], best):
-                    best, bad_evals = record[monitor], 0
-                else:
-                    bad_evals += 1
+                if do_eval:
+                    result = trainer.evaluate(trainer.gather(state), dataset.eval_batches(
+                        config.eval_split, config.dataset.eval_batch_size, **shard))
+                    record.update(eval_loss=result["loss"], eval_accuracy=result["accuracy"])
+                    if best is None or better(record[monitor], best):
+                        best, bad_evals = record[monitor], 0
+                    else:
+                        bad_evals += 1
+                    if chief:
+                        bar.write(f"step {step:>6} epoch {record['epoch']:6.2f}  train loss "
+                                  f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
+                                  f"  {config.eval_split} loss {result['loss']:.4f} "
+                                  f"acc {result['accuracy']:.4f}")
+                    patience = config.early_stopping.patience
+                    if patience and bad_evals >= patience:
+                        stop_reason = (f"early stopping: {monitor} did not improve on {best:.4f} "
+                                       f"for {patience} evaluations")
                 if chief:
-                    bar.write(f"step {step:>6} epoch {record['epoch']:6.2f}  train loss "
-                              f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}  "
-                              f"{config.eval_split} loss {result['loss']:.4f} "
-                              f"acc {result['accuracy']:.4f}")
-                patience = config.early_stopping.patience
-                if patience and bad_evals >= patience:
-                    stop_reason = (f"early stopping: {monitor} did not improve on {best:.4f} "
-                                   f"for {patience} evaluations")
-            if chief:
-                report.append_metrics(workdir, record)
-                history.append(record)
-            if do_save or stop_reason != "finished":
-                saved_metrics = {monitor: record[monitor]} if monitor in record else None
-                checkpoint.save(manager, trainer.gather(state), config_dict, saved_metrics)
-            if stop_reason != "finished":
-                break
-            window_start, window_steps = time.perf_counter(), 0  # evaluation is not training time
+                    _append_metrics(workdir, record, manager)
+                    history.append(record)
+                if do_save or stop_reason != "finished":
+                    saved_metrics = {monitor: record[monitor]} if monitor in record else None
+                    checkpoint.save(manager, step, trainer.gather(state), config_dict,
+                                    data_position(step, steps_per_epoch, config), saved_metrics)
+                if preempted:
+                    bar.close()
+                    checkpoint.wait(manager)
+                    signum = stop_signals[0] if stop_signals else signal.SIGTERM
+                    raise Preempted(signum, step, str(manager.directory))
+                if stop_reason != "finished":
+                    break
+                window_start, window_steps = time.perf_counter(), 0  # eval is not training time
     bar.close()
-    manager.wait_until_finished()
+    checkpoint.wait(manager)
 
     # --- what the run leaves behind
     if stop_reason != "finished":
@@ -165,6 +195,47 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     return {"state": trainer.gather(state), "trainer": trainer, "best_step": manager.best_step(),
             "latest_step": manager.latest_step(), "stop_reason": stop_reason,
             "history": history, "curves": curves, "checkpoints": str(manager.directory)}
+
+
+def data_position(step: int, steps_per_epoch: int, config) -> dict:
+    """Where the data stands after `step` updates: the epoch and batch of the next batch.
+
+    Batches are a pure function of (seed, epoch), so this is all a resumed run needs.
+    """
+    epoch, batch = divmod(step, steps_per_epoch)
+    return {"epoch": epoch, "batch": batch, "seed": config.seed,
+            "batch_size": config.dataset.batch_size}
+
+
+@contextlib.contextmanager
+def stop_requests():
+    """Collects SIGTERM and SIGINT in a list instead of dying, while training runs.
+
+    Only in a single process's main thread: with several processes JAX's preemption service
+    takes SIGTERM and agrees on a step with the others (`reached_preemption_sync_point`).
+    """
+    received = []
+    if jax.process_count() > 1 or threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    catch = (signal.SIGTERM, signal.SIGINT)
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in catch}
+    try:
+        yield received
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def _append_metrics(workdir: str, record: dict, manager) -> None:
+    try:
+        report.append_metrics(workdir, record)
+    except OSError as e:
+        checkpoint.wait(manager)
+        raise checkpoint.CheckpointWriteError(
+            f"could not append to {os.path.join(workdir, report.METRICS_FILE)} ({e.strerror}); "
+            f"the checkpoints in {manager.directory} are intact. Free space or make the work "
+            f"directory writable, then rerun to resume") from e
 
 
 def _rewrite_metrics(workdir: str, records: list[dict]) -> None:

@@ -1,0 +1,202 @@
+"""Checkpoints survive kill -9, SIGTERM, damage, full and read-only disks, and other topologies."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from experiments import run
+from train import checkpoint
+from train.loop import fit
+
+from conftest import ROOT
+from helpers import tiny_config
+
+# The tiny MLP for 4 epochs (156 steps), a checkpoint every 5 steps, on one CPU device.
+RUN = ["--config", "experiments/configs/digits_mlp.py:tiny", "--config.epochs=4",
+       "--config.checkpoint.every=5", "--config.checkpoint.keep=2"]
+FINAL_STEP = 156
+
+
+def start(workdir, *extra, devices=1):
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    return subprocess.Popen([sys.executable, "-m", "experiments", "train", *RUN, "--workdir",
+                             str(workdir), *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def finish(workdir, *extra):
+    proc = start(workdir, *extra)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-2000:]
+    return out + err
+
+
+def final_state(workdir):
+    restored = run.restore(str(workdir), FINAL_STEP, mesh="data=1")
+    return jax.device_get(restored.state)
+
+
+def assert_bit_identical(a, b):
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b)
+    for x, y in zip(leaves_a, leaves_b):
+        np.testing.assert_array_equal(x, y)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("uninterrupted")
+    started = time.monotonic()
+    finish(workdir)
+    return final_state(workdir), time.monotonic() - started
+
+
+def test_kill_9_at_random_moments_then_resume_is_bit_identical(uninterrupted, tmp_path):
+    reference, wall_s = uninterrupted
+    rng = random.Random(20261124)
+    passed, killed_after_a_checkpoint = 0, 0
+    for trial in range(10):
+        workdir = tmp_path / f"trial{trial}"
+        proc = start(workdir)
+        time.sleep(rng.uniform(0.3, wall_s))
+        if os.path.isdir(workdir / "checkpoints") and os.listdir(workdir / "checkpoints"):
+            killed_after_a_checkpoint += 1
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        output = finish(workdir)
+        assert_bit_identical(reference, final_state(workdir))
+        passed += 1
+        print(f"trial {trial}: killed, resumed ({output.splitlines()[0][:80]!r}) -> identical")
+    print(f"kill -9 trials passed: {passed}/10 ({killed_after_a_checkpoint} killed after the "
+          f"first checkpoint existed)")
+    assert passed == 10
+
+
+def test_sigterm_saves_exits_143_and_resume_is_bit_identical(uninterrupted, tmp_path):
+    reference, _ = uninterrupted
+    proc = start(tmp_path)
+    deadline = time.monotonic() + 120
+    while not (tmp_path / "metrics.jsonl").exists():  # training has begun
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("descent: stopped by SIGTERM after step ") and "resume" in line
+    stopped_at = int(line.split("after step ")[1].split(";")[0])
+    manager = checkpoint.open_manager(str(tmp_path), read_only=True)
+    assert manager.latest_step() == stopped_at < FINAL_STEP
+    finish(tmp_path)
+    assert_bit_identical(reference, final_state(tmp_path))
+
+
+@pytest.mark.parametrize("damage", ["truncate a file", "delete its metadata"])
+def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path,
+                                                                     damage):
+    reference, _ = uninterrupted
+    finish(tmp_path)
+    newest = tmp_path / "checkpoints" / str(FINAL_STEP)
+    if damage == "truncate a file":
+        victim = max((os.path.join(r, n) for r, _, names in os.walk(newest / "state")
+                      for n in names), key=os.path.getsize)
+        with open(victim, "r+b") as f:
+            f.truncate(os.path.getsize(victim) // 2)
+    else:
+        os.remove(newest / "state" / "_METADATA")
+    output = finish(tmp_path)
+    assert f"warning: the checkpoint at step {FINAL_STEP} cannot be read" in output
+    assert "resumed from the checkpoint at step 155" in output
+    damaged = os.listdir(tmp_path / "checkpoints-damaged")
+    assert len(damaged) == 1 and damaged[0].startswith(f"{FINAL_STEP}-")  # kept, moved aside
+    assert_bit_identical(reference, final_state(tmp_path))
+
+
+def mount_tmpfs(path, size):
+    path.mkdir()
+    result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                            capture_output=True, text=True)
+    if result.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip()}): needs root")
+
+
+@pytest.mark.parametrize("failure", ["read-only", "full"])
+def test_a_workdir_that_stops_taking_writes_is_a_clear_error_and_keeps_checkpoints(
+        tmp_path, failure):
+    disk = tmp_path / "disk"
+    mount_tmpfs(disk, "20m" if failure == "read-only" else "1200k")
+    try:
+        workdir = disk / "run"
+        proc = start(workdir, "--config.checkpoint.keep=1000")
+        if failure == "read-only":
+            deadline = time.monotonic() + 120
+            while len([n for n in os.listdir(workdir / "checkpoints") if n.isdigit()]
+                       if (workdir / "checkpoints").exists() else []) < 2:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.02)
+            while subprocess.run(["mount", "-o", "remount,ro", str(disk)],
+                                 capture_output=True).returncode != 0:  # busy while a file is open
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 1, err[-2000:]
+        line = err.strip().splitlines()[-1]
+        reason = "Read-only file system" if failure == "read-only" else "No space left on device"
+        assert line.startswith("descent: error: could not "), line
+        assert reason in line and "intact" in line, line
+        manager = checkpoint.open_manager(str(workdir), read_only=True)
+        steps = manager.all_steps()
+        assert len(steps) >= 2
+        for step in steps:  # every checkpoint that was committed reads back whole
+            restored = run.restore(str(workdir), step, mesh="data=1")
+            assert all(np.isfinite(x).all() for x in jax.tree.leaves(jax.device_get(restored.state)))
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def test_restore_across_device_counts_and_strategies(tmp_path):
+    config = tiny_config(**{"epochs": 1, "parallel.strategy": "fsdp", "model.width": 128})
+    model, dataset = run.build(config)
+    summary = fit(config, str(tmp_path), model, dataset)
+    sharded = [x.sharding.spec for x in jax.tree.leaves(summary["state"].params)]
+    assert any("data" in spec for spec in sharded), "fsdp sharded nothing"
+    saved = jax.device_get(summary["state"])
+    saved_test = summary["trainer"].evaluate(summary["state"], dataset.eval_batches("test", 256))
+    for mesh, strategy in [("data=1", "dp"), ("data=2", "dp"), ("data=8", "pmap")]:
+        restored = run.restore(str(tmp_path), "latest", mesh=mesh, strategy=strategy)
+        assert restored.trainer.mesh.devices.size == int(mesh.split("=")[1])
+        assert_bit_identical(saved, jax.device_get(restored.state))
+        test = restored.trainer.evaluate(restored.state, dataset.eval_batches("test", 256))
+        assert test["accuracy"] == saved_test["accuracy"]
+        assert test["loss"] == pytest.approx(saved_test["loss"], rel=1e-6)
+    probabilities = run.predict(restored, dataset.splits["test"]["image"][:5])
+    assert probabilities.shape == (5, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
+
+    # ... and goes on training with dp on 2 devices from the fsdp checkpoint
+    more = tiny_config(**{"epochs": 2, "model.width": 128, "parallel.mesh": "data=2"})
+    model, dataset = run.build(more)
+    resumed = fit(more, str(tmp_path), model, dataset)
+    assert int(resumed["state"].step) == 78
+
+
+def test_eval_on_other_hardware_from_the_command_line(tmp_path):
+    config = tiny_config(**{"epochs": 1, "parallel.strategy": "fsdp", "model.width": 128})
+    run.train_and_evaluate(config, str(tmp_path))
+    expected = run.evaluate(str(tmp_path), "latest", "test")
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments", "eval", "--workdir", str(tmp_path), "--checkpoint",
+         "latest"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "XLA_FLAGS": ""})  # one device
+    assert result.returncode == 0, result.stderr[-2000:]
+    with open(tmp_path / "eval_test_39.json") as f:
+        on_one_device = json.load(f)
+    assert on_one_device["accuracy"] == expected["accuracy"]
+    assert on_one_device["loss"] == pytest.approx(expected["loss"], rel=1e-5)
