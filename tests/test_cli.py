@@ -116,9 +116,11 @@ def test_failed_run_leaves_existing_checkpoints_untouched(capsys, tmp_path):
     assert main(["train", "--config", TINY, "--workdir", str(tmp_path)]) == 0
     snapshot = {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
                 for r, _, names in os.walk(tmp_path / "checkpoints") for n in names}
-    code, _ = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path),
-                       "--config.model.width=128")
+    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path),
+                         "--config.model.width=128")
     assert code == 2  # a different model cannot resume from these checkpoints
+    assert "does not fit this model and optimizer" in err
+    assert "params/hidden/1/kernel: checkpoint (64, 64) vs model (128, 128)" in err
     after = {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
              for r, _, names in os.walk(tmp_path / "checkpoints") for n in names}
     assert after == snapshot
