@@ -73,7 +73,7 @@ def largest_relative_difference(a, b):
 
 
 @pytest.mark.parametrize("model", sorted(MODELS))
-def test_every_strategy_and_process_count_gives_the_same_numbers(model, tmp_path):
+def test_every_strategy_and_process_count_gives_the_same_numbers(model, tmp_path, capsys):
     results = {label: train_in_process(model_config(model, **{"parallel.mesh": mesh,
                                                               "parallel.strategy": strategy}))
                for label, mesh, strategy in IN_PROCESS}
@@ -82,8 +82,10 @@ def test_every_strategy_and_process_count_gives_the_same_numbers(model, tmp_path
     assert reference_test["examples"] == 360
     for label, (state, test) in results.items():
         diff = largest_relative_difference(reference, state)
-        print(f"{model}: 1 device vs {label}: largest relative difference {diff:.2e}; test "
-              f"accuracy {reference_test['accuracy']:.4f} vs {test['accuracy']:.4f}")
+        with capsys.disabled():  # shown in every run's log, not only on failure
+            print(f"\n{model}: 1 device vs {label}: largest relative difference {diff:.2e}; "
+                  f"test accuracy {reference_test['accuracy']:.4f} vs {test['accuracy']:.4f}",
+                  end="")
         assert diff < 1e-5, label
         assert test["examples"] == 360
         assert test["accuracy"] == pytest.approx(reference_test["accuracy"], abs=1e-9), label
