@@ -79,9 +79,9 @@ def _write_error(manager, step, error) -> CheckpointWriteError:
     kept = sorted(s for s in _listed_steps(manager) if step is None or s < step)
     when = f" while saving step {step}" if step is not None else ""
     return CheckpointWriteError(
-        f"could not write a checkpoint to {manager.directory}{when} ({_reason(error)}); the checkpoints "
-        f"already there are intact (steps {', '.join(map(str, kept)) or 'none'}). Free space or "
-        f"make the work directory writable, then rerun to resume")
+        f"could not write a checkpoint to {manager.directory}{when} ({_reason(error)}); the "
+        f"checkpoints already there are intact (steps {', '.join(map(str, kept)) or 'none'}). "
+        f"Free space or make the work directory writable, then rerun to resume")
 
 
 def _listed_steps(manager) -> list[int]:
@@ -114,8 +114,8 @@ def resolve_step(manager: ocp.CheckpointManager, which: str | int = "latest") ->
         raise FileNotFoundError(f"no checkpoints in {manager.directory}; run `descent train` first")
     if which == "latest":
         return manager.latest_step()
-    if which == "best":
-        return manager.best_step()
+    if which == "best":  # no evaluation ranked any checkpoint yet: the latest is the best known
+        return manager.best_step() if manager.best_step() is not None else manager.latest_step()
     try:
         step = int(which)
     except ValueError:
