@@ -7,6 +7,7 @@ flight was finished and saved, and the same command resumes.
 """
 import argparse
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -76,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         from train.checkpoint import CheckpointWriteError
         from train.loop import Diverged, Preempted
         if isinstance(e, Preempted):
-            print(f"descent: {e}", file=sys.stderr)
+            import jax
+            if jax.process_index() == 0:
+                print(f"descent: {e}", file=sys.stderr)
             return 128 + e.signum
         if verbose:
             raise
@@ -166,6 +169,14 @@ def launch_local(num_processes: int, devices_per_process: int, command: list[str
         [sys.executable, "-m", "experiments", *command, "--coordinator", f"127.0.0.1:{port}",
          "--num-processes", str(num_processes), "--process-id", str(i)], env=env)
         for i in range(num_processes)]
+
+    def forward(signum, _):  # a preemption notice for the launcher is one for every process
+        for p in procs:
+            if p.poll() is None:
+                p.send_signal(signum)
+
+    for s in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(s, forward)
     try:
         while True:
             codes = [p.poll() for p in procs]
