@@ -5,20 +5,31 @@ The batch order is a pure function of (seed, epoch), so a run can be resumed at 
 any number of processes see the same global batches.
 """
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 
 Batch = dict[str, np.ndarray]
 
 
+Augment = Callable[[Batch, np.random.Generator, slice, int], Batch]
+
+
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset:
-    """Named splits of equal-length arrays, e.g. {"train": {"image": ..., "label": ...}}."""
+    """Named splits of equal-length arrays, e.g. {"train": {"image": ..., "label": ...}}.
+
+    `normalize` turns every stored batch into model input (e.g. uint8 -> scaled float32);
+    `augment(batch, rng, rows, global_batch_size)` randomises training batches: `rng` is seeded
+    by (seed, epoch, step) for the whole global batch and `rows` are this process's rows of it,
+    so an example gets the same augmentation whatever the process count.
+    """
 
     name: str
     splits: dict[str, Batch]
     num_classes: int
+    normalize: Callable[[Batch], Batch] | None = None
+    augment: Augment | None = None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -38,15 +49,21 @@ class ArrayDataset:
         return steps
 
     def train_batches(self, batch_size: int, *, seed: int, epoch: int, split: str = "train",
-                      process_index: int = 0, process_count: int = 1) -> Iterator[Batch]:
-        """One epoch of shuffled global batches of `batch_size`, this process's slice of each."""
+                      process_index: int = 0, process_count: int = 1, start: int = 0
+                      ) -> Iterator[Batch]:
+        """One epoch of shuffled global batches of `batch_size`, this process's slice of each,
+        from batch `start` on."""
         arrays = self._split(split)
         local = _local_batch_size(batch_size, process_count)
+        rows = slice(process_index * local, (process_index + 1) * local)
         order = np.random.default_rng([seed, epoch]).permutation(self.num_examples(split))
-        for step in range(self.steps_per_epoch(batch_size, split)):
-            start = step * batch_size + process_index * local
-            idx = order[start:start + local]
-            yield {k: v[idx] for k, v in arrays.items()}
+        for step in range(start, self.steps_per_epoch(batch_size, split)):
+            idx = order[step * batch_size:(step + 1) * batch_size][rows]
+            batch = {k: v[idx] for k, v in arrays.items()}
+            if self.augment is not None:
+                batch = self.augment(batch, np.random.default_rng([seed, epoch, step]), rows,
+                                     batch_size)
+            yield self._normalized(batch)
 
     def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
                      process_count: int = 1) -> Iterator[Batch]:
@@ -58,7 +75,10 @@ class ArrayDataset:
             idx = np.arange(start + process_index * local, start + (process_index + 1) * local)
             mask = idx < n
             idx = np.where(mask, idx, 0)
-            yield {**{k: v[idx] for k, v in arrays.items()}, "mask": mask}
+            yield {**self._normalized({k: v[idx] for k, v in arrays.items()}), "mask": mask}
+
+    def _normalized(self, batch: Batch) -> Batch:
+        return batch if self.normalize is None else self.normalize(batch)
 
     def _split(self, split: str) -> Batch:
         if split not in self.splits:

@@ -54,6 +54,18 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default="best", help="best, latest or a step (default: best)")
     e.add_argument("--split", default="test", help="dataset split (default: test)")
 
+    d = sub.add_parser("data", help="prepare datasets")
+    dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    prep = dsub.add_parser(
+        "prepare", help="build a tensorflow-datasets dataset from raw files on disk",
+        description="Build NAME from the raw files tfds would download (e.g. the four MNIST "
+                    "IDX .gz files, or Tiny Shakespeare's input.txt) found in --manual-dir. "
+                    "Needs TensorFlow: pip install -e '.[tf]'.")
+    prep.add_argument("name")
+    prep.add_argument("--manual-dir", required=True, help="folder holding the raw files")
+    prep.add_argument("--data-dir", help="tfds data directory (default: ~/tensorflow_datasets)")
+    prep.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+
     launch = sub.add_parser(
         "launch-local", help="run a command as N processes on this machine",
         description="Start N real processes of `descent COMMAND ...` on localhost, joined "
@@ -111,6 +123,10 @@ def _run(argv: list[str]) -> int:
     if args.command == "launch-local":
         raise _UsageError("launch-local needs a command after `--`, e.g. "
                           "`descent launch-local --num-processes 2 -- train --config ...`")
+    if args.command == "data":
+        from data.prepare import prepare
+        prepare(args.name, args.manual_dir, args.data_dir)
+        return 0
     if overrides and args.command != "train":
         raise _UsageError(f"--config.* overrides apply to `descent train`, not `{args.command}`")
     if args.command == "train":

@@ -19,8 +19,10 @@ from train.state import TrainState
 
 def build(config: ml_collections.ConfigDict):
     """The dataset and a freshly initialised model that `config` names."""
-    dataset = data.load(config.dataset.name, data_dir=config.dataset.data_dir or None,
-                        split_seed=config.dataset.split_seed)
+    options = {k: v for k, v in config.dataset.items()
+               if k not in ("name", "batch_size", "eval_batch_size")}
+    options["data_dir"] = options.get("data_dir") or None
+    dataset = data.load(config.dataset.name, **options)
     fields = {k: v for k, v in config.model.items() if k != "name"}
     model = nets.build(config.model.name, input_shape=dataset.input_shape,
                        num_classes=dataset.num_classes, seed=config.seed, **fields)
@@ -40,7 +42,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
 class Restored(NamedTuple):
     config: ml_collections.ConfigDict
-    dataset: data.ArrayDataset
+    dataset: object  # what data.load returns
     trainer: Trainer
     state: TrainState
     step: int

