@@ -53,6 +53,6 @@ def read_all(source, keys: tuple[str, ...], chunk: int = 2048) -> dict[str, np.n
 def corrupt_record_error(source, index: int, error: Exception) -> ValueError:
     files = [str(f) for f in getattr(getattr(source, "data_source", None), "_paths", [])] or [
         str(getattr(source, "dataset_info", {}) and source.dataset_info.data_dir)]
-    return ValueError(f"cannot read record {index} of {', '.join(files)} "
+    return ValueError(f"cannot read the records from {index} on of {', '.join(files)} "
                       f"({type(error).__name__}: {str(error)[:200]}); the file is truncated or "
                       f"corrupt: prepare the dataset again")

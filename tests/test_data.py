@@ -68,7 +68,8 @@ def test_padded_evaluation_counts_every_example_once(digits, process_count):
 
 
 def test_errors_name_the_fix(digits):
-    with pytest.raises(ValueError, match="known: digits"):
+    with pytest.raises(ValueError, match="known: cifar10, cifar100, digits, fashion_mnist, "
+                                         "imagenet2012, imagenette, mnist, tiny_shakespeare"):
         data.load("cifar11")
     with pytest.raises(ValueError, match="splits: train, validation, test"):
         list(digits.eval_batches("dev", 32))

@@ -169,6 +169,16 @@ def test_real_tiny_shakespeare_vocabulary_and_splits(prepared):
     assert text.decode(text.encode("ROMEO:")) == "ROMEO:"
 
 
+def test_a_truncated_record_file_is_an_error_naming_it(prepared, tmp_path):
+    copy = tmp_path / "tfds"
+    shutil.copytree(prepared, copy)
+    victim = next((copy / "mnist" / "3.0.1").glob("mnist-test.array_record*"))
+    with open(victim, "r+b") as f:
+        f.truncate(os.path.getsize(victim) // 2)
+    with pytest.raises(ValueError, match=f"of {victim} .*truncated or corrupt"):
+        data.load("mnist", data_dir=str(copy))
+
+
 def test_real_mnist_prepared_offline_trains_the_cnn_to_98_5_percent_in_one_epoch(
         prepared, tmp_path, capsys):
     from experiments import run
