@@ -69,12 +69,8 @@ class ArrayDataset:
                      process_count: int = 1) -> Iterator[Batch]:
         """Every example of `split` once, in order; the last batch is padded and has mask 0 there."""
         arrays = self._split(split)
-        n = self.num_examples(split)
-        local = _local_batch_size(batch_size, process_count)
-        for start in range(0, n, batch_size):
-            idx = np.arange(start + process_index * local, start + (process_index + 1) * local)
-            mask = idx < n
-            idx = np.where(mask, idx, 0)
+        for idx, mask in padded_eval_indices(self.num_examples(split), batch_size, process_index,
+                                             process_count):
             yield {**self._normalized({k: v[idx] for k, v in arrays.items()}), "mask": mask}
 
     def _normalized(self, batch: Batch) -> Batch:
@@ -86,6 +82,17 @@ class ArrayDataset:
                 f"{self.name} has no split {split!r}; its splits: {', '.join(self.splits)}"
             )
         return self.splits[split]
+
+
+def padded_eval_indices(n: int, batch_size: int, process_index: int, process_count: int
+                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(indices, mask) of this process's rows of every global evaluation batch over `n` items;
+    past the end the index is 0 and the mask False, so every batch has the same shape."""
+    local = _local_batch_size(batch_size, process_count)
+    for start in range(0, n, batch_size):
+        idx = np.arange(start + process_index * local, start + (process_index + 1) * local)
+        mask = idx < n
+        yield np.where(mask, idx, 0), mask
 
 
 def _local_batch_size(batch_size: int, process_count: int) -> int:

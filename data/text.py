@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from data.arrays import Batch, _local_batch_size
+from data.arrays import Batch, _local_batch_size, padded_eval_indices
 from data.tfds_source import data_source
 
 # tfds splits Tiny Shakespeare 90/5/5 by position; the 10 % after the training text is one
@@ -70,12 +70,9 @@ class CharText:
                      process_count: int = 1) -> Iterator[Batch]:
         """Every non-overlapping window once; the last batch padded, with mask 0 there."""
         ids = self._split(split)
-        n = self.num_examples(split)
-        local = _local_batch_size(batch_size, process_count)
-        for first in range(0, n, batch_size):
-            window = np.arange(first + process_index * local, first + (process_index + 1) * local)
-            mask = window < n
-            yield {**self._windows(ids, np.where(mask, window, 0) * self.context), "mask": mask}
+        for windows, mask in padded_eval_indices(self.num_examples(split), batch_size,
+                                                 process_index, process_count):
+            yield {**self._windows(ids, windows * self.context), "mask": mask}
 
     def _windows(self, ids: np.ndarray, starts: np.ndarray) -> Batch:
         positions = starts[:, None] + np.arange(self.context + 1)
