@@ -59,8 +59,9 @@ class Trainer:
             in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
         stacked = sharding.batch_sharding(self.mesh)  # leading device axis over `data`
         n = self.mesh.devices.size
-        self._stack = jax.jit(lambda s: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), s),
-                              out_shardings=stacked)
+        self._stack = jax.jit(
+            lambda s: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), s),
+            out_shardings=stacked)
         self._unstack = jax.jit(lambda s: jax.tree.map(lambda x: x[0], s),
                                 out_shardings=self.state_sharding)
 
