@@ -139,11 +139,8 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    """Real MNIST and Tiny Shakespeare, prepared offline by `descent data prepare`.
-
-    In its own process: TensorFlow, which tfds's builders need, must not share a process with
-    JAX's runtime (it aborts).
-    """
+    """Real MNIST and Tiny Shakespeare, prepared offline by `descent data prepare`, run as a
+    user runs it: in a process of its own, so TensorFlow stays out of the training process."""
     if not os.path.isdir(SHARED):
         pytest.skip(f"real datasets not found at {SHARED}: this machine has no ../shared/data")
     if importlib.util.find_spec("tensorflow") is None:
