@@ -2,8 +2,8 @@
 
     descent train --config experiments/configs/digits_mlp.py --workdir runs/digits_mlp
 
-Reaches 97.8-98.3 % test accuracy (seeds 0-4) in 40 epochs of 39 steps; the best checkpoint
-by validation accuracy is the one evaluated. About 15 s of training on 2 CPU cores.
+Reaches 97.8-98.6 % test accuracy (seeds 0-4) in 40 epochs of 39 steps; the best checkpoint
+by validation accuracy is the one evaluated. About 10 s of training on 2 CPU cores.
 `--config experiments/configs/digits_mlp.py:tiny` is a seconds-long variant for tests.
 """
 from experiments.configs.common import base_config, check_variant
