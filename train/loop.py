@@ -154,8 +154,10 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                                 acc=f"{record['train_accuracy']:.3f}",
                                 ex_per_s=f"{record['examples_per_s']:.0f}")
 
+                # once, for evaluation and the checkpoint (a saved run's stop implies do_eval)
+                canonical = trainer.gather(state) if do_eval or do_save else None
                 if do_eval:
-                    result = trainer.evaluate(trainer.gather(state), dataset.eval_batches(
+                    result = trainer.evaluate(canonical, dataset.eval_batches(
                         config.eval_split, config.dataset.eval_batch_size, **shard))
                     record.update(eval_loss=result["loss"], eval_accuracy=result["accuracy"])
                     if best is None or better(record[monitor], best):
@@ -176,7 +178,7 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                     history.append(record)
                 if do_save or stop_reason != "finished":
                     saved_metrics = {monitor: record[monitor]} if monitor in record else None
-                    checkpoint.save(manager, step, trainer.gather(state), config_dict,
+                    checkpoint.save(manager, step, canonical, config_dict,
                                     data_position(step, steps_per_epoch, config), saved_metrics)
                 if preempted:
                     bar.close()

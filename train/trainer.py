@@ -57,6 +57,8 @@ class Trainer:
         self.eval_step = jax.jit(
             make_eval_step(self.graphdef, eval_loss_fn),
             in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
+        self._local_devices = sum(d.process_index == jax.process_index()
+                                  for d in self.mesh.devices.flat)
         stacked = sharding.batch_sharding(self.mesh)  # leading device axis over `data`
         n = self.mesh.devices.size
         self._stack = jax.jit(
@@ -76,8 +78,7 @@ class Trainer:
     def put(self, batch: dict) -> dict:
         """This process's numpy batch -> global arrays on the mesh, as `train_step` takes them."""
         if self.strategy == "pmap":
-            local = len([d for d in self.mesh.devices.flat if d.process_index == jax.process_index()])
-            return sharding.put_per_device_batch(batch, self.batch_sharding, local)
+            return sharding.put_per_device_batch(batch, self.batch_sharding, self._local_devices)
         return sharding.put_batch(batch, self.batch_sharding)
 
     def fetch(self, metrics: dict) -> dict:
