@@ -17,7 +17,7 @@ Augment = Callable[[Batch, np.random.Generator, slice, int], Batch]
 
 @dataclasses.dataclass(frozen=True)
 class ArrayDataset:
-    """Named splits of equal-length arrays, e.g. {"train": {"image": ..., "label": ...}}.
+    """Named splits of equal-length arrays, e.g. {"train": {"inputs": ..., "targets": ...}}.
 
     `normalize` turns every stored batch into model input (e.g. uint8 -> scaled float32);
     `augment(batch, rng, rows, global_batch_size)` randomises training batches: `rng` is seeded
@@ -33,10 +33,10 @@ class ArrayDataset:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return next(iter(self.splits.values()))["image"].shape[1:]
+        return next(iter(self.splits.values()))["inputs"].shape[1:]
 
     def num_examples(self, split: str) -> int:
-        return len(self._split(split)["label"])
+        return len(self._split(split)["targets"])
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
         """Full global batches per epoch; the remainder is dropped in training."""

@@ -26,7 +26,7 @@ def digits(split_seed: int = 0, data_dir: str | None = None) -> ArrayDataset:
         rest, test_size=VALIDATION_FRACTION / (1 - TEST_FRACTION), stratify=labels[rest],
         random_state=split_seed)
     splits = {
-        name: {"image": images[np.sort(part)], "label": labels[np.sort(part)]}
+        name: {"inputs": images[np.sort(part)], "targets": labels[np.sort(part)]}
         for name, part in (("train", train), ("validation", validation), ("test", test))
     }
     return ArrayDataset("digits", splits, num_classes=10)

@@ -92,7 +92,7 @@ class GrainImages:
             image = random_resized_crop(np.asarray(example["image"]), rng, size)
             if rng.random() < 0.5:
                 image = image[:, ::-1]
-            return {"image": image, "label": np.int32(example["label"])}
+            return {"inputs": image, "targets": np.int32(example["label"])}
 
         steps = self.steps_per_epoch(batch_size, split)
         dataset = grain.MapDataset.range(steps * local).map(read).batch(local)[start:]
@@ -110,7 +110,7 @@ class GrainImages:
             position = (j // local) * batch_size + process_index * local + j % local
             example = self._read(source, position if position < n else 0)
             image = center_crop(np.asarray(example["image"]), round(size * 256 / 224), size)
-            return {"image": image, "label": np.int32(example["label"]),
+            return {"inputs": image, "targets": np.int32(example["label"]),
                     "mask": np.bool_(position < n)}
 
         dataset = grain.MapDataset.range(math.ceil(n / batch_size) * local).map(read).batch(local)
@@ -124,7 +124,7 @@ class GrainImages:
                 flags.FLAGS([sys.argv[0]], known_only=True)
             it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
         for batch in it:
-            yield {**batch, "image": _normalize(batch["image"])}
+            yield {**batch, "inputs": _normalize(batch["inputs"])}
 
     def _read(self, source, index: int):
         try:

@@ -17,7 +17,7 @@ def pad_crop_flip(batch: Batch, rng: np.random.Generator, rows: slice, global_si
                   pad: int = 4) -> Batch:
     """CIFAR's augmentation: a random crop of the image padded by `pad` zeros, then a random
     horizontal flip. Drawn for the whole global batch; `rows` are this process's."""
-    images = batch["image"]
+    images = batch["inputs"]
     n, h, w, _ = images.shape
     dy, dx = (rng.integers(0, 2 * pad + 1, size=global_size)[rows] for _ in range(2))
     flip = rng.random(global_size)[rows] < 0.5
@@ -26,15 +26,15 @@ def pad_crop_flip(batch: Batch, rng: np.random.Generator, rows: slice, global_si
     for i in range(n):
         crop = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
         out[i] = crop[:, ::-1] if flip[i] else crop
-    return {**batch, "image": out}
+    return {**batch, "inputs": out}
 
 
 def scale(batch: Batch, mean=None, std=None) -> Batch:
     """uint8 pixels -> float32 in [0, 1], then per-channel (x - mean) / std if given."""
-    x = batch["image"].astype(np.float32) / 255.0
+    x = batch["inputs"].astype(np.float32) / 255.0
     if mean is not None:
         x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return {**batch, "image": x}
+    return {**batch, "inputs": x}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,8 +59,8 @@ def tfds_images(name: str, data_dir: str | None = None, split_seed: int = 0) -> 
     splits = {}
     for split in ("train", "test"):
         arrays = read_all(data_source(name, split, data_dir), ("image", "label"))
-        splits[split] = {"image": arrays["image"].astype(np.uint8),
-                         "label": arrays["label"].astype(np.int32)}
+        splits[split] = {"inputs": arrays["image"].astype(np.uint8),
+                         "targets": arrays["label"].astype(np.int32)}
     return ArrayDataset(name, splits, spec.num_classes,
                         normalize=functools.partial(scale, mean=spec.mean, std=spec.std),
                         augment=pad_crop_flip if spec.augment else None)

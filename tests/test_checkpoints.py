@@ -177,7 +177,7 @@ def test_restore_across_device_counts_and_strategies(tmp_path):
         test = restored.trainer.evaluate(restored.state, dataset.eval_batches("test", 256))
         assert test["accuracy"] == saved_test["accuracy"]
         assert test["loss"] == pytest.approx(saved_test["loss"], rel=1e-6)
-    probabilities = run.predict(restored, dataset.splits["test"]["image"][:5])
+    probabilities = run.predict(restored, dataset.splits["test"]["inputs"][:5])
     assert probabilities.shape == (5, 10)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-5)
 

@@ -13,28 +13,28 @@ def test_digits_splits_are_disjoint_stratified_and_scaled(digits):
     sizes = {s: digits.num_examples(s) for s in ("train", "validation", "test")}
     assert sizes == {"train": 1257, "validation": 180, "test": 360}
     assert digits.input_shape == (8, 8, 1)
-    images = {s: digits.splits[s]["image"].reshape(sizes[s], -1) for s in sizes}
+    images = {s: digits.splits[s]["inputs"].reshape(sizes[s], -1) for s in sizes}
     for s, arr in images.items():
         assert arr.dtype == np.float32 and arr.min() >= 0.0 and arr.max() <= 1.0
-        assert digits.splits[s]["label"].dtype == np.int32
+        assert digits.splits[s]["targets"].dtype == np.int32
     seen = {s: {a.tobytes() for a in arr} for s, arr in images.items()}
     assert not seen["test"] & seen["train"]  # no test image is trained on
-    test_counts = np.bincount(digits.splits["test"]["label"], minlength=10)
+    test_counts = np.bincount(digits.splits["test"]["targets"], minlength=10)
     assert test_counts.min() >= 35 and test_counts.max() <= 37  # stratified: ~36 per class
 
 
 def test_the_split_is_fixed_by_its_seed():
     a, b, c = data.load("digits"), data.load("digits"), data.load("digits", split_seed=1)
-    np.testing.assert_array_equal(a.splits["test"]["image"], b.splits["test"]["image"])
-    assert not np.array_equal(a.splits["test"]["image"], c.splits["test"]["image"])
+    np.testing.assert_array_equal(a.splits["test"]["inputs"], b.splits["test"]["inputs"])
+    assert not np.array_equal(a.splits["test"]["inputs"], c.splits["test"]["inputs"])
 
 
 def order(dataset, seed, epoch, **kw):
-    return np.concatenate([b["label"] for b in dataset.train_batches(32, seed=seed, epoch=epoch, **kw)])
+    return np.concatenate([b["targets"] for b in dataset.train_batches(32, seed=seed, epoch=epoch, **kw)])
 
 
 def image_keys(batches):
-    return [img.tobytes() for b in batches for img in b["image"]]
+    return [img.tobytes() for b in batches for img in b["inputs"]]
 
 
 def test_shuffle_is_deterministic_per_seed_and_new_each_epoch(digits):
@@ -43,7 +43,7 @@ def test_shuffle_is_deterministic_per_seed_and_new_each_epoch(digits):
     assert image_keys(batches(seed=0, epoch=0)) != image_keys(batches(seed=0, epoch=1))
     assert image_keys(batches(seed=0, epoch=0)) != image_keys(batches(seed=1, epoch=0))
     epoch = batches(seed=0, epoch=0)
-    assert len(epoch) == 1257 // 32 and all(len(b["label"]) == 32 for b in epoch)
+    assert len(epoch) == 1257 // 32 and all(len(b["targets"]) == 32 for b in epoch)
     assert len(set(image_keys(epoch))) == len(image_keys(epoch))  # no example twice in an epoch
 
 
@@ -52,7 +52,7 @@ def test_process_shards_are_disjoint_and_make_the_global_batch(digits):
     parts = [list(digits.train_batches(32, seed=3, epoch=2, process_index=i, process_count=2))
              for i in range(2)]
     for g, p0, p1 in zip(whole, *parts):
-        assert len(p0["label"]) == len(p1["label"]) == 16
+        assert len(p0["targets"]) == len(p1["targets"]) == 16
         assert sorted(image_keys([p0, p1])) == sorted(image_keys([g]))
 
 
@@ -61,9 +61,9 @@ def test_padded_evaluation_counts_every_example_once(digits, process_count):
     keys = []
     for i in range(process_count):
         for b in digits.eval_batches("test", 128, process_index=i, process_count=process_count):
-            assert len(b["label"]) == 128 // process_count
-            keys += [img.tobytes() for img, m in zip(b["image"], b["mask"]) if m]
-    expected = [img.tobytes() for img in digits.splits["test"]["image"]]
+            assert len(b["targets"]) == 128 // process_count
+            keys += [img.tobytes() for img, m in zip(b["inputs"], b["mask"]) if m]
+    expected = [img.tobytes() for img in digits.splits["test"]["inputs"]]
     assert sorted(keys) == sorted(expected)
 
 

@@ -41,10 +41,6 @@ def epoch(dataset, seed=0, number=0, **kw):
     return list(dataset.train_batches(batch_size(dataset), seed=seed, epoch=number, **kw))
 
 
-def inputs(batch):
-    return batch["inputs"] if "inputs" in batch else batch["image"]
-
-
 def test_shapes_dtypes_and_ranges(mocked):
     name, dataset = mocked
     batch = epoch(dataset)[0]
@@ -57,22 +53,22 @@ def test_shapes_dtypes_and_ranges(mocked):
         return
     shape, classes, _ = IMAGES[name]
     assert dataset.input_shape == shape and dataset.num_classes == classes
-    assert batch["image"].shape == (BATCH, *shape) and batch["image"].dtype == np.float32
-    assert batch["label"].dtype == np.int32
-    assert 0 <= batch["label"].min() and batch["label"].max() < classes
+    assert batch["inputs"].shape == (BATCH, *shape) and batch["inputs"].dtype == np.float32
+    assert batch["targets"].dtype == np.int32
+    assert 0 <= batch["targets"].min() and batch["targets"].max() < classes
     if name in ("mnist", "fashion_mnist"):  # scaled to [0, 1]
-        assert 0.0 <= batch["image"].min() and batch["image"].max() <= 1.0
+        assert 0.0 <= batch["inputs"].min() and batch["inputs"].max() <= 1.0
     else:  # normalised by per-channel mean and std
-        assert -3.0 < batch["image"].min() < 0.0 < batch["image"].max() < 3.0
+        assert -3.0 < batch["inputs"].min() < 0.0 < batch["inputs"].max() < 3.0
 
 
 def test_same_seed_same_order_and_a_new_order_each_epoch(mocked):
     _, dataset = mocked
     first, again = epoch(dataset), epoch(dataset)
     for a, b in zip(first, again):
-        np.testing.assert_array_equal(inputs(a), inputs(b))
-    assert not np.array_equal(inputs(first[0]), inputs(epoch(dataset, number=1)[0]))
-    assert not np.array_equal(inputs(first[0]), inputs(epoch(dataset, seed=1)[0]))
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+    assert not np.array_equal(first[0]["inputs"], epoch(dataset, number=1)[0]["inputs"])
+    assert not np.array_equal(first[0]["inputs"], epoch(dataset, seed=1)[0]["inputs"])
 
 
 def test_two_processes_read_disjoint_halves_that_make_the_global_batch(mocked):
@@ -82,7 +78,7 @@ def test_two_processes_read_disjoint_halves_that_make_the_global_batch(mocked):
     assert len(whole) == len(halves[0]) == len(halves[1]) > 0
     for g, p0, p1 in zip(whole, *halves):
         # the same examples, in the same rows, with the same augmentation
-        np.testing.assert_array_equal(inputs(g), np.concatenate([inputs(p0), inputs(p1)]))
+        np.testing.assert_array_equal(g["inputs"], np.concatenate([p0["inputs"], p1["inputs"]]))
 
 
 @pytest.mark.parametrize("process_count", [1, 2])
@@ -97,7 +93,7 @@ def test_padded_evaluation_counts_every_example_once(mocked, process_count):
     for parts in zip(*per_process):
         for b in parts:
             assert len(b["mask"]) == size // process_count
-            seen += [x for x, m in zip(inputs(b), b["mask"]) if m]
+            seen += [x for x, m in zip(b["inputs"], b["mask"]) if m]
     assert len(seen) == dataset.num_examples(split)
     if name == "tiny_shakespeare":  # windows tile the text in order (it repeats: no set check)
         ids = dataset.splits[split]
@@ -112,7 +108,7 @@ def test_a_resumed_iterator_continues_with_exactly_the_next_batch(mocked):
     resumed = epoch(dataset, seed=5, start=2)
     assert len(resumed) == len(full) - 2
     for a, b in zip(full[2:], resumed):
-        np.testing.assert_array_equal(inputs(a), inputs(b))
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
 
 
 def test_grain_worker_processes_give_the_same_batches():
@@ -120,7 +116,7 @@ def test_grain_worker_processes_give_the_same_batches():
         inline = data.load("imagenette", image_size=32)
         workers = data.load("imagenette", image_size=32, worker_count=2)
         for a, b in zip(epoch(inline), epoch(workers)):
-            np.testing.assert_array_equal(a["image"], b["image"])
+            np.testing.assert_array_equal(a["inputs"], b["inputs"])
 
 
 def test_a_dataset_that_is_not_prepared_names_the_command(tmp_path):
@@ -183,7 +179,7 @@ def test_real_mnist_prepared_offline_trains_the_cnn_to_98_5_percent_in_one_epoch
 
     mnist = data.load("mnist", data_dir=prepared)
     assert mnist.num_examples("train") == 60_000 and mnist.num_examples("test") == 10_000
-    assert np.bincount(mnist.splits["test"]["label"]).tolist() == [
+    assert np.bincount(mnist.splits["test"]["targets"]).tolist() == [
         980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
     config = load_config(os.path.join(ROOT, "experiments", "configs", "mnist_cnn.py"))
     config.dataset.data_dir = prepared

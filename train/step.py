@@ -13,7 +13,9 @@ from flax import nnx
 
 from train.state import TrainState
 
-LossFn = Callable[[jax.Array, jax.Array], jax.Array]  # (logits_BxK, labels_B) -> loss_B
+# (logits_Bx...xK, targets_Bx...) -> loss_Bx...: one class per example, or per position (a
+# language model's targets_BxL), averaged over every target.
+LossFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientTransformation,
@@ -25,19 +27,20 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
     """
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        """`batch["inputs"]` goes into the model, whose logits are scored on `batch["targets"]`."""
         dropout_key = jax.random.fold_in(state.rng, state.step)
 
         def loss_of(params):
             # copy=True: fresh variables at this trace level, so batch norm may update them
             model = nnx.merge(graphdef, params, state.model_state, copy=True)
-            logits_BxK = model(batch["image"], train=True, rngs=dropout_key)
-            loss = jnp.mean(loss_fn(logits_BxK, batch["label"]))
+            logits = model(batch["inputs"], train=True, rngs=dropout_key)
+            loss = jnp.mean(loss_fn(logits, batch["targets"]))
             _, _, model_state = nnx.split(model, nnx.Param, ...)
-            return loss, (logits_BxK, model_state)
+            return loss, (logits, model_state)
 
-        (loss, (logits_BxK, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
             state.params)
-        accuracy = jnp.mean(jnp.argmax(logits_BxK, -1) == batch["label"])
+        accuracy = jnp.mean(jnp.argmax(logits, -1) == batch["targets"])
         if axis_name is not None:
             grads, loss, accuracy = jax.lax.pmean((grads, loss, accuracy), axis_name)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
@@ -56,16 +59,20 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
 
 
 def make_eval_step(graphdef: nnx.GraphDef, loss_fn: LossFn):
-    """Returns `eval_step(state, batch) -> sums` of loss, correct and count over unmasked examples."""
+    """Returns `eval_step(state, batch) -> sums` of loss, correct and count over the targets
+    of unmasked examples (every position of a sequence counts once)."""
 
     def eval_step(state: TrainState, batch) -> dict:
         model = nnx.merge(graphdef, state.params, state.model_state)
-        logits_BxK = model(batch["image"], train=False)
-        weight_B = batch.get("mask", jnp.ones(batch["label"].shape, bool)).astype(jnp.float32)
+        logits = model(batch["inputs"], train=False)
+        targets = batch["targets"]
+        mask_B = batch.get("mask", jnp.ones(targets.shape[:1], bool))
+        weight = jnp.broadcast_to(
+            mask_B.reshape(-1, *[1] * (targets.ndim - 1)), targets.shape).astype(jnp.float32)
         return {
-            "loss_sum": jnp.sum(loss_fn(logits_BxK, batch["label"]) * weight_B),
-            "correct": jnp.sum((jnp.argmax(logits_BxK, -1) == batch["label"]) * weight_B),
-            "count": jnp.sum(weight_B),
+            "loss_sum": jnp.sum(loss_fn(logits, targets) * weight),
+            "correct": jnp.sum((jnp.argmax(logits, -1) == targets) * weight),
+            "count": jnp.sum(weight),
         }
 
     return eval_step

@@ -26,8 +26,8 @@ from train.trainer import Trainer
 def fake(name: str, shape, n: int = 10_000) -> ArrayDataset:
     rng = np.random.default_rng(0)
     spec = SPECS[name]
-    arrays = {"image": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
-              "label": rng.integers(0, 10, n).astype(np.int32)}
+    arrays = {"inputs": rng.integers(0, 256, (n, *shape), dtype=np.uint8),
+              "targets": rng.integers(0, 10, n).astype(np.int32)}
     return ArrayDataset(name, {"train": arrays}, 10,
                         normalize=functools.partial(scale, mean=spec.mean, std=spec.std),
                         augment=pad_crop_flip if spec.augment else None)
@@ -37,7 +37,7 @@ def pipeline_rate(dataset, batch: int, batches: int, epoch: int) -> float:
     start = time.perf_counter()
     count = 0
     for b in dataset.train_batches(batch, seed=0, epoch=epoch):
-        count += len(b["label"])
+        count += len(b["targets"])
         if count >= batches * batch:
             break
     return count / (time.perf_counter() - start)

@@ -41,8 +41,8 @@ def main():
     rng = np.random.default_rng(0)
     n = args.batch * 4
     dataset = ArrayDataset("random-mnist-shaped", {
-        "train": {"image": rng.random((n, 28, 28, 1), np.float32),
-                  "label": rng.integers(0, 10, n).astype(np.int32)}}, num_classes=10)
+        "train": {"inputs": rng.random((n, 28, 28, 1), np.float32),
+                  "targets": rng.integers(0, 10, n).astype(np.int32)}}, num_classes=10)
     batches = list(dataset.train_batches(args.batch, seed=0, epoch=0))
 
     runs = {}
