@@ -1,8 +1,10 @@
 """A small convolutional network: conv -> (batch norm) -> activation -> 2x2 max-pool blocks, dense head."""
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from nets import activations
+from nets.dtypes import compute_dtype
 
 
 def max_pool_2x2(x_BxHxWxC):
@@ -20,17 +22,19 @@ class CNN(nnx.Module):
     """`channels[i]` filters of `kernel_size` per block, each block halving height and width."""
 
     def __init__(self, *, input_shape, num_classes, channels=(32, 64), kernel_size=3,
-                 dense=128, activation="relu", dropout=0.0, batch_norm=False, rngs: nnx.Rngs):
+                 dense=128, activation="relu", dropout=0.0, batch_norm=False, dtype="float32",
+                 rngs: nnx.Rngs):
         activations.activation(activation)  # an unknown name fails here, not at first call
         self.act = activation
+        self.dtype = dt = compute_dtype(dtype)
         height, width, in_channels = input_shape
         self.convs = nnx.List()
         self.norms = nnx.List()
         for out_channels in channels:
             self.convs.append(nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size),
-                                       use_bias=not batch_norm, rngs=rngs))
+                                       use_bias=not batch_norm, dtype=dt, rngs=rngs))
             if batch_norm:
-                self.norms.append(nnx.BatchNorm(out_channels, momentum=0.9, rngs=rngs))
+                self.norms.append(nnx.BatchNorm(out_channels, momentum=0.9, dtype=dt, rngs=rngs))
             in_channels = out_channels
             height, width = height // 2, width // 2
         if height < 1 or width < 1:
@@ -38,13 +42,13 @@ class CNN(nnx.Module):
                 f"{len(channels)} pooling blocks shrink a {input_shape[0]}x{input_shape[1]} input "
                 f"below 1x1; use fewer model.channels"
             )
-        self.dense = nnx.Linear(height * width * in_channels, dense, rngs=rngs)
-        self.head = nnx.Linear(dense, num_classes, rngs=rngs)
+        self.dense = nnx.Linear(height * width * in_channels, dense, dtype=dt, rngs=rngs)
+        self.head = nnx.Linear(dense, num_classes, dtype=dt, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x_BxHxWxC, *, train=False, rngs=None) -> jax.Array:
         act = activations.activation(self.act)
-        x = x_BxHxWxC
+        x = x_BxHxWxC.astype(self.dtype)
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if self.norms:
@@ -52,5 +56,5 @@ class CNN(nnx.Module):
             x = max_pool_2x2(act(x))
         x_BxD = x.reshape(x.shape[0], -1)
         x_BxD = self.dropout(act(self.dense(x_BxD)), deterministic=not train, rngs=rngs)
-        return self.head(x_BxD)
+        return self.head(x_BxD).astype(jnp.float32)
 

@@ -2,9 +2,11 @@
 import math
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from nets import activations
+from nets.dtypes import compute_dtype
 
 
 class MLP(nnx.Module):
@@ -14,21 +16,23 @@ class MLP(nnx.Module):
     """
 
     def __init__(self, *, input_shape, num_classes, depth=2, width=256, activation="relu",
-                 dropout=0.0, rngs: nnx.Rngs):
+                 dropout=0.0, dtype="float32", rngs: nnx.Rngs):
         activations.activation(activation)  # an unknown name fails here, not at first call
         self.act = activation
+        self.dtype = compute_dtype(dtype)
         in_features = math.prod(input_shape)
         sizes = [in_features] + [width] * depth
         self.hidden = nnx.List(
-            [nnx.Linear(a, b, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
+            [nnx.Linear(a, b, dtype=self.dtype, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
         )
-        self.head = nnx.Linear(sizes[-1], num_classes, rngs=rngs)
+        self.head = nnx.Linear(sizes[-1], num_classes, dtype=self.dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x_BxI, *, train=False, rngs=None) -> jax.Array:
-        x_BxD = x_BxI.reshape(x_BxI.shape[0], -1)
+        rngs = None if rngs is None else nnx.Rngs(dropout=rngs)  # a fresh key per layer
+        x_BxD = x_BxI.reshape(x_BxI.shape[0], -1).astype(self.dtype)
         for layer in self.hidden:
             x_BxD = activations.activation(self.act)(layer(x_BxD))
             x_BxD = self.dropout(x_BxD, deterministic=not train, rngs=rngs)
-        return self.head(x_BxD)
+        return self.head(x_BxD).astype(jnp.float32)
 

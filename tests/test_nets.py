@@ -48,7 +48,7 @@ def test_dropout_only_in_training_and_keyed():
 
 
 def test_unknown_names_and_fields_list_what_is_known():
-    with pytest.raises(ValueError, match="unknown model 'resnet9'; known: cnn, mlp"):
+    with pytest.raises(ValueError, match="unknown model 'resnet9'; known: bert, cnn, gpt, gru, lstm, mlp, resnet101"):
         nets.build("resnet9", input_shape=(8,), num_classes=2)
     with pytest.raises(ValueError, match="unknown activation 'swish'; known: gelu, relu, sigmoid, tanh"):
         nets.build("mlp", input_shape=(8,), num_classes=2, activation="swish")

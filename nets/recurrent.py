@@ -1,0 +1,112 @@
+"""Recurrent nets: LSTM, GRU and a plain tanh RNN, scanned over time with `jax.lax.scan`.
+
+Each layer first projects the whole input sequence at once (one large matmul, which is what a
+CPU or accelerator does fastest); only the recurrent matmul, hidden state by recurrent
+weights, runs step by step inside the scan. Layers stack, with dropout between them. The cells
+follow PyTorch's equations and parameter layout (an input and a recurrent bias per gate), so
+parameter counts compare one to one.
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nets.dtypes import compute_dtype
+
+
+def lstm_cell(xw_BxG, h_BxH, c_BxH, w_hh, b_hh):
+    """Input, forget, cell and output gates; c' = f*c + i*g, h' = o*tanh(c')."""
+    i, f, g, o = jnp.split(xw_BxG + h_BxH @ w_hh + b_hh, 4, axis=-1)
+    c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
+    return jax.nn.sigmoid(o) * jnp.tanh(c_BxH), c_BxH
+
+
+def gru_cell(xw_BxG, h_BxH, c_BxH, w_hh, b_hh):
+    """Reset and update gates; the candidate sees the reset-scaled recurrent term."""
+    x_r, x_z, x_n = jnp.split(xw_BxG, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(h_BxH @ w_hh + b_hh, 3, axis=-1)
+    r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
+    n = jnp.tanh(x_n + r * h_n)
+    return (1 - z) * n + z * h_BxH, c_BxH
+
+
+def rnn_cell(xw_BxG, h_BxH, c_BxH, w_hh, b_hh):
+    """h' = tanh(W x + U h + b): the Elman network."""
+    return jnp.tanh(xw_BxG + h_BxH @ w_hh + b_hh), c_BxH
+
+
+CELLS = {"lstm": (lstm_cell, 4), "gru": (gru_cell, 3), "rnn": (rnn_cell, 1)}  # cell, gates
+
+
+class RecurrentLayer(nnx.Module):
+    def __init__(self, cell, in_features, hidden, dtype, rngs):
+        self.cell = cell
+        step, gates = CELLS[cell]
+        bound = 1 / math.sqrt(hidden)  # PyTorch's uniform(-1/sqrt(H), 1/sqrt(H)) for every weight
+        init = nnx.initializers.uniform(2 * bound)
+        shifted = lambda key, shape, dtype=jnp.float32: init(key, shape, dtype) - bound  # noqa: E731
+        self.input = nnx.Linear(in_features, gates * hidden, kernel_init=shifted,
+                                bias_init=shifted, dtype=dtype, rngs=rngs)
+        self.recurrent = nnx.Linear(hidden, gates * hidden, kernel_init=shifted,
+                                    bias_init=shifted, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_BxLxD) -> jax.Array:
+        """The hidden state at every position: (B, L, D) -> (B, L, H)."""
+        step, _ = CELLS[self.cell]
+        xw_LxBxG = jnp.swapaxes(self.input(x_BxLxD), 0, 1)  # scan runs over the leading axis
+        dtype = xw_LxBxG.dtype
+        w_hh = self.recurrent.kernel[...].astype(dtype)
+        b_hh = self.recurrent.bias[...].astype(dtype)
+        hidden = w_hh.shape[0]
+        zeros_BxH = jnp.zeros((x_BxLxD.shape[0], hidden), dtype)
+
+        def scan_step(carry, xw_BxG):
+            h_BxH, c_BxH = step(xw_BxG, *carry, w_hh, b_hh)
+            return (h_BxH, c_BxH), h_BxH
+
+        _, h_LxBxH = jax.lax.scan(scan_step, (zeros_BxH, zeros_BxH), xw_LxBxG)
+        return jnp.swapaxes(h_LxBxH, 0, 1)
+
+
+class Recurrent(nnx.Module):
+    """`layers` stacked `cell` layers ("lstm", "gru" or "rnn") of `hidden` units.
+
+    What the net does follows from its input. (L,) token ids: a character-level language model
+    over `num_classes` tokens, embedded in `embed` dimensions, with logits at every position,
+    (B, L) -> (B, L, V). Anything longer, e.g. an (H, W, C) image read as H rows of W*C
+    features: a sequence classifier from the last position's hidden state, (B, ...) -> (B, K).
+    """
+
+    def __init__(self, *, input_shape, num_classes, cell="lstm", layers=2, hidden=256,
+                 embed=64, dropout=0.0, dtype="float32", rngs: nnx.Rngs):
+        if cell not in CELLS:
+            raise ValueError(f"unknown recurrent cell {cell!r}; known: {', '.join(CELLS)}")
+        self.dtype = compute_dtype(dtype)
+        self.language_model = len(input_shape) == 1
+        if self.language_model:
+            self.embed = nnx.Embed(num_classes, embed, dtype=self.dtype, rngs=rngs)
+            features = embed
+        else:
+            self.embed = None
+            features = math.prod(input_shape[1:])
+        self.layers = nnx.List()
+        for _ in range(layers):
+            self.layers.append(RecurrentLayer(cell, features, hidden, self.dtype, rngs))
+            features = hidden
+        self.head = nnx.Linear(hidden, num_classes, dtype=self.dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout)
+
+    def __call__(self, x, *, train=False, rngs=None) -> jax.Array:
+        rngs = None if rngs is None else nnx.Rngs(dropout=rngs)
+        if self.language_model:
+            x_BxLxD = self.embed(x)
+        else:
+            x_BxLxD = x.reshape(*x.shape[:2], -1).astype(self.dtype)
+        for layer in self.layers:
+            x_BxLxD = self.dropout(x_BxLxD, deterministic=not train, rngs=rngs)
+            x_BxLxD = layer(x_BxLxD)
+        x_BxLxD = self.dropout(x_BxLxD, deterministic=not train, rngs=rngs)
+        if not self.language_model:
+            x_BxLxD = x_BxLxD[:, -1]
+        return self.head(x_BxLxD).astype(jnp.float32)

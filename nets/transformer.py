@@ -1,0 +1,157 @@
+"""Transformers: a decoder-only GPT language model and an encoder-only BERT-style classifier.
+
+Both are stacks of the same block, self-attention then a GELU MLP, each added back to the
+residual stream. The GPT normalises before each part (pre-LayerNorm, as GPT-2 does) and attends
+causally; the encoder normalises after each part (post-LayerNorm, as BERT does) and attends both
+ways. Attention goes through `jax.nn.dot_product_attention`, which uses the backend's fused
+kernel where there is one (cuDNN flash attention on NVIDIA GPUs in bfloat16).
+"""
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from nets.dtypes import compute_dtype
+
+normal = nnx.initializers.normal
+
+
+class SelfAttention(nnx.Module):
+    def __init__(self, width, heads, causal, out_std, dtype, rngs):
+        if width % heads:
+            raise ValueError(f"model.width={width} does not divide into model.heads={heads}")
+        self.heads, self.causal = heads, causal
+        self.qkv = nnx.Linear(width, 3 * width, kernel_init=normal(0.02), dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(width, width, kernel_init=normal(out_std), dtype=dtype, rngs=rngs)
+
+    def __call__(self, x_BxLxD):
+        b, length, width = x_BxLxD.shape
+        qkv_BxLx3xNxH = self.qkv(x_BxLxD).reshape(b, length, 3, self.heads, width // self.heads)
+        q, k, v = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
+        y_BxLxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out(y_BxLxNxH.reshape(b, length, width))
+
+
+class Block(nnx.Module):
+    """x + attention(x), then x + mlp(x), with LayerNorm before (`pre_norm`) or after each."""
+
+    def __init__(self, width, heads, causal, pre_norm, dropout, out_std, dtype, rngs):
+        self.pre_norm = pre_norm
+        self.attention = SelfAttention(width, heads, causal, out_std, dtype, rngs)
+        self.norm1 = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.norm2 = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
+        self.up = nnx.Linear(width, 4 * width, kernel_init=normal(0.02), dtype=dtype, rngs=rngs)
+        self.down = nnx.Linear(4 * width, width, kernel_init=normal(out_std), dtype=dtype,
+                               rngs=rngs)
+        self.dropout = nnx.Dropout(dropout)
+
+    def __call__(self, x_BxLxD, train, rngs):
+        def drop(y):
+            return self.dropout(y, deterministic=not train, rngs=rngs)
+
+        def mlp(y):
+            return self.down(jax.nn.gelu(self.up(y)))
+
+        if self.pre_norm:
+            x_BxLxD = x_BxLxD + drop(self.attention(self.norm1(x_BxLxD)))
+            return x_BxLxD + drop(mlp(self.norm2(x_BxLxD)))
+        x_BxLxD = self.norm1(x_BxLxD + drop(self.attention(x_BxLxD)))
+        return self.norm2(x_BxLxD + drop(mlp(x_BxLxD)))
+
+
+def _blocks(layers, width, heads, causal, pre_norm, dropout, dtype, rngs):
+    # GPT-2's scaling: each residual branch's output projection has std 0.02 / sqrt(2 * layers),
+    # so the residual stream's variance does not grow with depth.
+    out_std = 0.02 / math.sqrt(2 * layers)
+    return nnx.List([Block(width, heads, causal, pre_norm, dropout, out_std, dtype, rngs)
+                     for _ in range(layers)])
+
+
+def _dropout_rngs(rngs):
+    """A stream of fresh keys, one per dropout layer, from the step's key."""
+    return None if rngs is None else nnx.Rngs(dropout=rngs)
+
+
+class GPT(nnx.Module):
+    """A decoder-only language model over `num_classes` tokens: (B, L) ids -> (B, L, V) logits.
+
+    Learned positions up to `context` (default: the input length), pre-LayerNorm blocks, causal
+    self-attention, and the token embedding reused as the output layer (tied weights). The
+    defaults are GPT-2 small: 12 layers, 12 heads, width 768.
+    """
+
+    def __init__(self, *, input_shape, num_classes, layers=12, heads=12, width=768, context=0,
+                 dropout=0.1, dtype="float32", rngs: nnx.Rngs):
+        if len(input_shape) != 1:
+            raise ValueError(f"a GPT takes (length,) token ids, not inputs of shape {input_shape}; "
+                             f"use a text dataset such as tiny_shakespeare")
+        self.dtype = compute_dtype(dtype)
+        self.context = context or input_shape[0]
+        self.embed = nnx.Embed(num_classes, width, embedding_init=normal(0.02), dtype=self.dtype,
+                               rngs=rngs)
+        self.positions = nnx.Param(normal(0.01)(rngs.params(), (self.context, width)))
+        self.blocks = _blocks(layers, width, heads, True, True, dropout, self.dtype, rngs)
+        self.norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=self.dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout)
+
+    def __call__(self, ids_BxL, *, train=False, rngs=None) -> jax.Array:
+        length = ids_BxL.shape[1]
+        if length > self.context:
+            raise ValueError(f"{length} tokens exceed the model's context of {self.context}")
+        rngs = _dropout_rngs(rngs)
+        x_BxLxD = self.embed(ids_BxL) + self.positions[:length].astype(self.dtype)
+        x_BxLxD = self.dropout(x_BxLxD, deterministic=not train, rngs=rngs)
+        for block in self.blocks:
+            x_BxLxD = block(x_BxLxD, train, rngs)
+        return self.embed.attend(self.norm(x_BxLxD)).astype(jnp.float32)
+
+
+class Encoder(nnx.Module):
+    """A BERT-style classifier: bidirectional post-LayerNorm blocks over a sequence, then the
+    first position's output through a tanh "pooler" layer and a linear head.
+
+    With `vocab_size > 0` the inputs are (B, L) token ids; otherwise each input is a sequence
+    of feature vectors, projected to `width`: an image (B, H, W, C) is read as H rows of W*C
+    features. A learned [CLS] vector is put in front of the sequence; its output is pooled.
+    """
+
+    def __init__(self, *, input_shape, num_classes, layers=4, heads=4, width=256, vocab_size=0,
+                 dropout=0.1, dtype="float32", rngs: nnx.Rngs):
+        self.dtype = compute_dtype(dtype)
+        self.vocab_size = vocab_size
+        if vocab_size:
+            if len(input_shape) != 1:
+                raise ValueError(f"model.vocab_size={vocab_size} means (length,) token ids, but "
+                                 f"the inputs have shape {input_shape}; set model.vocab_size=0")
+            self.embed = nnx.Embed(vocab_size, width, embedding_init=normal(0.02),
+                                   dtype=self.dtype, rngs=rngs)
+        else:
+            if len(input_shape) < 2:
+                raise ValueError(f"inputs of shape {input_shape} are not a sequence of feature "
+                                 f"vectors; for token ids set model.vocab_size")
+            features = math.prod(input_shape[1:])
+            self.embed = nnx.Linear(features, width, dtype=self.dtype, rngs=rngs)
+        length = input_shape[0] + 1  # and the [CLS] position
+        self.cls = nnx.Param(normal(0.02)(rngs.params(), (1, 1, width)))
+        self.positions = nnx.Param(normal(0.02)(rngs.params(), (length, width)))
+        self.norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=self.dtype, rngs=rngs)
+        self.blocks = _blocks(layers, width, heads, False, False, dropout, self.dtype, rngs)
+        self.pooler = nnx.Linear(width, width, dtype=self.dtype, rngs=rngs)
+        self.head = nnx.Linear(width, num_classes, dtype=self.dtype, rngs=rngs)
+        self.dropout = nnx.Dropout(dropout)
+
+    def __call__(self, x, *, train=False, rngs=None) -> jax.Array:
+        rngs = _dropout_rngs(rngs)
+        if not self.vocab_size:
+            x = x.reshape(*x.shape[:2], -1).astype(self.dtype)
+        x_BxLxD = self.embed(x)
+        cls_Bx1xD = jnp.broadcast_to(self.cls[...], (x_BxLxD.shape[0], 1, x_BxLxD.shape[2]))
+        x_BxLxD = jnp.concatenate([cls_Bx1xD.astype(self.dtype), x_BxLxD], axis=1)
+        x_BxLxD = x_BxLxD + self.positions[: x_BxLxD.shape[1]].astype(self.dtype)
+        x_BxLxD = self.dropout(self.norm(x_BxLxD), deterministic=not train, rngs=rngs)
+        for block in self.blocks:
+            x_BxLxD = block(x_BxLxD, train, rngs)
+        pooled_BxD = jnp.tanh(self.pooler(x_BxLxD[:, 0]))
+        pooled_BxD = self.dropout(pooled_BxD, deterministic=not train, rngs=rngs)
+        return self.head(pooled_BxD).astype(jnp.float32)
