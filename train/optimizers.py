@@ -49,17 +49,22 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def learning_rate_schedule(cfg, total_steps: int) -> optax.Schedule:
-    """The schedule named by `cfg.schedule` for `cfg.learning_rate` (the optimizer config)."""
+def learning_rate_schedule(cfg, total_steps: int, steps_per_epoch: int = 0) -> optax.Schedule:
+    """The schedule named by `cfg.schedule` for `cfg.learning_rate` (the optimizer config).
+
+    Warmup lasts `cfg.warmup_steps`, or if that is 0, `cfg.warmup_epochs` epochs.
+    """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(
             f"unknown schedule {cfg.schedule!r}; known: {', '.join(sorted(SCHEDULES))}")
+    warmup_steps = cfg.warmup_steps or round(cfg.get("warmup_epochs", 0) * steps_per_epoch)
     return SCHEDULES[cfg.schedule](
-        cfg.learning_rate, total_steps=total_steps, warmup_steps=cfg.warmup_steps,
+        cfg.learning_rate, total_steps=total_steps, warmup_steps=warmup_steps,
         decay_every=cfg.decay_every, decay_factor=cfg.decay_factor)
 
 
-def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(cfg, total_steps: int, steps_per_epoch: int = 0
+                   ) -> optax.GradientTransformation:
     """optax chain: [clip by global norm] -> [L2 weight decay] -> optimizer with its schedule.
 
     Weight decay is coupled (added to the gradient, masked like adamw's) for every optimizer
@@ -72,5 +77,6 @@ def make_optimizer(cfg, total_steps: int) -> optax.GradientTransformation:
         parts.append(optax.clip_by_global_norm(cfg.clip_norm))
     if cfg.weight_decay and cfg.name != "adamw":
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
-    parts.append(OPTIMIZERS[cfg.name](learning_rate_schedule(cfg, total_steps), cfg))
+    parts.append(OPTIMIZERS[cfg.name](
+        learning_rate_schedule(cfg, total_steps, steps_per_epoch), cfg))
     return optax.chain(*parts)

@@ -24,6 +24,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.weight_decay = 0.0   # decoupled for adamw, L2 otherwise; never on biases/norms
     c.optimizer.schedule = "constant"  # constant | warmup_cosine | step
     c.optimizer.warmup_steps = 0
+    c.optimizer.warmup_epochs = 0.0  # used when warmup_steps is 0: follows the batch size
     c.optimizer.decay_every = 0      # schedule=step: multiply by decay_factor every N steps
     c.optimizer.decay_factor = 0.1
     c.optimizer.clip_norm = 0.0      # global-norm gradient clipping; 0 turns it off
