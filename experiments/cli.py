@@ -54,6 +54,20 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--checkpoint", default="best", help="best, latest or a step (default: best)")
     e.add_argument("--split", default="test", help="dataset split (default: test)")
 
+    s = sub.add_parser("sample", help="generate text from a language model's checkpoint")
+    s.add_argument("--workdir", required=True)
+    s.add_argument("--prompt", required=True, help="the text to continue, e.g. 'ROMEO:'")
+    s.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
+    s.add_argument("--temperature", type=float, default=1.0,
+                   help="below 1 more likely characters, above 1 more varied; 0 always takes "
+                        "the most likely (default 1)")
+    s.add_argument("--checkpoint", default="best", help="best, latest or a step (default: best)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+
+    m = sub.add_parser("models", help="list every net with its parameter count")
+    m.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+
     d = sub.add_parser("data", help="prepare datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     prep = dsub.add_parser(
@@ -127,13 +141,17 @@ def _run(argv: list[str]) -> int:
         from data.prepare import prepare
         prepare(args.name, args.manual_dir, args.data_dir)
         return 0
+    if args.command == "models":
+        print_models()
+        return 0
     if overrides and args.command != "train":
         raise _UsageError(f"--config.* overrides apply to `descent train`, not `{args.command}`")
     if args.command == "train":
         config = load_config(args.config)
         for key, value in overrides:
             apply_override(config, key, value)
-    _join_processes(args)
+    if args.command in ("train", "eval"):
+        _join_processes(args)
     from experiments import run  # imports JAX: only once the arguments are known good
 
     if args.command == "train":
@@ -146,7 +164,26 @@ def _run(argv: list[str]) -> int:
         m = run.evaluate(args.workdir, args.checkpoint, args.split)
         _say(f"checkpoint step {m['step']}: {m['split']} accuracy {m['accuracy']:.4f} "
              f"({m['examples']} examples), loss {m['loss']:.4f}")
+    elif args.command == "sample":
+        _say(run.sample(args.workdir, args.prompt, args.length, args.temperature,
+                        args.checkpoint, args.seed))
     return 0
+
+
+def print_models() -> None:
+    """A table of every registered net: parameters for its typical input and class count."""
+    import nets
+
+    rows = [("name", "parameters", "input", "classes", "what")]
+    for name, net in nets.NETS.items():
+        rows.append((name, f"{nets.count_params(name):,}", "x".join(map(str, net.input_shape)),
+                     f"{net.num_classes:,}", net.about))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for r in rows:
+        print("  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].ljust(widths[2]),
+                         r[3].rjust(widths[3]), r[4]]))
+    print("Pick one with --config.model.name=NAME; a model.* field the net does not take is an "
+          "error that lists the fields it does take.")
 
 
 def _join_processes(args) -> None:

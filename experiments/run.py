@@ -85,6 +85,66 @@ def evaluate(workdir: str, which: str | int = "best", split: str = "test") -> di
     return metrics
 
 
+def sample(workdir: str, prompt: str, length: int = 500, temperature: float = 1.0,
+           which: str | int = "best", seed: int = 0) -> str:
+    """`prompt` followed by `length` characters drawn from the language model in `workdir`.
+
+    Each character is drawn from softmax(logits / temperature) given the characters before it
+    (at most the model's context of them); temperature 0 takes the most likely one.
+    """
+    if length < 1 or temperature < 0:
+        raise ValueError(f"need --length >= 1 and --temperature >= 0, got {length} and "
+                         f"{temperature}")
+    if not prompt:
+        raise ValueError("the prompt is empty; give the text to continue, e.g. --prompt 'ROMEO:'")
+    r = restore(workdir, which, mesh="data=1")
+    if not hasattr(r.dataset, "encode"):
+        raise ValueError(f"{workdir} holds a {r.config.model.name} trained on "
+                         f"{r.config.dataset.name}, which is not text; sample from a language "
+                         f"model's run, e.g. experiments/configs/shakespeare_gpt.py")
+    model = nnx.merge(r.trainer.graphdef, r.state.params, r.state.model_state)
+    ids = generate(model, r.dataset.encode(prompt), length, r.dataset.context, temperature,
+                   jax.random.PRNGKey(seed))
+    return prompt + r.dataset.decode(ids)
+
+
+def generate(model: nnx.Module, prompt_ids: np.ndarray, length: int, context: int,
+             temperature: float, key: jax.Array) -> np.ndarray:
+    """`length` token ids drawn one at a time from a causal language model's logits.
+
+    The model sees a fixed window of `context` ids, so one compiled step serves every position:
+    the prompt fills it from the left and, once full, it slides. Positions after the one read
+    hold zeros, which a causal model never looks at.
+    """
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def next_id(state, window_1xC, position, key):
+        logits_1xCxV = nnx.merge(graphdef, state)(window_1xC, train=False)
+        if logits_1xCxV.ndim != 3:
+            raise ValueError("this model classifies whole inputs; it is not a language model "
+                             "with logits at every position, so it cannot generate")
+        logits_V = logits_1xCxV[0, position]
+        if temperature == 0:
+            return jnp.argmax(logits_V)
+        return jax.random.categorical(key, logits_V / temperature)
+
+    window = np.zeros(context, np.int32)
+    filled = min(len(prompt_ids), context)
+    window[:filled] = prompt_ids[-filled:]
+    out = []
+    for i in range(length):
+        token = int(next_id(state, window[None], filled - 1, jax.random.fold_in(key, i)))
+        out.append(token)
+        if filled < context:
+            window[filled] = token
+            filled += 1
+        else:
+            window = np.roll(window, -1)
+            window[-1] = token
+    return np.array(out, np.int32)
+
+
 def predict(restored: Restored, images) -> np.ndarray:
     """Class probabilities, (batch, classes), for a numpy batch of images from a restored run."""
     model = nnx.merge(restored.trainer.graphdef, restored.state.params,

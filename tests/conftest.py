@@ -1,5 +1,9 @@
 """Every test runs on 8 fake CPU devices, so every sharded code path runs (DESIGN.md section 10)."""
+import importlib.util
 import os
+import shutil
+import subprocess
+import sys
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
@@ -22,3 +26,27 @@ def eight_devices():
 
 def config_path(name: str) -> str:
     return os.path.join(CONFIGS, name)
+
+
+SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory):
+    """Real MNIST and Tiny Shakespeare, prepared offline by `descent data prepare`, run as a
+    user runs it: in a process of its own, so TensorFlow stays out of the training process."""
+    if not os.path.isdir(SHARED):
+        pytest.skip(f"real datasets not found at {SHARED}: this machine has no ../shared/data")
+    if importlib.util.find_spec("tensorflow") is None:
+        pytest.skip("preparing datasets needs TensorFlow: pip install -e '.[tf]'")
+    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    for name in ("mnist", "tiny_shakespeare"):
+        result = subprocess.run(
+            [sys.executable, "-m", "experiments", "data", "prepare", name, "--manual-dir",
+             os.path.join(SHARED, name), "--data-dir", data_dir],
+            capture_output=True, text=True, timeout=600, cwd=ROOT)
+        assert result.returncode == 0, result.stderr[-2000:]
+        if name == "mnist":  # the shared copies are re-compressed: checked by content instead
+            assert "its decompressed content matches the official file" in result.stdout
+    yield data_dir
+    shutil.rmtree(data_dir, ignore_errors=True)

@@ -66,7 +66,7 @@ def error_of(capsys, *argv):
     ("--config.optimzer.name=adam", "unknown config key 'config.optimzer.name'; keys of config: checkpoint, dataset"),
     ("--config.epochs=three", "config.epochs='three' is not a int"),
     ("--config.optimizer.learning_rate=fast", "is not a float"),
-    ("--config.model.name=resnet9", "unknown model 'resnet9'; known: cnn, mlp"),
+    ("--config.model.name=resnet9", "unknown model 'resnet9'; known: bert, cnn, gpt, gru, lstm, mlp, resnet101"),
     ("--config.optimizer.name=lion", "unknown optimizer 'lion'; known: adam, adamw, rmsprop, sgd"),
     ("--config.model.activation=swish", "unknown activation 'swish'; known: gelu, relu, sigmoid, tanh"),
     ("--config.dataset.name=imagenet", "unknown dataset 'imagenet'; known: cifar10, cifar100, digits, fashion_mnist, imagenet2012"),

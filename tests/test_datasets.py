@@ -1,9 +1,6 @@
 """The tensorflow-datasets pipelines on tfds's mock data, and on the real data in ../shared."""
-import importlib.util
 import os
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -128,30 +125,6 @@ def test_a_dataset_that_is_not_prepared_names_the_command(tmp_path):
         data.load("svhn")
     with pytest.raises(ValueError, match="has no option.* colour"):
         data.load("digits", colour=True)
-
-
-SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """Real MNIST and Tiny Shakespeare, prepared offline by `descent data prepare`, run as a
-    user runs it: in a process of its own, so TensorFlow stays out of the training process."""
-    if not os.path.isdir(SHARED):
-        pytest.skip(f"real datasets not found at {SHARED}: this machine has no ../shared/data")
-    if importlib.util.find_spec("tensorflow") is None:
-        pytest.skip("preparing datasets needs TensorFlow: pip install -e '.[tf]'")
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
-    for name in ("mnist", "tiny_shakespeare"):
-        result = subprocess.run(
-            [sys.executable, "-m", "experiments", "data", "prepare", name, "--manual-dir",
-             os.path.join(SHARED, name), "--data-dir", data_dir],
-            capture_output=True, text=True, timeout=600, cwd=ROOT)
-        assert result.returncode == 0, result.stderr[-2000:]
-        if name == "mnist":  # the shared copies are re-compressed: checked by content instead
-            assert "its decompressed content matches the official file" in result.stdout
-    yield data_dir
-    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def test_real_tiny_shakespeare_vocabulary_and_splits(prepared):

@@ -1,0 +1,284 @@
+"""The model zoo: exact parameter counts, shapes, dtypes, causality, and learning real text."""
+import functools
+import math
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow_datasets as tfds
+from flax import nnx
+
+import data
+import nets
+from nets.resnet import Block
+from train.optimizers import decay_mask
+from train.trainer import Trainer
+
+from conftest import config_path
+from helpers import tiny_config
+from test_cli import descent
+
+# Trainable parameters of the reference implementations at 1,000 classes (torchvision's
+# resnet*, batch-norm running statistics excluded) and of GPT-2 small (Radford et al. 2019).
+REFERENCE_COUNTS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+}
+GPT2_SMALL = 124_439_808
+
+# Every net, small: (input shape, classes, fields)
+SMALL = {
+    "mlp": ((8, 8, 1), 10, dict(width=16)),
+    "cnn": ((8, 8, 1), 10, dict(channels=(4, 8), dense=16, batch_norm=True)),
+    "resnet18": ((32, 32, 3), 10, dict(stem="cifar", width=8)),
+    "resnet34": ((32, 32, 3), 10, dict(width=4)),
+    "resnet50": ((64, 64, 3), 10, dict(width=4)),
+    "resnet101": ((32, 32, 3), 10, dict(width=2, stem="cifar")),
+    "resnet152": ((32, 32, 3), 10, dict(width=2, stem="cifar")),
+    "gpt": ((16,), 20, dict(layers=2, heads=2, width=32)),
+    "bert": ((8, 8, 1), 10, dict(layers=2, heads=2, width=32)),
+    "lstm": ((16,), 20, dict(hidden=24, embed=8)),
+    "gru": ((16,), 20, dict(hidden=24, embed=8)),
+    "rnn": ((16,), 20, dict(hidden=24, embed=8)),
+}
+
+
+def small(name, **fields):
+    shape, classes, defaults = SMALL[name]
+    model = nets.build(name, input_shape=shape, num_classes=classes, **{**defaults, **fields})
+    rng = np.random.default_rng(0)
+    if len(shape) == 1:
+        x = rng.integers(0, classes, (2, *shape)).astype(np.int32)
+    else:
+        x = rng.normal(size=(2, *shape)).astype(np.float32)
+    return model, jnp.asarray(x)
+
+
+def test_every_registered_net_is_covered_here():
+    assert sorted(SMALL) == sorted(nets.NETS)
+
+
+@pytest.mark.parametrize("name", sorted(REFERENCE_COUNTS))
+def test_resnet_parameter_counts_equal_the_reference(name):
+    assert nets.count_params(name, (224, 224, 3), 1000) == REFERENCE_COUNTS[name]
+
+
+def test_gpt2_small_has_exactly_124_439_808_parameters():
+    assert nets.count_params("gpt", (1024,), 50257, layers=12, heads=12, width=768) == GPT2_SMALL
+
+
+@pytest.mark.parametrize("cell, gates", [("lstm", 4), ("gru", 3), ("rnn", 1)])
+def test_recurrent_parameter_counts_follow_the_cell_equations(cell, gates):
+    # per layer: gates x (input weights + recurrent weights + input bias + recurrent bias)
+    vocab, embed, hidden = 65, 32, 48
+    layer = lambda d: gates * (d * hidden + hidden * hidden + 2 * hidden)  # noqa: E731
+    expected = vocab * embed + layer(embed) + layer(hidden) + hidden * vocab + vocab
+    assert nets.count_params(cell, (10,), vocab, layers=2, hidden=hidden, embed=embed) == expected
+
+
+@pytest.mark.parametrize("name", sorted(SMALL))
+def test_output_shapes_and_float32_logits_in_both_compute_dtypes(name):
+    shape, classes, _ = SMALL[name]
+    outputs = {}
+    for dtype in ("float32", "bfloat16"):
+        model, x = small(name, dtype=dtype)
+        params = nnx.state(model, nnx.Param)
+        assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(params)), "params stay float32"
+        y = model(x, train=False)
+        assert y.dtype == jnp.float32
+        expected = (2, *shape, classes) if len(shape) == 1 else (2, classes)
+        assert y.shape == expected
+        outputs[dtype] = np.asarray(y)
+    # same parameters (same seed), computed in bfloat16: close to float32, but not the same
+    scale = np.abs(outputs["float32"]).max() + 1e-3
+    assert np.abs(outputs["bfloat16"] - outputs["float32"]).max() < 0.1 * scale
+    assert not np.array_equal(outputs["bfloat16"], outputs["float32"])
+
+
+@pytest.mark.parametrize("name", ["gpt", "lstm", "gru", "rnn"])
+def test_language_models_are_causal(name):
+    """The logits at position t do not change when any input after t changes."""
+    model, x = small(name)
+    t = 7
+    changed = x.at[:, t + 1:].set((x[:, t + 1:] + 1) % SMALL[name][1])
+    before, after = model(x), model(changed)
+    np.testing.assert_allclose(before[:, :t + 1], after[:, :t + 1], atol=1e-6)
+    assert not np.allclose(before[:, t + 1:], after[:, t + 1:], atol=1e-6)
+
+
+def test_the_encoder_attends_both_ways():
+    model, x = small("bert")
+    changed = x.at[:, -1].add(1.0)  # only the last row of the image
+    assert not np.allclose(model(x), model(changed), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["gpt", "bert", "lstm", "mlp", "cnn"])
+def test_dropout_is_keyed_and_off_in_evaluation(name):
+    model, x = small(name, dropout=0.5)
+    a = model(x, train=True, rngs=jax.random.PRNGKey(1))
+    np.testing.assert_array_equal(a, model(x, train=True, rngs=jax.random.PRNGKey(1)))
+    assert not np.array_equal(a, model(x, train=True, rngs=jax.random.PRNGKey(2)))
+    np.testing.assert_array_equal(model(x), model(x, train=False))
+
+
+def test_each_dropout_layer_draws_its_own_mask():
+    width = 2048
+    model = nets.build("mlp", input_shape=(width,), num_classes=width, depth=2, width=width,
+                       dropout=0.5)
+    for layer in (*model.hidden, model.head):  # every layer passes its input through unchanged
+        layer.kernel[...] = jnp.eye(width)
+        layer.bias[...] = jnp.zeros(width)
+    out = model(jnp.ones((1, width)), train=True, rngs=jax.random.PRNGKey(0))
+    # ones -> dropout -> dropout: a unit survives both with p 1/4 if the masks are independent,
+    # 1/2 if one key is reused for both
+    assert 0.2 < float(jnp.mean(out != 0)) < 0.3
+
+
+def test_zero_init_residual_starts_each_block_as_the_identity():
+    block = Block(8, 8, 1, bottleneck=False, zero_init=True, dtype=jnp.float32,
+                  rngs=nnx.Rngs(0))
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 8))
+    np.testing.assert_allclose(block(x, train=True), jax.nn.relu(x), atol=1e-6)
+    plain = Block(8, 8, 1, bottleneck=False, zero_init=False, dtype=jnp.float32,
+                  rngs=nnx.Rngs(0))
+    assert not np.allclose(plain(x, train=True), jax.nn.relu(x), atol=1e-3)
+
+
+def test_the_cifar_stem_matches_the_reference_cifar_resnet18():
+    # 3x3 stem, no max-pool, 10 classes: the widely used CIFAR ResNet-18 has 11,173,962
+    assert nets.count_params("resnet18", (32, 32, 3), 10, stem="cifar") == 11_173_962
+
+
+def test_bad_fields_name_the_fix():
+    with pytest.raises(ValueError, match="model 'resnet50' has no field.* depth; its fields: stem"):
+        nets.build("resnet50", input_shape=(32, 32, 3), num_classes=10, depth=18)
+    with pytest.raises(ValueError, match="unknown ResNet stem 'tiny'; known: imagenet, cifar"):
+        nets.build("resnet18", input_shape=(32, 32, 3), num_classes=10, stem="tiny")
+    with pytest.raises(ValueError, match="unknown dtype 'float16'; known: float32, bfloat16"):
+        nets.build("gpt", input_shape=(8,), num_classes=5, dtype="float16", width=8, heads=2)
+    with pytest.raises(ValueError, match="width=30 does not divide into model.heads=4"):
+        nets.build("gpt", input_shape=(8,), num_classes=5, width=30, heads=4)
+    with pytest.raises(ValueError, match="a GPT takes .length,. token ids"):
+        nets.build("gpt", input_shape=(28, 28, 1), num_classes=10, width=8, heads=2)
+    model = nets.build("gpt", input_shape=(8,), num_classes=5, width=8, heads=2, layers=1)
+    with pytest.raises(ValueError, match="9 tokens exceed the model's context of 8"):
+        model(jnp.zeros((1, 9), jnp.int32))
+
+
+# --- learning real text: the loss falls below what character frequencies alone give
+
+
+def unigram_entropy(ids: np.ndarray) -> float:
+    p = np.bincount(ids) / len(ids)
+    p = p[p > 0]
+    return float(-(p * np.log(p)).sum())
+
+
+@pytest.mark.parametrize("name, fields, learning_rate", [
+    ("gpt", dict(layers=2, heads=2, width=64, dropout=0.0), 3e-3),
+    ("lstm", dict(hidden=128, embed=32), 1e-2),
+    ("gru", dict(hidden=128, embed=32), 1e-2),
+    ("rnn", dict(hidden=128, embed=32), 3e-3),
+])
+def test_language_models_learn_tiny_shakespeare(prepared, name, fields, learning_rate, capsys):
+    config = tiny_config("shakespeare_gpt.py", **{"dataset.data_dir": prepared, "steps": 80,
+                                                  "optimizer.learning_rate": learning_rate})
+    text = data.load("tiny_shakespeare", data_dir=prepared, context=config.dataset.context)
+    model = nets.build(name, input_shape=text.input_shape, num_classes=text.num_classes,
+                       **fields)
+    trainer = Trainer(config, model, text.steps_per_epoch(config.dataset.batch_size))
+    validation = functools.partial(text.eval_batches, "validation", 512)
+    before = trainer.evaluate(trainer.initial_state, validation())["loss"]
+    state = trainer.place(trainer.initial_state)
+    for batch in text.train_batches(config.dataset.batch_size, seed=0, epoch=0):
+        state, _ = trainer.train_step(state, trainer.put(batch))
+        if int(trainer.gather(state).step) == config.steps:
+            break
+    after = trainer.evaluate(trainer.gather(state), validation())["loss"]
+    floor = unigram_entropy(text.splits["train"])
+    with capsys.disabled():
+        print(f"\n{name} on tiny_shakespeare, {config.steps} steps: validation loss "
+              f"{before:.3f} -> {after:.3f} nats/char (character frequencies alone: {floor:.3f})")
+    assert before == pytest.approx(math.log(text.num_classes), abs=0.3)  # uniform at the start
+    assert after < floor - 0.1
+
+
+# --- the zoo's configs and commands, end to end
+
+
+@pytest.mark.parametrize("name, steps", [("cifar10_resnet.py", 2), ("imagenet_resnet50.py", 2)])
+def test_image_configs_train_and_evaluate_on_mock_data(name, steps, tmp_path):
+    from experiments import run
+
+    config = tiny_config(name)
+    with tfds.testing.mock_data(num_examples=32):
+        summary = run.train_and_evaluate(config, str(tmp_path))
+    assert summary["latest_step"] == steps
+    assert summary["test"]["examples"] == 32 and math.isfinite(summary["test"]["loss"])
+    assert os.path.exists(summary["curves"])
+
+
+def test_the_imagenet_recipe_is_the_standard_one():
+    from experiments.config import load_config
+
+    c = load_config(config_path("imagenet_resnet50.py"))
+    assert c.model.name == "resnet50" and c.model.dtype == "bfloat16" and c.epochs == 90
+    assert c.optimizer.name == "sgd" and c.optimizer.momentum == 0.9
+    assert c.optimizer.learning_rate == pytest.approx(0.1 * c.dataset.batch_size / 256)
+    assert c.optimizer.warmup_epochs == 5 and c.optimizer.schedule == "warmup_cosine"
+    assert c.optimizer.weight_decay == 1e-4 and c.loss.label_smoothing == 0.1
+    # weight decay reaches kernels only: every 1-d parameter (biases, norm scales) is exempt
+    model = nnx.eval_shape(lambda: nets.build("resnet50", input_shape=(224, 224, 3),
+                                              num_classes=1000))
+    mask = decay_mask(nnx.state(model, nnx.Param))
+    decayed = {jax.tree_util.keystr(k) for k, v in jax.tree_util.tree_leaves_with_path(mask) if v}
+    assert decayed and all("kernel" in k for k in decayed)
+
+
+def test_models_lists_every_net_with_its_parameter_count(capsys):
+    from experiments.cli import main
+
+    assert main(["models"]) == 0
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    for name, count in {**REFERENCE_COUNTS, "gpt": GPT2_SMALL}.items():
+        assert f" {count:,} " in rows[name]
+    assert set(nets.NETS) <= set(rows)
+
+
+def test_sample_generates_from_a_trained_language_model(prepared, tmp_path):
+    workdir = str(tmp_path / "gpt")
+    trained = descent("train", "--config", config_path("shakespeare_gpt.py") + ":tiny",
+                      "--workdir", workdir, f"--config.dataset.data_dir={prepared}",
+                      "--config.steps=30")
+    assert trained.returncode == 0, trained.stderr
+    vocab = set(data.load("tiny_shakespeare", data_dir=prepared).vocab)
+
+    def sample(*args):
+        result = descent("sample", "--workdir", workdir, "--prompt", "ROMEO:", "--length", "80",
+                         *args)
+        assert result.returncode == 0, result.stderr
+        text = result.stdout[:-1]  # print's newline
+        assert text.startswith("ROMEO:") and len(text) == len("ROMEO:") + 80
+        assert set(text) <= vocab
+        return text
+
+    greedy = sample("--temperature", "0")
+    assert greedy == sample("--temperature", "0", "--seed", "5")  # argmax ignores the seed
+    assert sample("--seed", "1") != sample("--seed", "2")
+
+    bad = descent("sample", "--workdir", workdir, "--prompt", "ROMEO: ☃", "--length", "5")
+    assert bad.returncode == 2 and "not in the 65-character vocabulary: '☃'" in bad.stderr
+
+
+def test_sample_refuses_a_classifier(tmp_path):
+    workdir = str(tmp_path / "mlp")
+    assert descent("train", "--config", config_path("digits_mlp.py") + ":tiny",
+                   "--workdir", workdir).returncode == 0
+    result = descent("sample", "--workdir", workdir, "--prompt", "ROMEO:")
+    assert result.returncode == 2
+    assert "trained on digits, which is not text; sample from a language model" in result.stderr
