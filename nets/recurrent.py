@@ -39,17 +39,22 @@ def rnn_cell(xw_BxG, h_BxH, c_BxH, w_hh, b_hh):
 CELLS = {"lstm": (lstm_cell, 4), "gru": (gru_cell, 3), "rnn": (rnn_cell, 1)}  # cell, gates
 
 
+def symmetric_uniform(bound: float):
+    """uniform(-bound, bound): PyTorch's initialiser for every recurrent weight and bias."""
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+    return init
+
+
 class RecurrentLayer(nnx.Module):
     def __init__(self, cell, in_features, hidden, dtype, rngs):
         self.cell = cell
-        step, gates = CELLS[cell]
-        bound = 1 / math.sqrt(hidden)  # PyTorch's uniform(-1/sqrt(H), 1/sqrt(H)) for every weight
-        init = nnx.initializers.uniform(2 * bound)
-        shifted = lambda key, shape, dtype=jnp.float32: init(key, shape, dtype) - bound  # noqa: E731
-        self.input = nnx.Linear(in_features, gates * hidden, kernel_init=shifted,
-                                bias_init=shifted, dtype=dtype, rngs=rngs)
-        self.recurrent = nnx.Linear(hidden, gates * hidden, kernel_init=shifted,
-                                    bias_init=shifted, dtype=dtype, rngs=rngs)
+        _, gates = CELLS[cell]
+        init = symmetric_uniform(1 / math.sqrt(hidden))
+        self.input = nnx.Linear(in_features, gates * hidden, kernel_init=init, bias_init=init,
+                                dtype=dtype, rngs=rngs)
+        self.recurrent = nnx.Linear(hidden, gates * hidden, kernel_init=init, bias_init=init,
+                                    dtype=dtype, rngs=rngs)
 
     def __call__(self, x_BxLxD) -> jax.Array:
         """The hidden state at every position: (B, L, D) -> (B, L, H)."""
@@ -103,7 +108,7 @@ class Recurrent(nnx.Module):
             x_BxLxD = self.embed(x)
         else:
             x_BxLxD = x.reshape(*x.shape[:2], -1).astype(self.dtype)
-        for layer in self.layers:
+        for layer in self.layers:  # dropout on each layer's input, and before the head
             x_BxLxD = self.dropout(x_BxLxD, deterministic=not train, rngs=rngs)
             x_BxLxD = layer(x_BxLxD)
         x_BxLxD = self.dropout(x_BxLxD, deterministic=not train, rngs=rngs)
