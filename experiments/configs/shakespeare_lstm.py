@@ -6,8 +6,9 @@
 
 `--config.model.name=gru` or `=rnn` swaps the cell and keeps everything else. The full config
 is 5,000 steps of 64 windows (Adam 2e-3, warmup then cosine, dropout 0.2, gradients clipped
-at 1). Measured here, `:cpu` (a bounded run: 400 steps of 32 windows, the 2-core CPU
-development machine, 2026-11-24): RESULT_CPU.
+at 1). Measured here, `:cpu` (a bounded run: 400 steps of 32 windows, 3.3 epochs, on the 2-core CPU
+development machine, 2026-11-24): validation loss 1.788 nats/char (46.8 % of next characters
+right) in 12 min 4 s wall (2.295, 1.930, 1.809, 1.788 at steps 100-400).
 `:tiny` is a seconds-long variant for tests.
 """
 from experiments.configs.common import base_config, check_variant
