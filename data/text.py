@@ -35,8 +35,9 @@ class CharText:
         index = {c: i for i, c in enumerate(self.vocab)}
         unknown = sorted(set(text) - set(index))
         if unknown:
-            raise ValueError(f"characters not in the {len(self.vocab)}-character vocabulary: "
-                             f"{''.join(unknown)!r}")
+            raise ValueError(f"characters not in the {len(self.vocab)}-character vocabulary of "
+                             f"{self.name}: {''.join(unknown)!r}; use only characters of its "
+                             f"training text")
         return np.array([index[c] for c in text], np.int32)
 
     def decode(self, ids) -> str:

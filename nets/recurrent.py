@@ -15,25 +15,30 @@ from flax import nnx
 from nets.dtypes import compute_dtype
 
 
-def lstm_cell(xw_BxG, h_BxH, c_BxH, w_hh, b_hh):
+# Each cell takes the input's and the hidden state's contributions to its gates (x W + b and
+# h U + b, computed in the compute dtype) and the state, and returns the new state, all in
+# float32: rounding errors in bfloat16 would accumulate in the state over hundreds of steps.
+
+
+def lstm_cell(xw_BxG, hu_BxG, h_BxH, c_BxH):
     """Input, forget, cell and output gates; c' = f*c + i*g, h' = o*tanh(c')."""
-    i, f, g, o = jnp.split(xw_BxG + h_BxH @ w_hh + b_hh, 4, axis=-1)
+    i, f, g, o = jnp.split(xw_BxG + hu_BxG, 4, axis=-1)
     c_BxH = jax.nn.sigmoid(f) * c_BxH + jax.nn.sigmoid(i) * jnp.tanh(g)
     return jax.nn.sigmoid(o) * jnp.tanh(c_BxH), c_BxH
 
 
-def gru_cell(xw_BxG, h_BxH, c_BxH, w_hh, b_hh):
+def gru_cell(xw_BxG, hu_BxG, h_BxH, c_BxH):
     """Reset and update gates; the candidate sees the reset-scaled recurrent term."""
     x_r, x_z, x_n = jnp.split(xw_BxG, 3, axis=-1)
-    h_r, h_z, h_n = jnp.split(h_BxH @ w_hh + b_hh, 3, axis=-1)
+    h_r, h_z, h_n = jnp.split(hu_BxG, 3, axis=-1)
     r, z = jax.nn.sigmoid(x_r + h_r), jax.nn.sigmoid(x_z + h_z)
     n = jnp.tanh(x_n + r * h_n)
     return (1 - z) * n + z * h_BxH, c_BxH
 
 
-def rnn_cell(xw_BxG, h_BxH, c_BxH, w_hh, b_hh):
-    """h' = tanh(W x + U h + b): the Elman network."""
-    return jnp.tanh(xw_BxG + h_BxH @ w_hh + b_hh), c_BxH
+def rnn_cell(xw_BxG, hu_BxG, h_BxH, c_BxH):
+    """h' = tanh(x W + h U + b): the Elman network."""
+    return jnp.tanh(xw_BxG + hu_BxG), c_BxH
 
 
 CELLS = {"lstm": (lstm_cell, 4), "gru": (gru_cell, 3), "rnn": (rnn_cell, 1)}  # cell, gates
@@ -58,17 +63,17 @@ class RecurrentLayer(nnx.Module):
 
     def __call__(self, x_BxLxD) -> jax.Array:
         """The hidden state at every position: (B, L, D) -> (B, L, H)."""
-        step, _ = CELLS[self.cell]
+        cell, _ = CELLS[self.cell]
         xw_LxBxG = jnp.swapaxes(self.input(x_BxLxD), 0, 1)  # scan runs over the leading axis
         dtype = xw_LxBxG.dtype
-        w_hh = self.recurrent.kernel[...].astype(dtype)
-        b_hh = self.recurrent.bias[...].astype(dtype)
-        hidden = w_hh.shape[0]
-        zeros_BxH = jnp.zeros((x_BxLxD.shape[0], hidden), dtype)
+        zeros_BxH = jnp.zeros((x_BxLxD.shape[0], self.recurrent.in_features), jnp.float32)
 
         def scan_step(carry, xw_BxG):
-            h_BxH, c_BxH = step(xw_BxG, *carry, w_hh, b_hh)
-            return (h_BxH, c_BxH), h_BxH
+            h_BxH, c_BxH = carry
+            hu_BxG = self.recurrent(h_BxH.astype(dtype))
+            h_BxH, c_BxH = cell(xw_BxG.astype(jnp.float32), hu_BxG.astype(jnp.float32),
+                                h_BxH, c_BxH)
+            return (h_BxH, c_BxH), h_BxH.astype(dtype)
 
         _, h_LxBxH = jax.lax.scan(scan_step, (zeros_BxH, zeros_BxH), xw_LxBxG)
         return jnp.swapaxes(h_LxBxH, 0, 1)

@@ -78,7 +78,9 @@ class GPT(nnx.Module):
 
     Learned positions up to `context` (default: the input length), pre-LayerNorm blocks, causal
     self-attention, and the token embedding reused as the output layer (tied weights). The
-    defaults are GPT-2 small: 12 layers, 12 heads, width 768.
+    defaults are GPT-2 small: 12 layers, 12 heads, width 768. Dropout acts on the embeddings
+    and on each residual branch, not on the attention probabilities (GPT-2 also drops those;
+    `jax.nn.dot_product_attention`, whose fused kernels we want, has no dropout).
     """
 
     def __init__(self, *, input_shape, num_classes, layers=12, heads=12, width=768, context=0,
@@ -88,6 +90,9 @@ class GPT(nnx.Module):
                              f"use a text dataset such as tiny_shakespeare")
         self.dtype = compute_dtype(dtype)
         self.context = context or input_shape[0]
+        if input_shape[0] > self.context:
+            raise ValueError(f"inputs of {input_shape[0]} tokens exceed model.context={context}; "
+                             f"set model.context >= {input_shape[0]}, or 0 to follow the input")
         self.embed = nnx.Embed(num_classes, width, embedding_init=normal(0.02), dtype=self.dtype,
                                rngs=rngs)
         self.positions = nnx.Param(normal(0.01)(rngs.params(), (self.context, width)))
@@ -114,6 +119,7 @@ class Encoder(nnx.Module):
     With `vocab_size > 0` the inputs are (B, L) token ids; otherwise each input is a sequence
     of feature vectors, projected to `width`: an image (B, H, W, C) is read as H rows of W*C
     features. A learned [CLS] vector is put in front of the sequence; its output is pooled.
+    Every position is attended to: sequences are of one fixed length, with no padding mask.
     """
 
     def __init__(self, *, input_shape, num_classes, layers=4, heads=4, width=256, vocab_size=0,

@@ -5,12 +5,17 @@ import optax
 
 
 def softmax_cross_entropy(logits_BxK, labels_B, label_smoothing: float = 0.0):
-    """-sum_k q_k log softmax(logits)_k with q the one-hot label, smoothed towards uniform."""
-    num_classes = logits_BxK.shape[-1]
-    q_BxK = jax.nn.one_hot(labels_B, num_classes)
-    if label_smoothing:
-        q_BxK = q_BxK * (1.0 - label_smoothing) + label_smoothing / num_classes
-    return -jnp.sum(q_BxK * jax.nn.log_softmax(logits_BxK), axis=-1)
+    """-sum_k q_k log softmax(logits)_k with q the one-hot label, smoothed towards uniform.
+
+    Computed from the label's log-probability and the mean log-probability, never a one-hot
+    array: for a language model that would be another (batch, length, vocabulary) tensor.
+    """
+    log_p_BxK = jax.nn.log_softmax(logits_BxK)
+    nll_B = -jnp.take_along_axis(log_p_BxK, labels_B[..., None], axis=-1)[..., 0]
+    if not label_smoothing:
+        return nll_B
+    # q = (1 - e) one_hot + e / K  =>  -sum q log p = (1 - e) nll + e mean_k(-log p_k)
+    return (1.0 - label_smoothing) * nll_B - label_smoothing * jnp.mean(log_p_BxK, axis=-1)
 
 
 def sigmoid_binary_cross_entropy(logits, targets):

@@ -49,21 +49,27 @@ def decay_mask(params):
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def learning_rate_schedule(cfg, total_steps: int, steps_per_epoch: int = 0) -> optax.Schedule:
+def learning_rate_schedule(cfg, total_steps: int, steps_per_epoch: int = 0,
+                           batch_size: int = 0) -> optax.Schedule:
     """The schedule named by `cfg.schedule` for `cfg.learning_rate` (the optimizer config).
 
-    Warmup lasts `cfg.warmup_steps`, or if that is 0, `cfg.warmup_epochs` epochs.
+    Warmup lasts `cfg.warmup_steps`, or if that is 0, `cfg.warmup_epochs` epochs. With
+    `cfg.reference_batch_size`, the learning rate is the one for that batch size and scales
+    linearly to `batch_size` (Goyal et al. 2017: lr 0.1 per 256 examples for ResNet-50).
     """
     if cfg.schedule not in SCHEDULES:
         raise ValueError(
             f"unknown schedule {cfg.schedule!r}; known: {', '.join(sorted(SCHEDULES))}")
     warmup_steps = cfg.warmup_steps or round(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+    learning_rate = cfg.learning_rate
+    if cfg.get("reference_batch_size", 0):
+        learning_rate *= batch_size / cfg.reference_batch_size
     return SCHEDULES[cfg.schedule](
-        cfg.learning_rate, total_steps=total_steps, warmup_steps=warmup_steps,
+        learning_rate, total_steps=total_steps, warmup_steps=warmup_steps,
         decay_every=cfg.decay_every, decay_factor=cfg.decay_factor)
 
 
-def make_optimizer(cfg, total_steps: int, steps_per_epoch: int = 0
+def make_optimizer(cfg, total_steps: int, steps_per_epoch: int = 0, batch_size: int = 0
                    ) -> optax.GradientTransformation:
     """optax chain: [clip by global norm] -> [L2 weight decay] -> optimizer with its schedule.
 
@@ -78,5 +84,5 @@ def make_optimizer(cfg, total_steps: int, steps_per_epoch: int = 0
     if cfg.weight_decay and cfg.name != "adamw":
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
     parts.append(OPTIMIZERS[cfg.name](
-        learning_rate_schedule(cfg, total_steps, steps_per_epoch), cfg))
+        learning_rate_schedule(cfg, total_steps, steps_per_epoch, batch_size), cfg))
     return optax.chain(*parts)

@@ -29,6 +29,8 @@ def make_train_step(graphdef: nnx.GraphDef, loss_fn: LossFn, tx: optax.GradientT
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         """`batch["inputs"]` goes into the model, whose logits are scored on `batch["targets"]`."""
         dropout_key = jax.random.fold_in(state.rng, state.step)
+        if axis_name is not None:  # each device's share of the batch gets its own masks
+            dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
 
         def loss_of(params):
             # copy=True: fresh variables at this trace level, so batch norm may update them

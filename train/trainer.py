@@ -32,7 +32,7 @@ class Trainer:
         sharding.check_batch_size(config.dataset.eval_batch_size, self.mesh,
                                   "dataset.eval_batch_size")
         self.tx = make_optimizer(config.optimizer, total_steps(config, steps_per_epoch),
-                                 steps_per_epoch)
+                                 steps_per_epoch, config.dataset.batch_size)
         loss_fn = classification_loss(config.loss.name, config.loss.label_smoothing)
         # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
         eval_loss_fn = classification_loss(config.loss.name)

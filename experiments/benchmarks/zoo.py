@@ -9,9 +9,9 @@ A step is the whole compiled `train_step`: forward, backward and the AdamW updat
 device. FLOPs come from XLA's cost analysis of that compiled step, so they count what the
 compiler actually emits (the backward pass and optimizer included). Timings are medians of
 `--repeats` steps after one warm-up (compile) step; min and max are printed beside them.
-With `--accelerator`, model FLOP utilisation (MFU) is the model's own FLOPs per step (6 per
-parameter per token plus attention for the GPT, Kaplan et al. 2020; XLA's count for the
-ResNet) over the device's peak dense bfloat16 FLOP/s.
+With `--accelerator`, utilisation is FLOP/s over the device's peak dense bfloat16 FLOP/s: for
+the GPT the model FLOPs (MFU: 6 per parameter per token plus attention, PaLM's accounting);
+for the ResNet XLA's count of the whole step (hardware FLOP utilisation, HFU).
 """
 import argparse
 import statistics
@@ -110,12 +110,16 @@ def main():
     args = parser.parse_args()
     cases = ACCELERATOR_CASES if args.accelerator else CPU_CASES
     names = args.nets or list(cases)
+    unknown = sorted(set(names) - set(cases))
+    if unknown:
+        parser.error(f"no {'accelerator ' if args.accelerator else ''}case for "
+                     f"{', '.join(unknown)}; known: {', '.join(cases)}")
     device = jax.devices()[0]
     print(f"device: {device.device_kind} ({device.platform}); {args.repeats} timed steps each")
     print(f"{'net':<10} {'batch':>5} {'params':>12} {'step ms (min-max)':>22} "
           f"{'GFLOP/example':>13} {'GFLOP/s':>8}  examples/s")
     for name in names:
-        batch, fields = cases.get(name, CPU_CASES[name])
+        batch, fields = cases[name]
         flops, times = measure(name, batch, fields, args.repeats)
         median = statistics.median(times)
         length = nets.NETS[name].input_shape[0] if len(nets.NETS[name].input_shape) == 1 else 1
@@ -126,9 +130,11 @@ def main():
                                           if length > 1 else ""), flush=True)
         peak = PEAK_BF16.get(device.device_kind)
         if args.accelerator and peak:
-            model_flops = (gpt_model_flops_per_token(fields) * batch * length if name == "gpt"
-                           else flops)
-            print(f"{'':<10} MFU {model_flops / median / peak:.1%} of {peak / 1e12:.0f} TFLOP/s")
+            if name == "gpt":
+                what, used = "MFU", gpt_model_flops_per_token(fields) * batch * length
+            else:
+                what, used = "HFU", flops
+            print(f"{'':<10} {what} {used / median / peak:.1%} of {peak / 1e12:.0f} TFLOP/s")
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.schedule = "constant"  # constant | warmup_cosine | step
     c.optimizer.warmup_steps = 0
     c.optimizer.warmup_epochs = 0.0  # used when warmup_steps is 0: follows the batch size
+    c.optimizer.reference_batch_size = 0  # if > 0, learning_rate is for this batch size and
+                                          # scales linearly with dataset.batch_size
     c.optimizer.decay_every = 0      # schedule=step: multiply by decay_factor every N steps
     c.optimizer.decay_factor = 0.1
     c.optimizer.clip_norm = 0.0      # global-norm gradient clipping; 0 turns it off

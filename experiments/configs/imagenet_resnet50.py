@@ -3,8 +3,8 @@
     descent data prepare imagenet2012 --manual-dir DIR_WITH_ILSVRC2012_img_{train,val}.tar
     descent train --config experiments/configs/imagenet_resnet50.py --workdir runs/in1k
 
-SGD with momentum 0.9; learning rate 0.1 x batch/256 (0.4 at the batch of 1,024 here: change
-both together), 5 warmup epochs then cosine decay to 0; weight decay 1e-4 on weights only (not
+SGD with momentum 0.9; learning rate 0.1 x batch/256 (0.4 at the batch of 1,024 here; it
+follows `--config.dataset.batch_size`), 5 warmup epochs then cosine decay to 0; weight decay 1e-4 on weights only (not
 on batch-norm parameters or biases); label smoothing 0.1; the last batch norm of each residual
 block starts at 0; 224x224 random-resized crops with flips, centre crops for evaluation;
 bfloat16 compute with float32 parameters (for accelerators: bfloat16 is slower than float32 on
@@ -31,7 +31,8 @@ def get_config(variant: str = ""):
     c.model.zero_init_residual = True
     c.model.dtype = "bfloat16"
     c.optimizer.name = "sgd"
-    c.optimizer.learning_rate = 0.1 * c.dataset.batch_size / 256
+    c.optimizer.learning_rate = 0.1
+    c.optimizer.reference_batch_size = 256  # lr 0.1 per 256 examples: 0.4 at 1,024
     c.optimizer.momentum = 0.9
     c.optimizer.weight_decay = 1e-4
     c.optimizer.schedule = "warmup_cosine"
@@ -45,7 +46,6 @@ def get_config(variant: str = ""):
         c.dataset.batch_size = 16
         c.dataset.eval_batch_size = 16
         c.model.width = 8
-        c.optimizer.learning_rate = 0.1 * c.dataset.batch_size / 256
         c.epochs = 1
         c.log_every = 1
     return c

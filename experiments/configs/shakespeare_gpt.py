@@ -27,7 +27,7 @@ def get_config(variant: str = ""):
     c.model.layers = 6
     c.model.heads = 6
     c.model.width = 384
-    c.model.context = 256
+    c.model.context = 0  # positions for as many characters as dataset.context
     c.model.dropout = 0.2
     c.model.dtype = "float32"
     c.optimizer.name = "adamw"
@@ -47,7 +47,7 @@ def get_config(variant: str = ""):
         c.eval_every = 100
         c.log_every = 10
     if variant == "tiny":
-        c.dataset.context = c.model.context = 32
+        c.dataset.context = 32
         c.dataset.batch_size = 16
         c.dataset.eval_batch_size = 512
         c.model.layers, c.model.heads, c.model.width = 2, 2, 64
