@@ -157,9 +157,6 @@ def test_real_mnist_prepared_offline_trains_the_cnn_to_98_5_percent_in_one_epoch
     config = load_config(os.path.join(ROOT, "experiments", "configs", "mnist_cnn.py"))
     config.dataset.data_dir = prepared
     config.epochs = 1
-    # One device: XLA's CPU all-reduce across 8 simulated devices on 2 cores can starve one
-    # device thread past its 40 s rendezvous limit on this heavier model (sharding has its own tests).
-    config.parallel.mesh = "data=1"
     summary = run.train_and_evaluate(config, str(tmp_path))
     with capsys.disabled():
         print(f"\nreal MNIST, CNN, one epoch: test accuracy {summary['test']['accuracy']:.4f}")

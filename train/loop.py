@@ -25,6 +25,11 @@ from train.trainer import Trainer, total_steps
 
 
 MONITORED = ("eval_accuracy", "eval_loss")
+# Steps dispatched ahead of the one the host last waited for. Enough to keep a device busy
+# while the host prepares the next batch; bounded, because each queued step holds its batch in
+# device memory, and because XLA's CPU collectives over simulated devices abort ("only 7 of 8
+# threads arrived") when hundreds of steps are queued.
+MAX_STEPS_IN_FLIGHT = 2
 
 
 class Diverged(RuntimeError):
@@ -123,6 +128,8 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                 step += 1
                 window_steps += 1
                 pending.append((step, metrics))
+                if len(pending) > MAX_STEPS_IN_FLIGHT:
+                    jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
                 bar.update()
                 preempted = (multihost_utils.reached_preemption_sync_point(step)
                              if jax.process_count() > 1 else bool(stop_signals))
