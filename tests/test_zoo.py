@@ -18,7 +18,7 @@ from train.trainer import Trainer
 
 from conftest import config_path
 from helpers import tiny_config
-from test_cli import descent
+from test_cli import descent, error_of
 
 # Trainable parameters of the reference implementations at 1,000 classes (torchvision's
 # resnet*, batch-norm running statistics excluded) and of GPT-2 small (Radford et al. 2019).
@@ -36,9 +36,9 @@ GPT2_SMALL = 124_439_808
 SMALL = {
     "mlp": ((8, 8, 1), 10, dict(width=16)),
     "cnn": ((8, 8, 1), 10, dict(channels=(4, 8), dense=16, batch_norm=True)),
-    "resnet18": ((32, 32, 3), 10, dict(stem="cifar", width=8)),
+    "resnet18": ((16, 16, 3), 10, dict(stem="cifar", width=4)),
     "resnet34": ((32, 32, 3), 10, dict(width=4)),
-    "resnet50": ((64, 64, 3), 10, dict(width=4)),
+    "resnet50": ((32, 32, 3), 10, dict(width=4)),
     "gpt": ((16,), 20, dict(layers=2, heads=2, width=32)),
     "bert": ((8, 8, 1), 10, dict(layers=2, heads=2, width=32)),
     "lstm": ((16,), 20, dict(hidden=24, embed=8)),
@@ -327,13 +327,16 @@ def test_sample_generates_from_a_trained_language_model(prepared, tmp_path):
     assert bad.returncode == 2 and "not in the 65-character vocabulary of tiny_shakespeare: '☃'" in bad.stderr
 
 
-def test_sample_refuses_a_classifier(tmp_path):
+def test_sample_refuses_a_classifier(tmp_path, capsys):
+    from experiments.cli import main
+
     workdir = str(tmp_path / "mlp")
-    assert descent("train", "--config", config_path("digits_mlp.py") + ":tiny",
-                   "--workdir", workdir).returncode == 0
-    result = descent("sample", "--workdir", workdir, "--prompt", "ROMEO:")
-    assert result.returncode == 2
-    assert "trained on digits, which is not text; sample from a language model" in result.stderr
+    assert main(["train", "--config", config_path("digits_mlp.py") + ":tiny",
+                 "--workdir", workdir]) == 0
+    capsys.readouterr()
+    code, err = error_of(capsys, "sample", "--workdir", workdir, "--prompt", "ROMEO:")
+    assert code == 2
+    assert "trained on digits, which is not text; sample from a language model" in err
 
 
 @pytest.mark.parametrize("name, fields", [
