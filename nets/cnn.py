@@ -4,6 +4,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nets import activations
+from nets.inits import kernel_init
 from nets.dtypes import compute_dtype
 
 
@@ -19,20 +20,24 @@ def max_pool_2x2(x_BxHxWxC):
 
 
 class CNN(nnx.Module):
-    """`channels[i]` filters of `kernel_size` per block, each block halving height and width."""
+    """`channels[i]` filters of `kernel_size` per block, each block halving height and width,
+    then a hidden dense layer of `dense` units (none if 0) and the linear head. `init` names the
+    weights' initialisation (lecun, glorot, he: `nets.inits`)."""
 
     def __init__(self, *, input_shape, num_classes, channels=(32, 64), kernel_size=3,
-                 dense=128, activation="relu", dropout=0.0, batch_norm=False, dtype="float32",
-                 rngs: nnx.Rngs):
+                 dense=128, activation="relu", dropout=0.0, batch_norm=False, init="lecun",
+                 dtype="float32", rngs: nnx.Rngs):
         activations.activation(activation)  # an unknown name fails here, not at first call
         self.act = activation
         self.dtype = dt = compute_dtype(dtype)
+        weights = kernel_init(init)
         height, width, in_channels = input_shape
         self.convs = nnx.List()
         self.norms = nnx.List()
         for out_channels in channels:
             self.convs.append(nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size),
-                                       use_bias=not batch_norm, dtype=dt, rngs=rngs))
+                                       use_bias=not batch_norm, kernel_init=weights, dtype=dt,
+                                       rngs=rngs))
             if batch_norm:
                 self.norms.append(nnx.BatchNorm(out_channels, momentum=0.9, dtype=dt, rngs=rngs))
             in_channels = out_channels
@@ -42,19 +47,32 @@ class CNN(nnx.Module):
                 f"{len(channels)} pooling blocks shrink a {input_shape[0]}x{input_shape[1]} input "
                 f"below 1x1; use fewer model.channels"
             )
-        self.dense = nnx.Linear(height * width * in_channels, dense, dtype=dt, rngs=rngs)
-        self.head = nnx.Linear(dense, num_classes, dtype=dt, rngs=rngs)
+        features = height * width * in_channels
+        self.dense = (nnx.Linear(features, dense, kernel_init=weights, dtype=dt, rngs=rngs)
+                      if dense else None)
+        features = dense or features
+        self.head = nnx.Linear(features, num_classes, kernel_init=weights, dtype=dt, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
-    def __call__(self, x_BxHxWxC, *, train=False, rngs=None) -> jax.Array:
+    def blocks(self, x_BxHxWxC, *, train=False) -> list[jax.Array]:
+        """The output of every conv block, (B, H/2^i, W/2^i, channels[i]) for block i: what
+        each layer of the net computes from the image (feature maps, for probes and plots)."""
         act = activations.activation(self.act)
         x = x_BxHxWxC.astype(self.dtype)
+        outputs = []
         for i, conv in enumerate(self.convs):
             x = conv(x)
             if self.norms:
                 x = self.norms[i](x, use_running_average=not train)
             x = max_pool_2x2(act(x))
+            outputs.append(x)
+        return outputs
+
+    def __call__(self, x_BxHxWxC, *, train=False, rngs=None) -> jax.Array:
+        x = self.blocks(x_BxHxWxC, train=train)[-1]
         x_BxD = x.reshape(x.shape[0], -1)
-        x_BxD = self.dropout(act(self.dense(x_BxD)), deterministic=not train, rngs=rngs)
+        if self.dense is not None:
+            x_BxD = activations.activation(self.act)(self.dense(x_BxD))
+            x_BxD = self.dropout(x_BxD, deterministic=not train, rngs=rngs)
         return self.head(x_BxD).astype(jnp.float32)
 

@@ -6,26 +6,34 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nets import activations
+from nets.inits import kernel_init
 from nets.dtypes import compute_dtype
 
 
 class MLP(nnx.Module):
     """`depth` hidden layers of `width` units, then a linear layer to `num_classes` logits.
 
-    Images are flattened, so any input shape works.
+    Images are flattened, so any input shape works; `depth=0` is a linear model. `init` names
+    the weights' initialisation (lecun, glorot, he: `nets.inits`).
     """
 
     def __init__(self, *, input_shape, num_classes, depth=2, width=256, activation="relu",
-                 dropout=0.0, dtype="float32", rngs: nnx.Rngs):
+                 dropout=0.0, init="lecun", dtype="float32", rngs: nnx.Rngs):
         activations.activation(activation)  # an unknown name fails here, not at first call
         self.act = activation
         self.dtype = compute_dtype(dtype)
+        if depth < 0 or width < 1:
+            raise ValueError(f"an MLP needs model.depth >= 0 and model.width >= 1, got depth "
+                             f"{depth} and width {width}")
+        weights = kernel_init(init)
         in_features = math.prod(input_shape)
         sizes = [in_features] + [width] * depth
         self.hidden = nnx.List(
-            [nnx.Linear(a, b, dtype=self.dtype, rngs=rngs) for a, b in zip(sizes[:-1], sizes[1:])]
+            [nnx.Linear(a, b, kernel_init=weights, dtype=self.dtype, rngs=rngs)
+             for a, b in zip(sizes[:-1], sizes[1:])]
         )
-        self.head = nnx.Linear(sizes[-1], num_classes, dtype=self.dtype, rngs=rngs)
+        self.head = nnx.Linear(sizes[-1], num_classes, kernel_init=weights, dtype=self.dtype,
+                               rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x_BxI, *, train=False, rngs=None) -> jax.Array:
