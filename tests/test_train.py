@@ -33,7 +33,15 @@ def test_workdir_holds_metrics_curves_checkpoints_and_config(tmp_path):
     summary = run.train_and_evaluate(config, str(tmp_path))
     records = report.read_metrics(str(tmp_path))
     assert [r["step"] for r in records if "eval_accuracy" in r] == [39, 78, 117, 156]
-    assert all(np.isfinite(r["train_loss"]) and r["examples_per_s"] > 0 for r in records)
+    first, rest = records[0], records[1:]
+    # the first step is logged on its own, its time (compilation included) apart from throughput
+    assert first["step"] == 1 and first["first_step_s"] > 0 and "examples_per_s" not in first
+    assert all(np.isfinite(r["train_loss"]) and r["examples_per_s"] > 0 for r in rest)
+    assert all(r["grad_norm"] > 0 and r["param_norm"] > 0 for r in records)
+    # the schedule's value at each logged step: warmup_cosine from 0 over 5 steps to 3e-3
+    assert first["learning_rate"] == 0.0
+    assert max(r["learning_rate"] for r in records) <= 3e-3 < 1.01 * max(
+        r["learning_rate"] for r in records if r["step"] <= 10)
     with open(tmp_path / "curves.png", "rb") as f:
         assert f.read(8) == b"\x89PNG\r\n\x1a\n"
     manager = checkpoint.open_manager(str(tmp_path), read_only=True)

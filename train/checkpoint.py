@@ -31,8 +31,8 @@ class CheckpointWriteError(RuntimeError):
 
 
 def metric_mode(monitor: str) -> str:
-    """'min' for losses, 'max' for everything else (accuracy)."""
-    return "min" if monitor.endswith("loss") else "max"
+    """'min' for losses and errors, 'max' for everything else (accuracy)."""
+    return "min" if monitor.endswith(("loss", "mae", "mse")) else "max"
 
 
 def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,

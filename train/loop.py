@@ -2,8 +2,9 @@
 
 It receives a model and a dataset and knows neither's kind: the dataset needs
 `steps_per_epoch(batch_size)`, `train_batches(batch_size, seed=, epoch=, start=,
-process_index=, process_count=)` (the epoch's batches from number `start` on) and
-`eval_batches(split, batch_size, process_index=, process_count=)`.
+process_index=, process_count=)` (the epoch's batches from number `start` on),
+`eval_batches(split, batch_size, process_index=, process_count=)` and `task`
+("classification" or "regression").
 """
 import contextlib
 import itertools
@@ -24,7 +25,6 @@ from train.state import num_params
 from train.trainer import Trainer, total_steps
 
 
-MONITORED = ("eval_accuracy", "eval_loss")
 # Steps dispatched ahead of the one the host last waited for. Enough to keep a device busy
 # while the host prepares the next batch; bounded, because each queued step holds its batch in
 # device memory, and because XLA's CPU collectives over simulated devices abort ("only 7 of 8
@@ -59,29 +59,39 @@ def prepare_workdir(workdir: str) -> str:
     return workdir
 
 
-def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
+def monitored(task: str) -> tuple[str, ...]:
+    """The metrics early stopping can watch (and best checkpoints be ranked by) for `task`."""
+    return ("eval_accuracy", "eval_loss") if task == "classification" else ("eval_loss",
+                                                                            "eval_mae")
+
+
+def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = True) -> dict:
     """Trains `model` on `dataset` as `config` says; checkpoints, metrics and plot go to `workdir`.
 
     Resumes from the newest readable checkpoint in `workdir` if there is one, exactly where it
     stopped. SIGTERM or SIGINT finishes the current step, saves and raises Preempted. Returns a
     summary with the final state, the best checkpoint's step and why training stopped.
+    `console=False` keeps the progress bar and the per-evaluation lines off the terminal (for
+    programs that train many runs and report on their own); the files are written all the same.
     """
     # --- setup: everything that can fail on bad input fails here, before any checkpoint is touched
     prepare_workdir(workdir)
     chief = jax.process_index() == 0
-    say = print if chief else (lambda *a, **k: None)
+    say = print if chief and console else (lambda *a, **k: None)
     batch_size = config.dataset.batch_size
     steps_per_epoch = dataset.steps_per_epoch(batch_size)
     num_steps = total_steps(config, steps_per_epoch)
     eval_every = config.eval_every or steps_per_epoch
     checkpoint_every = config.checkpoint.every or eval_every
     monitor = config.early_stopping.monitor
-    if monitor not in MONITORED:
-        raise ValueError(f"early_stopping.monitor={monitor!r} is not one of {', '.join(MONITORED)}")
+    if monitor not in monitored(dataset.task):
+        raise ValueError(f"early_stopping.monitor={monitor!r} is not one of "
+                         f"{', '.join(monitored(dataset.task))} (what a {dataset.task} dataset "
+                         f"such as {config.dataset.name} is evaluated on)")
     better = (lambda a, b: a < b) if checkpoint.metric_mode(monitor) == "min" else (
         lambda a, b: a > b)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    trainer = Trainer(config, model, steps_per_epoch)
+    trainer = Trainer(config, model, steps_per_epoch, dataset.task)
 
     # --- resume: the newest checkpoint that reads back whole, and the data position saved with it
     if chief:
@@ -115,8 +125,9 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     stop_reason = "finished"
     pending = []  # (step, device metrics) not yet fetched: fetching every step would stall dispatch
     window_start, window_steps = time.perf_counter(), 0
-    bar = tqdm(total=num_steps, initial=step, unit="step", disable=None if chief else True,
-               dynamic_ncols=True)
+    first_step = step + 1  # logged on its own: it includes compilation, and curves start there
+    bar = tqdm(total=num_steps, initial=step, unit="step",
+               disable=None if chief and console else True, dynamic_ncols=True)
     with stop_requests() as stop_signals:
         while step < num_steps and stop_reason == "finished":
             epoch, offset = divmod(step, steps_per_epoch)
@@ -135,7 +146,7 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                              if jax.process_count() > 1 else bool(stop_signals))
                 do_eval = step % eval_every == 0 or step == num_steps
                 do_save = step % checkpoint_every == 0 or step == num_steps or preempted
-                if not (do_eval or do_save or step % config.log_every == 0):
+                if not (do_eval or do_save or step % config.log_every == 0 or step == first_step):
                     continue
 
                 # Fetch the pending metrics; a NaN or Inf stops here, before anything is saved.
@@ -154,28 +165,33 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
                                        f"Try a lower optimizer.learning_rate or optimizer.clip_norm")
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, "epoch": step / steps_per_epoch,
-                          "train_loss": float(np.mean([m["loss"] for _, m in fetched])),
-                          "train_accuracy": float(np.mean([m["accuracy"] for _, m in fetched])),
-                          "examples_per_s": window_steps * batch_size / elapsed}
-                bar.set_postfix(loss=f"{record['train_loss']:.4f}",
-                                acc=f"{record['train_accuracy']:.3f}",
-                                ex_per_s=f"{record['examples_per_s']:.0f}")
+                          **{_train_key(k): float(np.mean([m[k] for _, m in fetched]))
+                             for k in _step_metric_order(fetched[0][1], trainer.task)},
+                          "learning_rate": float(trainer.learning_rate(step - 1))}
+                if step == first_step:  # compilation, not throughput
+                    record["first_step_s"] = elapsed
+                else:
+                    record["examples_per_s"] = window_steps * batch_size / elapsed
+                bar.set_postfix({_SHORT.get(k, k): f"{record['train_' + k]:.4f}"
+                                 for k in ("loss", *trainer.task.metrics)})
 
                 # once, for evaluation and the checkpoint (a saved run's stop implies do_eval)
                 canonical = trainer.gather(state) if do_eval or do_save else None
                 if do_eval:
                     result = trainer.evaluate(canonical, dataset.eval_batches(
                         config.eval_split, config.dataset.eval_batch_size, **shard))
-                    record.update(eval_loss=result["loss"], eval_accuracy=result["accuracy"])
+                    record.update({f"eval_{k}": v for k, v in result.items() if k != "examples"})
                     if best is None or better(record[monitor], best):
                         best, bad_evals = record[monitor], 0
                     else:
                         bad_evals += 1
-                    if chief:
-                        bar.write(f"step {step:>6} epoch {record['epoch']:6.2f}  train loss "
-                                  f"{record['train_loss']:.4f} acc {record['train_accuracy']:.4f}"
-                                  f"  {config.eval_split} loss {result['loss']:.4f} "
-                                  f"acc {result['accuracy']:.4f}")
+                    if chief and console:
+                        names = ("loss", *trainer.task.metrics)
+                        bar.write(f"step {step:>6} epoch {record['epoch']:6.2f}  train "
+                                  + " ".join(f"{_SHORT.get(k, k)} {record['train_' + k]:.4f}"
+                                             for k in names)
+                                  + f"  {config.eval_split} "
+                                  + " ".join(f"{_SHORT.get(k, k)} {result[k]:.4f}" for k in names))
                     patience = config.early_stopping.patience
                     if patience and bad_evals >= patience:
                         stop_reason = (f"early stopping: {monitor} did not improve on {best:.4f} "
@@ -206,6 +222,20 @@ def fit(config, workdir: str, model: nnx.Module, dataset) -> dict:
     return {"state": trainer.gather(state), "trainer": trainer, "best_step": manager.best_step(),
             "latest_step": manager.latest_step(), "stop_reason": stop_reason,
             "history": history, "curves": curves, "checkpoints": str(manager.directory)}
+
+
+_SHORT = {"accuracy": "acc"}  # console abbreviations
+
+
+def _step_metric_order(metrics: dict, task) -> list[str]:
+    """Loss, the task's metrics, the global norms, then per-layer norms by path."""
+    first = ["loss", *task.metrics, "grad_norm", "param_norm"]
+    return [k for k in first if k in metrics] + sorted(k for k in metrics if k not in first)
+
+
+def _train_key(metric: str) -> str:
+    """Step metrics in a record: `train_loss`, `train_accuracy`, but `grad_norm` as it is."""
+    return metric if metric.startswith(("grad_norm", "param_norm")) else f"train_{metric}"
 
 
 def data_position(step: int, steps_per_epoch: int, config) -> dict:

@@ -1,4 +1,9 @@
-"""Losses, per example: callers weight and average them (padded evaluation batches carry a mask)."""
+"""Losses and metrics, per example: callers weight and average them (padded evaluation batches
+carry a mask). A task (classification or regression) is the loss a run trains on, the plain loss
+it is evaluated on, and the metrics reported beside the loss."""
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -50,3 +55,43 @@ def classification_loss(name: str, label_smoothing: float = 0.0):
         raise ValueError(f"loss.label_smoothing applies to cross_entropy only, not {name!r}")
     loss = LOSSES[name]
     return lambda logits_BxK, labels_B: loss(logits_BxK, labels_B, label_smoothing=label_smoothing)
+
+
+def accuracy(logits_BxK, labels_B):
+    """1.0 where the largest logit is the label's, per target."""
+    return (jnp.argmax(logits_BxK, -1) == labels_B).astype(jnp.float32)
+
+
+def absolute_error(predictions_BxK, targets_BxK):
+    """mean_k |prediction_k - target_k| over the last axis, in the targets' own units."""
+    return jnp.mean(jnp.abs(predictions_BxK - targets_BxK), axis=-1)
+
+
+# Regression losses on (predictions_BxK, float targets_BxK).
+REGRESSION_LOSSES = {"mse": mean_squared_error}
+
+PerTarget = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class Task(NamedTuple):
+    name: str
+    loss: PerTarget                 # what the gradient is taken of (with label smoothing)
+    eval_loss: PerTarget            # the plain loss, for evaluation
+    metrics: dict[str, PerTarget]   # reported beside the loss: accuracy, or mean absolute error
+
+
+def make_task(task: str, loss_name: str, label_smoothing: float = 0.0) -> Task:
+    """The losses and metrics of a `classification` (integer labels, logits) or `regression`
+    (float targets, one output per target value) run trained on the loss called `loss_name`."""
+    if task == "classification":
+        return Task(task, classification_loss(loss_name, label_smoothing),
+                    classification_loss(loss_name), {"accuracy": accuracy})
+    if task != "regression":
+        raise ValueError(f"unknown task {task!r}; known: classification, regression")
+    if loss_name not in REGRESSION_LOSSES:
+        raise ValueError(f"loss.name={loss_name!r} does not apply to a regression dataset (float "
+                         f"targets); use: {', '.join(sorted(REGRESSION_LOSSES))}")
+    if label_smoothing:
+        raise ValueError("loss.label_smoothing applies to classification, not to regression")
+    loss = REGRESSION_LOSSES[loss_name]
+    return Task(task, loss, loss, {"mae": absolute_error})

@@ -30,10 +30,12 @@ def read_metrics(workdir: str) -> list[dict]:
 
 
 def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
-    """Draws train and eval loss and accuracy against step into `<workdir>/curves.png`."""
+    """Draws train and eval loss and accuracy (mean absolute error for regression) against
+    step into `<workdir>/curves.png`."""
     records = read_metrics(workdir)
+    second = "mae" if any("train_mae" in r for r in records) else "accuracy"
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    for ax, metric in zip(axes, ("loss", "accuracy")):
+    for ax, metric in zip(axes, ("loss", second)):
         for split, label, style in (("train", "train", "-"), ("eval", eval_label, "o-")):
             points = [(r["step"], r[f"{split}_{metric}"]) for r in records
                       if f"{split}_{metric}" in r]
@@ -41,7 +43,7 @@ def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
                 steps, values = zip(*points)
                 ax.plot(steps, values, style, label=label, markersize=3)
         ax.set_xlabel("step")
-        ax.set_ylabel(metric)
+        ax.set_ylabel({"mae": "mean absolute error"}.get(metric, metric))
         ax.grid(alpha=0.3)
         ax.legend()
     axes[0].set_yscale("log")

@@ -5,10 +5,10 @@ import numpy as np
 from flax import nnx
 
 from train import sharding
-from train.losses import classification_loss
-from train.optimizers import make_optimizer
+from train.losses import make_task
+from train.optimizers import learning_rate_schedule, make_optimizer
 from train.state import TrainState, create_state
-from train.step import make_eval_step, make_train_step, summarize_eval
+from train.step import make_eval_step, make_gradient_step, make_train_step, summarize_eval
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
@@ -24,18 +24,23 @@ class Trainer:
     stacked on a leading axis. `place` and `gather` convert between them.
     """
 
-    def __init__(self, config, model: nnx.Module, steps_per_epoch: int):
+    def __init__(self, config, model: nnx.Module, steps_per_epoch: int,
+                 task: str = "classification"):
+        """`task` is what the dataset asks of the model: `classification` (integer labels) or
+        `regression` (float targets); it decides the metrics beside the loss."""
         self.strategy = config.parallel.strategy
         sharding.check_strategy(self.strategy)
         self.mesh = sharding.make_mesh(config.parallel.mesh)
         sharding.check_batch_size(config.dataset.batch_size, self.mesh)
         sharding.check_batch_size(config.dataset.eval_batch_size, self.mesh,
                                   "dataset.eval_batch_size")
-        self.tx = make_optimizer(config.optimizer, total_steps(config, steps_per_epoch),
-                                 steps_per_epoch, config.dataset.batch_size)
-        loss_fn = classification_loss(config.loss.name, config.loss.label_smoothing)
+        num_steps = total_steps(config, steps_per_epoch)
+        self.tx = make_optimizer(config.optimizer, num_steps, steps_per_epoch,
+                                 config.dataset.batch_size)
+        self.learning_rate = learning_rate_schedule(config.optimizer, num_steps, steps_per_epoch,
+                                                    config.dataset.batch_size)
         # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
-        eval_loss_fn = classification_loss(config.loss.name)
+        self.task = make_task(task, config.loss.name, config.loss.label_smoothing)
         axis_name = None
         if self.strategy == "pmap":
             axis_name = "data"
@@ -47,7 +52,8 @@ class Trainer:
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.initial_state = jax.device_put(state, self.state_sharding)
         replicated = sharding.replicated(self.mesh)
-        step = make_train_step(self.graphdef, loss_fn, self.tx, axis_name)
+        layer_grad_norms = config.get("log", {}).get("layer_grad_norms", False)
+        step = make_train_step(self.graphdef, self.task, self.tx, axis_name, layer_grad_norms)
         if self.strategy == "pmap":
             self.train_step = jax.pmap(step, axis_name=axis_name, donate_argnums=0,
                                        devices=list(self.mesh.devices.flat))
@@ -56,8 +62,11 @@ class Trainer:
                 step, in_shardings=(self.state_sharding, self.batch_sharding),
                 out_shardings=(self.state_sharding, replicated), donate_argnums=0)
         self.eval_step = jax.jit(
-            make_eval_step(self.graphdef, eval_loss_fn),
+            make_eval_step(self.graphdef, self.task),
             in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
+        self._gradients = jax.jit(make_gradient_step(self.graphdef, self.task),
+                                  in_shardings=(self.state_sharding, self.batch_sharding),
+                                  out_shardings=self.state_sharding.params)
         self._local_devices = sum(d.process_index == jax.process_index()
                                   for d in self.mesh.devices.flat)
         stacked = sharding.batch_sharding(self.mesh)  # leading device axis over `data`
@@ -87,8 +96,14 @@ class Trainer:
         return {k: float(np.asarray(v.addressable_data(0)).reshape(-1)[0])
                 for k, v in metrics.items()}
 
+    def gradients(self, state: TrainState, batch: dict):
+        """The gradient the next step would apply to the canonical `state` for this process's
+        numpy `batch`, without applying it: a pytree shaped like `state.params`."""
+        return self._gradients(state, sharding.put_batch(batch, self.batch_sharding))
+
     def evaluate(self, state: TrainState, batches) -> dict:
-        """Mean loss and accuracy of the canonical `state` over every unmasked example."""
+        """Mean loss and task metrics (accuracy, or mean absolute error) of the canonical
+        `state` over every unmasked example, and the number of examples (targets, for text)."""
         sums = None
         for batch in batches:
             out = self.eval_step(state, sharding.put_batch(batch, self.batch_sharding))

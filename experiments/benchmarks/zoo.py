@@ -23,7 +23,7 @@ import numpy as np
 import optax
 
 import nets
-from train.losses import classification_loss
+from train.losses import make_task
 from train.state import create_state
 from train.step import make_train_step
 
@@ -63,7 +63,7 @@ def compiled_step(name: str, batch: int, fields: dict):
     model = nets.build(name, input_shape=net.input_shape, num_classes=net.num_classes, **fields)
     tx = optax.adamw(1e-4)
     graphdef, state = create_state(model, tx, seed=0)
-    step = jax.jit(make_train_step(graphdef, classification_loss("cross_entropy"), tx),
+    step = jax.jit(make_train_step(graphdef, make_task("classification", "cross_entropy"), tx),
                    donate_argnums=0)
     rng = np.random.default_rng(0)
     if len(net.input_shape) == 1:  # token ids, next-token targets at every position
