@@ -3,19 +3,24 @@
 Imports no model or training code; the training loop only needs `train_batches`,
 `eval_batches` and `steps_per_epoch` of what `load` returns. Datasets that fit in memory are
 decoded once into arrays (`ArrayDataset`); ImageNet-scale ones are read per example through
-grain (`GrainImages`); text is windows of character ids (`CharText`).
+grain (`GrainImages`); text is windows of character ids (`CharText`). scikit-learn's bundled
+datasets and the synthetic tasks need no download.
 """
 import functools
 import inspect
 
 from data.arrays import ArrayDataset, Batch
-from data.digits import digits
+from data.bundled import diabetes, digits
 from data.imagenet import GrainImages, grain_images
 from data.images import tfds_images
+from data.synthetic import FUNCTIONS, function, recall
 from data.text import CharText, tiny_shakespeare
 
 DATASETS = {
     "digits": digits,
+    "diabetes": diabetes,
+    "function": function,
+    "recall": recall,
     "mnist": functools.partial(tfds_images, "mnist"),
     "fashion_mnist": functools.partial(tfds_images, "fashion_mnist"),
     "cifar10": functools.partial(tfds_images, "cifar10"),
@@ -40,4 +45,4 @@ def load(name: str, **options):
     return loader(**options)
 
 
-__all__ = ["ArrayDataset", "Batch", "CharText", "DATASETS", "GrainImages", "load"]
+__all__ = ["ArrayDataset", "Batch", "CharText", "DATASETS", "FUNCTIONS", "GrainImages", "load"]

@@ -19,6 +19,8 @@ Augment = Callable[[Batch, np.random.Generator, slice, int], Batch]
 class ArrayDataset:
     """Named splits of equal-length arrays, e.g. {"train": {"inputs": ..., "targets": ...}}.
 
+    `task` is "classification" (integer `targets`, `num_classes` of them) or "regression"
+    (float32 `targets` of shape (N, outputs); `num_classes` is 0).
     `normalize` turns every stored batch into model input (e.g. uint8 -> scaled float32);
     `augment(batch, rng, rows, global_batch_size)` randomises training batches: `rng` is seeded
     by (seed, epoch, step) for the whole global batch and `rows` are this process's rows of it,
@@ -30,10 +32,39 @@ class ArrayDataset:
     num_classes: int
     normalize: Callable[[Batch], Batch] | None = None
     augment: Augment | None = None
+    task: str = "classification"
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return next(iter(self.splits.values()))["inputs"].shape[1:]
+
+    @property
+    def num_outputs(self) -> int:
+        """What the model's last layer emits: a logit per class, or a value per target."""
+        if self.task == "regression":
+            return next(iter(self.splits.values()))["targets"].shape[-1]
+        return self.num_classes
+
+    def subset(self, split: str, n: int, seed: int) -> "ArrayDataset":
+        """The same dataset with only `n` examples of `split`, drawn by `seed` (stratified by
+        class for classification, so every class keeps its share), in their original order."""
+        total = self.num_examples(split)
+        if not 0 < n <= total:
+            raise ValueError(f"dataset.train_examples={n} must be between 1 and the {total} "
+                             f"{split!r} examples of {self.name} (0 keeps them all)")
+        arrays = self._split(split)
+        rng = np.random.default_rng(seed)
+        if self.task == "classification":  # round-robin over classes in a random order
+            by_class = [rng.permutation(np.flatnonzero(arrays["targets"] == c))
+                        for c in np.unique(arrays["targets"])]
+            interleaved = [idx[i] for i in range(max(map(len, by_class))) for idx in by_class
+                           if i < len(idx)]
+            picked = np.array(interleaved[:n])
+        else:
+            picked = rng.permutation(total)[:n]
+        picked = np.sort(picked)
+        return dataclasses.replace(
+            self, splits={**self.splits, split: {k: v[picked] for k, v in arrays.items()}})
 
     def num_examples(self, split: str) -> int:
         return len(self._split(split)["targets"])

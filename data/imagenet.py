@@ -62,6 +62,11 @@ class GrainImages:
     image_size: int = 224
     worker_count: int = 0       # grain worker processes decoding and augmenting; 0 = in-process
     prefetch: int = 8           # batches read ahead
+    task = "classification"
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -23,9 +23,15 @@ class CharText:
     splits: dict[str, np.ndarray]  # split -> int32 character ids
     context: int = 256
 
+    task = "classification"  # of the next character, at every position
+
     @property
     def num_classes(self) -> int:
         return len(self.vocab)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
 
     @property
     def input_shape(self) -> tuple[int, ...]:
