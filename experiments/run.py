@@ -17,26 +17,54 @@ from train.trainer import Trainer
 from train.state import TrainState
 
 
+# dataset fields that shape batches or the split rather than being the loader's own options
+_NOT_LOADER_OPTIONS = ("name", "batch_size", "eval_batch_size", "train_examples")
+
+
 def build(config: ml_collections.ConfigDict):
-    """The dataset and a freshly initialised model that `config` names."""
-    options = {k: v for k, v in config.dataset.items()
-               if k not in ("name", "batch_size", "eval_batch_size")}
+    """The dataset and a freshly initialised model that `config` names.
+
+    `dataset.train_examples` > 0 keeps that many training examples (stratified by class, drawn
+    by `dataset.split_seed`): the small-data regime, e.g. for studies of overfitting.
+    """
+    options = {k: v for k, v in config.dataset.items() if k not in _NOT_LOADER_OPTIONS}
     options["data_dir"] = options.get("data_dir") or None
     dataset = data.load(config.dataset.name, **options)
+    train_examples = config.dataset.get("train_examples", 0)
+    if train_examples:
+        if not hasattr(dataset, "subset"):
+            raise ValueError(f"dataset.train_examples applies to in-memory datasets, not to "
+                             f"{config.dataset.name}; set it to 0")
+        dataset = dataset.subset("train", train_examples, config.dataset.split_seed)
     fields = {k: v for k, v in config.model.items() if k != "name"}
     model = nets.build(config.model.name, input_shape=dataset.input_shape,
-                       num_classes=dataset.num_classes, seed=config.seed, **fields)
+                       num_classes=dataset.num_outputs, seed=config.seed, **fields)
     return model, dataset
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Trains as `config` says, then restores the best checkpoint and evaluates it on the test split.
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
+                       console: bool = True) -> dict:
+    """Trains as `config` says, then evaluates the best checkpoint on the test split.
 
-    Returns the training summary from `train.loop.fit` plus `"test"`: the test metrics.
+    Returns the training summary from `train.loop.fit` plus `"test"`: the test metrics, also
+    written to `<workdir>/eval_<split>_<step>.json`. The evaluation reuses the run's compiled
+    steps and dataset; the best checkpoint is read back from disk unless it is the final state.
+    `console=False` keeps the progress bar and per-evaluation lines off the terminal.
     """
     model, dataset = build(config)
-    summary = fit(config, workdir, model, dataset)
-    summary["test"] = evaluate(workdir, "best", config.test_split)
+    summary = fit(config, workdir, model, dataset, console=console)
+    trainer, best = summary["trainer"], summary["best_step"]
+    if best is None or best == int(summary["state"].step):
+        step, state = int(summary["state"].step), summary["state"]
+    else:
+        manager = checkpoint.open_manager(workdir, read_only=True,
+                                          monitor=config.early_stopping.monitor)
+        step, state = best, checkpoint.restore(manager, best, trainer.initial_state)
+    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    metrics = trainer.evaluate(
+        state, dataset.eval_batches(config.test_split, config.dataset.eval_batch_size, **shard))
+    summary["test"] = _record_evaluation(workdir, {
+        "split": config.test_split, "step": step, "checkpoint": "best", **metrics})
     return summary
 
 
@@ -67,7 +95,8 @@ def restore(workdir: str, which: str | int = "best", *, strategy: str | None = N
     config.parallel.mesh = mesh
     config.parallel.strategy = strategy or config.parallel.strategy
     model, dataset = build(config)
-    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size))
+    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size),
+                      dataset.task)
     state = checkpoint.restore(manager, step, trainer.initial_state)
     return Restored(config, dataset, trainer, state, step)
 
@@ -78,9 +107,15 @@ def evaluate(workdir: str, which: str | int = "best", split: str = "test") -> di
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     metrics = r.trainer.evaluate(
         r.state, r.dataset.eval_batches(split, r.config.dataset.eval_batch_size, **shard))
-    metrics = {"split": split, "step": r.step, "checkpoint": str(which), **metrics}
+    return _record_evaluation(
+        workdir, {"split": split, "step": r.step, "checkpoint": str(which), **metrics})
+
+
+def _record_evaluation(workdir: str, metrics: dict) -> dict:
+    """Writes `metrics` to `<workdir>/eval_<split>_<step>.json` (process 0) and returns them."""
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, f"eval_{split}_{r.step}.json"), "w") as f:
+        path = os.path.join(workdir, f"eval_{metrics['split']}_{metrics['step']}.json")
+        with open(path, "w") as f:
             json.dump(metrics, f, indent=2)
     return metrics
 
@@ -146,7 +181,11 @@ def generate(model: nnx.Module, prompt_ids: np.ndarray, length: int, context: in
 
 
 def predict(restored: Restored, images) -> np.ndarray:
-    """Class probabilities, (batch, classes), for a numpy batch of images from a restored run."""
+    """Class probabilities, (batch, classes), for a numpy batch of inputs from a restored run;
+    for a regression run, the predicted values, (batch, outputs)."""
     model = nnx.merge(restored.trainer.graphdef, restored.state.params,
                       restored.state.model_state)
-    return np.asarray(jax.nn.softmax(model(jnp.asarray(images), train=False)))
+    outputs = model(jnp.asarray(images), train=False)
+    if restored.dataset.task == "regression":
+        return np.asarray(outputs)
+    return np.asarray(jax.nn.softmax(outputs))

@@ -6,6 +6,7 @@ import sys
 
 import pytest
 
+import data
 from experiments.cli import main
 
 from conftest import ROOT, config_path
@@ -69,7 +70,8 @@ def error_of(capsys, *argv):
     ("--config.model.name=resnet9", "unknown model 'resnet9'; known: bert, cnn, gpt, gru, lstm, mlp, resnet101"),
     ("--config.optimizer.name=lion", "unknown optimizer 'lion'; known: adam, adamw, rmsprop, sgd"),
     ("--config.model.activation=swish", "unknown activation 'swish'; known: gelu, relu, sigmoid, tanh"),
-    ("--config.dataset.name=imagenet", "unknown dataset 'imagenet'; known: cifar10, cifar100, digits, fashion_mnist, imagenet2012"),
+    ("--config.dataset.name=imagenet",
+     f"unknown dataset 'imagenet'; known: {', '.join(sorted(data.DATASETS))}"),
     ("--config.loss.name=hinge", "unknown loss 'hinge'"),
     ("--config.dataset.batch_size=30", "use 24 or 32"),
     ("--config.early_stopping.monitor=accuracy", "is not one of eval_accuracy, eval_loss"),

@@ -12,6 +12,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.split_seed = 0         # fixes how datasets without a standard split are split
     c.dataset.batch_size = 128       # global, over all devices and processes
     c.dataset.eval_batch_size = 256
+    c.dataset.train_examples = 0     # if > 0, train on this many (stratified, by split_seed)
 
     c.model = ml_collections.ConfigDict()
     c.model.name = ""                # the net's own fields are added by each experiment
@@ -32,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.clip_norm = 0.0      # global-norm gradient clipping; 0 turns it off
 
     c.loss = ml_collections.ConfigDict()
-    c.loss.name = "cross_entropy"    # cross_entropy | binary_cross_entropy | mse
+    c.loss.name = "cross_entropy"    # cross_entropy | binary_cross_entropy | mse (regression: mse)
     c.loss.label_smoothing = 0.0
 
     c.epochs = 10
@@ -41,6 +42,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_split = "validation"      # what evaluation during training (and early stopping) sees
     c.test_split = "test"            # what the best checkpoint is finally evaluated on
     c.log_every = 50                 # steps between fetching train metrics from the device
+
+    c.log = ml_collections.ConfigDict()
+    c.log.layer_grad_norms = False   # also record the gradient norm of every parameter array
 
     c.early_stopping = ml_collections.ConfigDict()
     c.early_stopping.patience = 0    # evaluations without improvement; 0 turns it off
