@@ -1,0 +1,224 @@
+"""Activations and vanishing gradients: does ReLU keep gradients alive where sigmoid and tanh
+let them die?
+
+MLPs of width 64 and depth 5, 10 and 20 on scikit-learn's digits, with each activation under
+each initialisation (LeCun, Glorot, He), trained by SGD with momentum; every layer's gradient
+norm is logged from the first step on (`log.layer_grad_norms`). Adam, which rescales each
+parameter's step by its gradient's running size, is run beside it at depths 10 and 20.
+"""
+import numpy as np
+
+from experiments.studies.common import Table, band, new_figure, on_grid, spread
+
+TITLE = "Activations and vanishing gradients"
+CLAIM = ("ReLU does not saturate, so gradients flow through deep networks; sigmoid and tanh "
+         "made them vanish.")
+SEEDS = 3
+
+ACTIVATIONS = ("sigmoid", "tanh", "relu", "gelu")
+INITS = ("lecun", "glorot", "he")
+USUAL_INIT = {"sigmoid": "glorot", "tanh": "glorot", "relu": "he", "gelu": "he"}
+COLORS = {"sigmoid": "tab:red", "tanh": "tab:orange", "relu": "tab:blue", "gelu": "tab:green"}
+STYLES = {"lecun": ":", "glorot": "--", "he": "-"}
+SGD_LR, ADAM_LR, BATCH, WIDTH = 0.02, 1e-3, 64, 64
+
+
+def settings(quick: bool) -> dict:
+    if quick:  # the test's claim: depth 10, sigmoid against ReLU under both of its inits
+        return dict(depths=(10,), combos=[("sigmoid", "glorot"), ("relu", "lecun"),
+                                          ("relu", "he")], adam_depths=(), steps=400)
+    return dict(depths=(5, 10, 20), combos=[(a, i) for a in ACTIVATIONS for i in INITS],
+                adam_depths=(10, 20), steps=1500)
+
+
+def run(study) -> dict:
+    s = settings(study.quick)
+    study.plan(len(study.seeds) * (len(s["depths"]) * len(s["combos"])
+                                   + len(s["adam_depths"]) * len(ACTIVATIONS)))
+    runs = {}  # (optimizer, depth, activation, init) -> [Run per seed]
+    for depth in s["depths"]:
+        for act, init in s["combos"]:
+            runs["sgd", depth, act, init] = [
+                study.train(f"sgd-depth{depth}-{act}-{init}-seed{seed}",
+                            _config(study, depth, act, init, "sgd", s["steps"], seed))
+                for seed in study.seeds]
+    for depth in s["adam_depths"]:
+        for act in ACTIVATIONS:
+            init = USUAL_INIT[act]
+            runs["adam", depth, act, init] = [
+                study.train(f"adam-depth{depth}-{act}-{init}-seed{seed}",
+                            _config(study, depth, act, init, "adam", s["steps"], seed))
+                for seed in study.seeds]
+
+    data = {"runs": [_summary(key, rs) for key, rs in runs.items()]}
+    _plot_gradients_at_init(study, runs, s["depths"])
+    _plot_first_layer_during_training(study, runs, s["depths"], s["steps"])
+    _plot_learning_curves(study, runs, s["steps"])
+
+    by_key = {(r["optimizer"], r["depth"], r["activation"], r["init"]): r for r in data["runs"]}
+    d = 10
+    sig = by_key["sgd", d, "sigmoid", "glorot"]
+    relu_he, relu_lecun = by_key["sgd", d, "relu", "he"], by_key["sgd", d, "relu", "lecun"]
+    finding = (
+        f"At depth {d} and initialisation, sigmoid's first-layer gradient norm is "
+        f"{np.mean(sig['first_layer_grad_at_init']):.1e} against ReLU's "
+        f"{np.mean(relu_lecun['first_layer_grad_at_init']):.1e} (LeCun) and "
+        f"{np.mean(relu_he['first_layer_grad_at_init']):.1e} (He), and after "
+        f"{s['steps']} SGD steps sigmoid sits at {spread(sig['final_val_accuracy'])} "
+        f"validation accuracy (chance 0.1) while ReLU with He reaches "
+        f"{spread(relu_he['final_val_accuracy'])}.")
+    if not study.quick:
+        tanh = by_key["sgd", d, "tanh", "glorot"]
+        finding = finding[:-1] + (f"; tanh with Glorot trains too ("
+                                  f"{spread(tanh['final_val_accuracy'])}).")
+    return {"finding": finding, "setup": _setup(study, s), "tables": _tables(data, s),
+            "meaning": _meaning(by_key, s) if not study.quick else "", "data": data}
+
+
+def _config(study, depth, act, init, optimizer, steps, seed):
+    return study.config(
+        "digits_mlp.py", **{
+            "seed": seed, "model.depth": depth, "model.width": WIDTH, "model.activation": act,
+            "model.init": init, "model.dropout": 0.0, "loss.label_smoothing": 0.0,
+            "optimizer.name": optimizer, "optimizer.momentum": 0.9,
+            "optimizer.learning_rate": SGD_LR if optimizer == "sgd" else ADAM_LR,
+            "optimizer.schedule": "constant", "optimizer.warmup_steps": 0,
+            "dataset.batch_size": BATCH, "steps": steps, "eval_every": steps // 6,
+            "checkpoint.every": steps, "log_every": 25, "log.layer_grad_norms": True})
+
+
+def _layer_keys(depth: int) -> list[str]:
+    """The kernels' gradient-norm keys from the input layer to the head."""
+    return [f"grad_norm/hidden/{i}/kernel" for i in range(depth)] + ["grad_norm/head/kernel"]
+
+
+def _summary(key, rs) -> dict:
+    optimizer, depth, act, init = key
+    first = _layer_keys(depth)[0]
+    return {
+        "optimizer": optimizer, "depth": depth, "activation": act, "init": init,
+        "layer_grad_at_init": [[r.history[0][k] for k in _layer_keys(depth)] for r in rs],
+        "first_layer_grad_at_init": [r.history[0][first] for r in rs],
+        "first_layer_grad_final": [r.last(first) if not r.diverged else None for r in rs],
+        "final_val_accuracy": [r.last("eval_accuracy") if not r.diverged else 0.0 for r in rs],
+        "test_accuracy": [r.test["accuracy"] if r.test else None for r in rs],
+        "diverged": [bool(r.diverged) for r in rs],
+    }
+
+
+def _plot_gradients_at_init(study, runs, depths):
+    fig, axes = new_figure(len(depths), 1, width=4.6, height=3.9)
+    for ax, depth in zip(axes[0], depths):
+        for (opt, d, act, init), rs in runs.items():
+            if opt != "sgd" or d != depth:
+                continue
+            keys = _layer_keys(depth)
+            ys = [[r.history[0][k] for k in keys] for r in rs]
+            band(ax, np.arange(1, len(keys) + 1), ys, f"{act}, {init}", COLORS[act],
+                 STYLES[init], marker=".")
+        ax.set_yscale("log")
+        ax.set_title(f"depth {depth}")
+        ax.set_xlabel("layer (1 = input layer, last = output head)")
+    axes[0, 0].set_ylabel("gradient norm of the layer's weights")
+    axes[0, -1].legend(fontsize=7, ncol=2, title="activation, init", title_fontsize=7)
+    fig.suptitle("Gradient norm of every layer at initialisation (first batch of 64; "
+                 "mean and min-max over seeds)")
+    study.figure(fig, "gradients_at_init.png",
+                 "Each layer's weight-gradient norm at step 1, per depth. Sigmoid's shrinks by "
+                 "orders of magnitude towards the input; ReLU with He keeps it level.")
+
+
+def _plot_first_layer_during_training(study, runs, depths, steps):
+    shown = [d for d in depths if d >= 10] or list(depths)
+    fig, axes = new_figure(len(shown), 1, width=5.2, height=3.9)
+    grid = np.arange(25, steps + 1, 25)
+    for ax, depth in zip(axes[0], shown):
+        for (opt, d, act, init), rs in runs.items():
+            if opt == "sgd" and d == depth and (init == USUAL_INIT[act] or act == "relu"):
+                ys = on_grid(rs, _layer_keys(depth)[0], grid)
+                band(ax, grid, ys, f"{act}, {init}", COLORS[act], STYLES[init])
+        ax.set_yscale("log")
+        ax.set_title(f"depth {depth}, SGD + momentum, lr {SGD_LR}")
+        ax.set_xlabel("training step")
+    axes[0, 0].set_ylabel("first layer's gradient norm")
+    axes[0, -1].legend(fontsize=8)
+    fig.suptitle("The input layer's gradient during training (mean, min-max over seeds)")
+    study.figure(fig, "first_layer_gradient.png",
+                 "The input layer's gradient norm while training. Where it stays near zero "
+                 "the first layer never learns.")
+
+
+def _plot_learning_curves(study, runs, steps):
+    optimizers = sorted({k[0] for k in runs}, reverse=True)  # sgd, then adam
+    depth = 10
+    fig, axes = new_figure(len(optimizers), 1, width=5.2, height=3.9)
+    grid = np.arange(steps // 6, steps + 1, steps // 6)
+    for ax, opt in zip(axes[0], optimizers):
+        for (o, d, act, init), rs in runs.items():
+            if o == opt and d == depth and (init == USUAL_INIT[act] or act == "relu"):
+                band(ax, grid, on_grid(rs, "eval_accuracy", grid), f"{act}, {init}",
+                     COLORS[act], STYLES[init], marker="o")
+        ax.set_ylim(0, 1.02)
+        lr = SGD_LR if opt == "sgd" else ADAM_LR
+        ax.set_title(f"depth {depth}, {'SGD + momentum 0.9' if opt == 'sgd' else 'Adam'}, "
+                     f"lr {lr}")
+        ax.set_xlabel("training step")
+    axes[0, 0].set_ylabel("validation accuracy")
+    axes[0, -1].legend(fontsize=8, loc="lower right")
+    fig.suptitle("Learning curves of 10-layer MLPs on digits (mean, min-max over seeds)")
+    study.figure(fig, "learning_curves.png",
+                 "Validation accuracy during training at depth 10: sigmoid stays at chance under "
+                 "SGD" + (", while Adam's per-parameter rescaling lets it learn." if len(
+                     optimizers) > 1 else "."))
+
+
+def _setup(study, s) -> str:
+    return (
+        f"scikit-learn's digits (1,257 training, 180 validation images of 8x8). MLPs of width "
+        f"{WIDTH} and depth {', '.join(map(str, s['depths']))} (hidden layers), no dropout, "
+        f"each activation under LeCun (variance 1/fan_in), Glorot (2/(fan_in+fan_out)) and He "
+        f"(2/fan_in) initialisation. SGD with momentum 0.9, learning rate {SGD_LR} (constant), "
+        f"batch {BATCH}, {s['steps']} steps; at lr 0.05 ReLU with He diverged at depth 10 in "
+        f"a probe, so the rate is the next one down. "
+        + (f"Adam (lr {ADAM_LR}) with each activation's usual initialisation (Glorot for "
+           f"sigmoid and tanh, He for ReLU and GELU) at depths "
+           f"{', '.join(map(str, s['adam_depths']))}. " if s["adam_depths"] else "")
+        + f"Every layer's gradient norm is logged by the toolkit (`log.layer_grad_norms`) "
+          f"every 25 steps; the value at step 1 is the gradient at initialisation on the first "
+          f"batch. Seeds {', '.join(map(str, study.seeds))} change the initial weights and the "
+          f"batch order.")
+
+
+def _tables(data, s) -> list[Table]:
+    rows = []
+    for r in data["runs"]:
+        diverged = sum(r["diverged"])
+        rows.append([r["optimizer"], r["depth"], r["activation"], r["init"],
+                     f"{np.mean(r['first_layer_grad_at_init']):.1e}",
+                     spread(r["final_val_accuracy"])
+                     + (f" ({diverged} diverged)" if diverged else "")])
+    return [Table("Final validation accuracy and the first layer's gradient norm at "
+                  "initialisation (mean; accuracy: mean (min-max) over seeds, 0 for a "
+                  "diverged run)",
+                  ["optimizer", "depth", "activation", "init", "first-layer gradient at init",
+                   "validation accuracy"], rows)]
+
+
+def _meaning(by_key, s) -> str:
+    def acc(opt, depth, act, init):
+        r = by_key.get((opt, depth, act, init))
+        return "n/a" if r is None else spread(r["final_val_accuracy"])
+    deep = max(s["depths"])
+    return (
+        f"The vanishing gradient is real and it is the sigmoid's: at every depth its gradient "
+        f"shrinks layer by layer towards the input, whatever the initialisation, and from depth "
+        f"10 on SGD cannot move the first layers (validation accuracy at depth 10: "
+        f"{acc('sgd', 10, 'sigmoid', 'glorot')}). But the article's contrast is too simple. "
+        f"tanh, the other 'saturating' function, trains at depth 10 with Glorot initialisation "
+        f"({acc('sgd', 10, 'tanh', 'glorot')}): it is zero-centred with slope 1 at the origin, "
+        f"so matched initialisation keeps its gradient alive. ReLU's advantage depends on the "
+        f"initialisation at depth: with LeCun's variance its gradient halves layer by layer, "
+        f"with He's it stays level (at depth {deep}: ReLU-He {acc('sgd', deep, 'relu', 'he')}, "
+        f"ReLU-LeCun {acc('sgd', deep, 'relu', 'lecun')}). And the optimizer matters as much "
+        f"as the activation: Adam, which divides each step by the gradient's running size, "
+        f"trains the 10-layer sigmoid net to {acc('adam', 10, 'sigmoid', 'glorot')}.")

@@ -1,0 +1,354 @@
+"""What every study shares: configs derived from the shipped ones, runs through the public API,
+figures with seed spread, and the report (`report.md`, `results.json`, PNGs) they leave.
+
+A study module defines `TITLE`, `CLAIM` (the article's words), `SEEDS` (its default number of
+seeds) and `run(study) -> dict` with the keys `finding` (one sentence with its numbers),
+`setup` (markdown), `tables` (a list of `Table`), optionally `meaning` (what the finding says
+about the claim), and `data` (every number, JSON-able: what the tests read).
+"""
+import contextlib
+import dataclasses
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import time
+from typing import NamedTuple
+
+import jax
+import ml_collections
+import numpy as np
+from matplotlib.figure import Figure
+
+from experiments import run as run_api
+from experiments.config import load_config
+from train import report
+from train.loop import Diverged
+
+DEFAULT_OUT = os.path.join("runs", "studies")
+ARTICLE = "How Neural Networks Learn Patterns from Training Data"
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+REPORT, RESULTS = "report.md", "results.json"
+
+
+class StudyError(RuntimeError):
+    """A run of a study failed for a reason other than the one the study measures."""
+
+
+class Table(NamedTuple):
+    title: str
+    header: list[str]
+    rows: list[list]
+
+    def markdown(self) -> str:
+        lines = [f"**{self.title}**", "", "| " + " | ".join(self.header) + " |",
+                 "|" + "---|" * len(self.header)]
+        lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in self.rows]
+        return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class Run:
+    """One training run of a study: its config, the records it logged, its test metrics."""
+    label: str
+    config: ml_collections.ConfigDict
+    workdir: str
+    history: list[dict]
+    test: dict | None          # the best checkpoint on the test split; None if it diverged
+    summary: dict | None       # what `run.train_and_evaluate` returned (state, trainer, ...)
+    seconds: float             # wall time of the whole run, compilation and evaluation included
+    diverged: str | None = None  # why it stopped, if the loss or parameters became NaN/inf
+
+    def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, values) of `key` over the records that have it."""
+        points = [(r["step"], r[key]) for r in self.history if key in r]
+        steps, values = zip(*points) if points else ((), ())
+        return np.array(steps), np.array(values, dtype=float)
+
+    def last(self, key: str) -> float:
+        return float(self.curve(key)[1][-1])
+
+    def first(self, key: str) -> float:
+        return float(self.curve(key)[1][0])
+
+    def training_seconds(self) -> tuple[np.ndarray, np.ndarray]:
+        """(steps, seconds of training up to each record), from the records' throughput: the
+        first (compiling) step, evaluation and checkpoints are left out."""
+        steps, seconds, total, previous = [], [], 0.0, None
+        batch = self.config.dataset.batch_size
+        for r in self.history:
+            if "examples_per_s" in r and previous is not None:
+                total += (r["step"] - previous) * batch / r["examples_per_s"]
+            previous = r["step"]
+            steps.append(r["step"])
+            seconds.append(total)
+        return np.array(steps), np.array(seconds)
+
+
+class Study:
+    """One study's run: where it writes, how many seeds, how big, and what it has made so far."""
+
+    def __init__(self, name: str, module, out: str, *, quick: bool = False,
+                 seeds: int | None = None, data_dir: str | None = None, progress=print):
+        if seeds is not None and seeds < 1:
+            raise ValueError(f"--seeds must be at least 1, got {seeds}")
+        self.name, self.module, self.quick = name, module, quick
+        self.seeds = list(range(seeds if seeds is not None else module.SEEDS))
+        self.data_dir = data_dir or ""
+        self.dir = os.path.join(out, name)
+        self.progress = progress
+        self.figures: list[tuple[str, str]] = []  # (file name, caption)
+        self.runs_done = 0
+        self.planned = 0
+
+    # --- running
+    def run(self) -> dict:
+        self._clear_own_files()
+        start = time.perf_counter()
+        mode = "quick" if self.quick else "default size"
+        self.say(f"{self.module.TITLE}: {mode}, seeds {self.seeds}, into {self.dir}")
+        with _quiet_third_party_logs():
+            out = self.module.run(self)
+        wall = time.perf_counter() - start
+        results = {
+            "study": self.name, "title": self.module.TITLE, "claim": self.module.CLAIM,
+            "finding": out["finding"], "quick": self.quick, "seeds": self.seeds,
+            "wall_s": round(wall, 1), "machine": machine(),
+            "date": datetime.date.today().isoformat(),
+            "figures": [f for f, _ in self.figures], "data": out["data"],
+        }
+        _write_atomically(os.path.join(self.dir, RESULTS), json.dumps(results, indent=1))
+        _write_atomically(os.path.join(self.dir, REPORT), self._report(out, results))
+        self.say(f"{self.name} done in {_duration(wall)}: {out['finding']}")
+        return results
+
+    def say(self, message: str) -> None:
+        self.progress(f"[{self.name}] {message}")
+
+    def plan(self, runs: int) -> None:
+        """Announces how many training runs follow, for the progress lines."""
+        self.planned, self.runs_done = runs, 0
+
+    def config(self, base: str = "digits_mlp.py", variant: str = "", **overrides
+               ) -> ml_collections.ConfigDict:
+        """A shipped config (`experiments/configs/<base>[:variant]`) with `overrides` set by
+        dotted key ("model.depth": 10); fields the base lacks are added (e.g. "model.init").
+
+        Studies train small nets on one device (no collectives to pay for), keep one latest and
+        one best checkpoint per run, and read prepared datasets from the study's data_dir.
+        """
+        path = os.path.join(CONFIGS, base) + (f":{variant}" if variant else "")
+        config = load_config(path)
+        config.parallel.mesh = "data=1"
+        config.checkpoint.keep = 1
+        config.checkpoint.keep_best = 1
+        config.dataset.data_dir = self.data_dir
+        for key, value in overrides.items():
+            *parents, leaf = key.split(".")
+            node = config
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+        return config
+
+    def train(self, label: str, config: ml_collections.ConfigDict, *, test: bool = True) -> Run:
+        """Trains one run through `run.train_and_evaluate` (or `loop.fit` when `test` is off)
+        in `<dir>/runs/<label>`. A run that diverges is returned with `diverged` set, since
+        divergence is something studies measure; any other failure raises StudyError naming
+        the run."""
+        workdir = os.path.join(self.dir, "runs", _slug(label))
+        self.runs_done += 1
+        count = f"{self.runs_done}/{self.planned}" if self.planned else f"{self.runs_done}"
+        start = time.perf_counter()
+        summary, result, diverged = None, None, None
+        try:
+            if test:
+                summary = run_api.train_and_evaluate(config, workdir, console=False)
+                result = summary["test"]
+            else:
+                from train.loop import fit
+                model, dataset = run_api.build(config)
+                summary = fit(config, workdir, model, dataset, console=False)
+        except Diverged as e:
+            diverged = str(e)
+        except Exception as e:  # noqa: BLE001 - named and re-raised as the study's failure
+            raise StudyError(f"study {self.name}: run {label!r} failed: "
+                             f"{type(e).__name__}: {e}") from e
+        seconds = time.perf_counter() - start
+        history = report.read_metrics(workdir)
+        done = Run(label, config, workdir, history, result, summary, seconds, diverged)
+        self.say(f"run {count} {label}: {_describe(done)} ({seconds:.1f} s)")
+        return done
+
+    # --- what it leaves
+    def figure(self, fig: Figure, file: str, caption: str) -> str:
+        """Saves `fig` as `<dir>/<file>` and lists it, with its caption, in the report."""
+        path = os.path.join(self.dir, file)
+        fig.savefig(path + ".tmp.png", dpi=110)
+        os.replace(path + ".tmp.png", path)
+        self.figures.append((file, caption))
+        return path
+
+    def _clear_own_files(self) -> None:
+        """Removes what an earlier run of this study left in its directory (its runs, report,
+        results and the figures it listed); anything else there is left alone."""
+        os.makedirs(self.dir, exist_ok=True)
+        previous = os.path.join(self.dir, RESULTS)
+        own = [REPORT, RESULTS]
+        if os.path.exists(previous):
+            try:
+                with open(previous) as f:
+                    own += json.load(f).get("figures", [])
+            except (OSError, ValueError):
+                pass
+        for file in own:
+            path = os.path.join(self.dir, os.path.basename(file))
+            if os.path.isfile(path) and not os.path.islink(path):
+                os.remove(path)
+        shutil.rmtree(os.path.join(self.dir, "runs"), ignore_errors=True)
+
+    def _report(self, out: dict, results: dict) -> str:
+        seeds = len(self.seeds)
+        command = f"descent study {self.name}" + (" --quick" if self.quick else "") + (
+            f" --seeds {seeds}" if seeds != self.module.SEEDS else "")
+        parts = [f"# {self.module.TITLE}", "",
+                 f"> {self.module.CLAIM}", ">", f"> — *{ARTICLE}*", "",
+                 f"**Finding.** {out['finding']}", "", "## Setup", "", out["setup"].strip(), ""]
+        if out.get("tables"):
+            parts += ["## Results", ""]
+            for table in out["tables"]:
+                parts += [table.markdown(), ""]
+        for file, caption in self.figures:
+            parts += [f"![{caption}]({file})", "", f"*{caption}*", ""]
+        if out.get("meaning"):
+            parts += ["## What this says about the claim", "", out["meaning"].strip(), ""]
+        parts += ["---", "",
+                  f"{'Quick run' if self.quick else 'Run'} of {results['date']}: "
+                  f"{_duration(results['wall_s'])} on {results['machine']}; seeds "
+                  f"{', '.join(map(str, self.seeds))}. Regenerate with `{command}`; every "
+                  f"run's checkpoints and metrics are in `runs/` beside this file.", ""]
+        return "\n".join(parts)
+
+
+def write_index(out: str, results: dict, wall_s: float) -> str:
+    """`<out>/index.md`: every study's claim, finding and first figure, with the total time."""
+    lines = [f"# What the article says, measured", "",
+             f"*{ARTICLE}*, claim by claim. Generated by `descent study all` in "
+             f"{_duration(wall_s)} on {machine()}.", ""]
+    for name, r in results.items():
+        lines += [f"## {r['title']}", "", f"> {r['claim']}", "", r["finding"], ""]
+        if r["figures"]:
+            lines += [f"![{r['title']}]({name}/{r['figures'][0]})", ""]
+        lines += [f"[Report]({name}/{REPORT}) · `descent study {name}` · "
+                  f"{_duration(r['wall_s'])}", ""]
+    path = os.path.join(out, "index.md")
+    _write_atomically(path, "\n".join(lines))
+    return path
+
+
+# --- figures
+def new_figure(ncols: int = 1, nrows: int = 1, width: float = 5.2, height: float = 3.8):
+    """A figure of `nrows` x `ncols` panels, each about `width` x `height` inches; no pyplot,
+    so no backend is chosen and nothing global changes."""
+    fig = Figure(figsize=(width * ncols, height * nrows), layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    for ax in axes.flat:
+        ax.grid(alpha=0.3)
+    return fig, axes
+
+
+def band(ax, x, ys, label: str, color=None, linestyle="-", marker=None):
+    """The mean of `ys` (one row per seed, NaN where a run has no value) as a line over `x`,
+    with the min-max over seeds shaded."""
+    ys = np.atleast_2d(np.asarray(ys, dtype=float))
+    with np.errstate(all="ignore"), _ignore_all_nan():
+        mean, low, high = np.nanmean(ys, 0), np.nanmin(ys, 0), np.nanmax(ys, 0)
+    line, = ax.plot(x, mean, linestyle, color=color, marker=marker, markersize=4, label=label)
+    if len(ys) > 1:
+        ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
+    return line
+
+
+def spread(values) -> str:
+    """'0.912 (0.901-0.925)': mean and min-max over seeds."""
+    v = np.asarray(values, dtype=float)
+    if len(v) == 1:
+        return f"{v[0]:.3g}"
+    return f"{v.mean():.3g} ({v.min():.3g}-{v.max():.3g})"
+
+
+def on_grid(runs: list[Run], key: str, steps: np.ndarray) -> np.ndarray:
+    """`key` of every run at `steps` (one row per run), NaN after a run stopped."""
+    rows = []
+    for r in runs:
+        s, v = r.curve(key)
+        row = np.full(len(steps), np.nan)
+        if len(s):
+            row = np.interp(steps, s, v, right=np.nan)
+            row[steps < s[0]] = np.nan
+        rows.append(row)
+    return np.array(rows)
+
+
+# --- helpers
+def machine() -> str:
+    """'Intel Xeon ..., 2 cores; JAX 0.10.2 on 1 cpu device': what the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    device = jax.devices()[0]
+    kind = device.device_kind if device.platform != "cpu" else "cpu"
+    return f"{cpu}, {os.cpu_count()} cores; JAX {jax.__version__}, {kind}"
+
+
+def _describe(r: Run) -> str:
+    if r.diverged:
+        return "diverged"
+    if r.test:
+        shown = {k: v for k, v in r.test.items() if k in ("accuracy", "loss", "mae")}
+        return f"test " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+    evals = [x for x in r.history if "eval_loss" in x]
+    return f"final eval loss {evals[-1]['eval_loss']:.4g}" if evals else "done"
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    return f"{minutes} min {s} s" if minutes else f"{seconds:.1f} s"
+
+
+def _slug(label: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._=-]+", "_", label).strip("_")
+
+
+def _write_atomically(path: str, text: str) -> None:
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def _ignore_all_nan():
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)
+        yield
+
+
+@contextlib.contextmanager
+def _quiet_third_party_logs():
+    """Orbax reports routine decisions (read-only restores) as absl warnings: keep them off a
+    study's progress lines, and put the verbosity back afterwards."""
+    from absl import logging
+    before = logging.get_verbosity()
+    if not os.environ.get("DESCENT_VERBOSE"):
+        logging.set_verbosity(logging.ERROR)
+    try:
+        yield
+    finally:
+        logging.set_verbosity(before)
