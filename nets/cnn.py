@@ -1,11 +1,10 @@
 """A small convolutional network: conv -> (batch norm) -> activation -> 2x2 max-pool blocks, dense head."""
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from nets import activations
 from nets.inits import kernel_init
-from nets.dtypes import compute_dtype
+from nets.dtypes import compute_dtype, output_dtype
 
 
 def max_pool_2x2(x_BxHxWxC):
@@ -74,5 +73,5 @@ class CNN(nnx.Module):
         if self.dense is not None:
             x_BxD = activations.activation(self.act)(self.dense(x_BxD))
             x_BxD = self.dropout(x_BxD, deterministic=not train, rngs=rngs)
-        return self.head(x_BxD).astype(jnp.float32)
+        return self.head(x_BxD).astype(output_dtype(self.dtype))
 

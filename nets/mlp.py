@@ -2,12 +2,11 @@
 import math
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from nets import activations
 from nets.inits import kernel_init
-from nets.dtypes import compute_dtype
+from nets.dtypes import compute_dtype, output_dtype
 
 
 class MLP(nnx.Module):
@@ -42,5 +41,5 @@ class MLP(nnx.Module):
         for layer in self.hidden:
             x_BxD = activations.activation(self.act)(layer(x_BxD))
             x_BxD = self.dropout(x_BxD, deterministic=not train, rngs=rngs)
-        return self.head(x_BxD).astype(jnp.float32)
+        return self.head(x_BxD).astype(output_dtype(self.dtype))
 

@@ -76,3 +76,49 @@ def test_errors_name_the_fix(digits):
         digits.steps_per_epoch(5000)
     with pytest.raises(ValueError, match="does not divide over 3 processes; use 30 or 33"):
         next(digits.train_batches(32, seed=0, epoch=0, process_count=3))
+
+
+def test_a_training_subset_is_stratified_seeded_and_leaves_other_splits(digits):
+    small = digits.subset("train", 100, seed=0)
+    counts = np.bincount(small.splits["train"]["targets"], minlength=10)
+    assert counts.sum() == 100 and counts.min() == counts.max() == 10
+    np.testing.assert_array_equal(small.splits["test"]["inputs"], digits.splits["test"]["inputs"])
+    again, other = digits.subset("train", 100, seed=0), digits.subset("train", 100, seed=1)
+    np.testing.assert_array_equal(small.splits["train"]["inputs"], again.splits["train"]["inputs"])
+    assert not np.array_equal(small.splits["train"]["inputs"], other.splits["train"]["inputs"])
+    with pytest.raises(ValueError, match="train_examples=5000 must be between 1 and the 1257"):
+        digits.subset("train", 5000, seed=0)
+
+
+def test_function_is_a_regression_dataset_scored_against_the_noiseless_curve():
+    clean, noisy = data.load("function"), data.load("function", noise=0.5)
+    assert clean.task == "regression" and clean.num_outputs == 1 and clean.input_shape == (1,)
+    assert {s: clean.num_examples(s) for s in clean.splits} == {
+        "train": 1400, "validation": 200, "test": 400}
+    x, y = clean.splits["test"]["inputs"][:, 0], clean.splits["test"]["targets"][:, 0]
+    np.testing.assert_allclose(y, np.sin(np.pi * x) + 0.5 * np.sin(4 * np.pi * x), atol=1e-5)
+    residual = noisy.splits["train"]["targets"] - clean.splits["train"]["targets"]
+    assert 0.45 < residual.std() < 0.55  # noise on the training targets only
+    np.testing.assert_array_equal(noisy.splits["test"]["targets"], clean.splits["test"]["targets"])
+    assert data.load("function", function="ripple").input_shape == (2,)
+    with pytest.raises(ValueError, match="unknown dataset.function 'cubic'; known: wave, ripple"):
+        data.load("function", function="cubic")
+
+
+def test_recall_labels_each_sequence_with_its_first_token():
+    recall = data.load("recall", distance=20, vocab=5, num_examples=100)
+    train = recall.splits["train"]
+    assert recall.input_shape == (21, 5) and recall.num_classes == 5
+    np.testing.assert_array_equal(train["inputs"].argmax(-1)[:, 0], train["targets"])
+    assert np.allclose(train["inputs"].sum(-1), 1.0)  # one token per step
+
+
+def test_diabetes_is_real_regression_standardised_on_its_training_split():
+    diabetes = data.load("diabetes")
+    sizes = {s: diabetes.num_examples(s) for s in diabetes.splits}
+    assert sum(sizes.values()) == 442  # every patient once, about 70 / 10 / 20 %
+    assert abs(sizes["validation"] - 44) <= 1 and abs(sizes["test"] - 88) <= 1
+    train = diabetes.splits["train"]
+    np.testing.assert_allclose(train["inputs"].mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(train["inputs"].std(0), 1, atol=1e-4)
+    assert 25 <= train["targets"].min() and train["targets"].max() <= 346

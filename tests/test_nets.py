@@ -56,3 +56,52 @@ def test_unknown_names_and_fields_list_what_is_known():
         nets.build("mlp", input_shape=(8,), num_classes=2, heads=4)
     with pytest.raises(ValueError, match="fewer model.channels"):
         nets.build("cnn", input_shape=(8, 8, 1), num_classes=2, channels=(4, 4, 4, 4))
+
+
+@pytest.mark.parametrize("init,variance", [
+    ("lecun", lambda fan_in, fan_out: 1 / fan_in),
+    ("glorot", lambda fan_in, fan_out: 2 / (fan_in + fan_out)),
+    ("he", lambda fan_in, fan_out: 2 / fan_in),
+])
+def test_init_sets_the_variance_of_every_weight_matrix(init, variance):
+    model = nets.build("mlp", input_shape=(256,), num_classes=64, depth=2, width=512, init=init)
+    for layer in [*model.hidden, model.head]:
+        w = np.asarray(layer.kernel[...])
+        assert abs(w.var() / variance(*w.shape) - 1) < 0.05, (init, w.shape, w.var())
+        assert not np.asarray(layer.bias[...]).any()
+
+
+def test_cnn_init_and_unknown_init():
+    he = nets.build("cnn", input_shape=(28, 28, 1), num_classes=10, channels=(64, 64),
+                    init="he")
+    fan_in = 3 * 3 * 64
+    assert abs(np.asarray(he.convs[1].kernel[...]).var() * fan_in / 2 - 1) < 0.05
+    with pytest.raises(ValueError, match="unknown init 'xavier'; known: lecun, glorot, he"):
+        nets.build("mlp", input_shape=(8,), num_classes=2, init="xavier")
+
+
+def test_cnn_blocks_are_the_feature_maps_the_logits_are_computed_from():
+    model = nets.build("cnn", input_shape=(28, 28, 1), num_classes=10, channels=(4, 8), dense=0)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1))
+    blocks = model.blocks(x)
+    assert [b.shape for b in blocks] == [(2, 14, 14, 4), (2, 7, 7, 8)]
+    assert model.dense is None  # dense=0: the head reads the last block directly
+    logits = model.head(blocks[-1].reshape(2, -1))
+    np.testing.assert_allclose(model(x), logits, rtol=1e-6)
+
+
+def test_a_depth_0_mlp_is_a_linear_model():
+    model = nets.build("mlp", input_shape=(3,), num_classes=1, depth=0)
+    assert len(model.hidden) == 0
+    x = jnp.array([[1.0, 2.0, 3.0]])
+    np.testing.assert_allclose(model(x), x @ model.head.kernel[...] + model.head.bias[...])
+    with pytest.raises(ValueError, match="model.depth >= 0"):
+        nets.build("mlp", input_shape=(3,), num_classes=1, depth=-1)
+
+
+def test_float64_computes_in_float64_only_in_64_bit_mode():
+    with pytest.raises(ValueError, match="needs JAX's 64-bit mode"):
+        nets.build("mlp", input_shape=(4,), num_classes=2, dtype="float64")
+    with jax.enable_x64(True):
+        model = nets.build("mlp", input_shape=(4,), num_classes=2, dtype="float64")
+        assert model(jnp.ones((1, 4), jnp.float64)).dtype == jnp.float64
