@@ -129,3 +129,17 @@ def test_a_run_in_a_used_workdir_resumes_and_a_diverging_one_keeps_its_checkpoin
     resumed = run.train_and_evaluate(tiny_config(**{"epochs": 3}), str(tmp_path))
     assert int(resumed["state"].step) == 117
     assert [r["step"] for r in resumed["history"] if "eval_accuracy" in r] == [39, 78, 117]
+
+
+def test_layer_gradient_norms_are_logged_and_add_up_to_the_global_norm(tmp_path):
+    config = tiny_config(**{"model.depth": 3, "log.layer_grad_norms": True, "epochs": 1})
+    summary = run.train_and_evaluate(config, str(tmp_path), console=False)
+    paths = {f"grad_norm/{p}" for p in ("hidden/0/kernel", "hidden/0/bias", "hidden/1/kernel",
+                                        "hidden/2/kernel", "head/kernel", "head/bias")}
+    first = summary["history"][0]
+    assert first["step"] == 1 and paths <= set(first)
+    # at a single step the per-array norms are exact parts of the global norm
+    layers = [v for k, v in first.items() if k.startswith("grad_norm/")]
+    assert len(layers) == 8
+    np.testing.assert_allclose(np.sqrt(np.sum(np.square(layers))), first["grad_norm"], rtol=1e-4)
+    assert all(paths <= set(r) for r in report.read_metrics(str(tmp_path)))
