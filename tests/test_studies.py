@@ -1,0 +1,76 @@
+"""The study machinery: the CLI, what a study leaves, what a rerun overwrites, failed runs."""
+import json
+import os
+import types
+
+import pytest
+
+from experiments import studies
+from experiments.cli import main
+from experiments.studies import common
+
+
+def tiny_study(label="digits", **overrides):
+    """A one-run study on the tiny digits MLP, with one figure."""
+    def run(study):
+        r = study.train(label, study.config("digits_mlp.py", "tiny", **overrides))
+        fig, axes = common.new_figure()
+        common.band(axes[0, 0], *r.curve("train_loss"), label="train loss")
+        study.figure(fig, "loss.png", "the training loss")
+        return {"finding": f"test accuracy {r.test['accuracy']:.3f}", "setup": "tiny MLP",
+                "tables": [common.Table("t", ["a"], [[1]])], "data": {"test": r.test}}
+    return types.SimpleNamespace(TITLE="Tiny", CLAIM="Small nets learn.", SEEDS=1, run=run)
+
+
+def test_a_study_writes_its_report_results_and_figures_and_a_rerun_replaces_only_them(
+        tmp_path):
+    out = str(tmp_path)
+    first = common.Study("tiny", tiny_study(), out, progress=lambda line: None).run()
+    folder = tmp_path / "tiny"
+    assert first["data"]["test"]["examples"] == 360 and first["figures"] == ["loss.png"]
+    report = (folder / "report.md").read_text()
+    assert "> Small nets learn." in report and "**Finding.** test accuracy" in report
+    assert "Regenerate with `descent study tiny`" in report
+    assert json.loads((folder / "results.json").read_text())["finding"] == first["finding"]
+    (folder / "notes.txt").write_text("mine")  # a user's file beside the study's own
+    stale = folder / "runs" / "digits" / "metrics.jsonl"
+    assert stale.exists()
+
+    common.Study("tiny", tiny_study(label="again"), out, progress=lambda line: None).run()
+    assert (folder / "notes.txt").read_text() == "mine"
+    assert not stale.exists()  # the earlier run's folder went with the rerun
+    assert sorted(os.listdir(folder / "runs")) == ["again"]
+
+
+def test_a_failed_run_is_named_with_its_reason(tmp_path):
+    bad = tiny_study(label="width-0", **{"model.width": 0})
+    with pytest.raises(common.StudyError, match=r"study tiny: run 'width-0' failed: ValueError: "
+                                                r"an MLP needs model.depth >= 0 and model.width"):
+        common.Study("tiny", bad, str(tmp_path), progress=lambda line: None).run()
+
+
+def test_the_command_line_runs_a_study_and_refuses_bad_input_in_one_line(tmp_path, capsys,
+                                                                        monkeypatch):
+    assert main(["study", "list"]) == 0
+    listed = capsys.readouterr().out
+    for name in studies.STUDIES:
+        assert f"{name} " in listed and studies.module(name).CLAIM in listed
+
+    for argv, message in [
+        (["study", "dropout"], "unknown study 'dropout'; known: " + ", ".join(studies.STUDIES)),
+        (["study", "activations", "--seeds", "0"], "--seeds must be at least 1, got 0"),
+    ]:
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and message in err, err
+
+    monkeypatch.setattr(studies, "module", lambda name: tiny_study())
+    assert main(["study", "tiny", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "[tiny] run 1 digits: test accuracy" in out
+    assert out.strip().endswith(f"report: {tmp_path / 'tiny' / 'report.md'}")
+    monkeypatch.setattr(studies, "module",
+                        lambda name: tiny_study(label="w0", **{"model.width": 0}))
+    assert main(["study", "tiny", "--out", str(tmp_path)]) == 2  # the run's cause: bad input
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "run 'w0' failed" in err
