@@ -33,7 +33,11 @@ MAX_STEPS_IN_FLIGHT = 2
 
 
 class Diverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite at `step`; the last good checkpoint is kept."""
+
+    def __init__(self, message: str, step: int):
+        self.step = step
+        super().__init__(message)
 
 
 class Preempted(Exception):
@@ -162,7 +166,8 @@ def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = Tru
                                 else "no checkpoint had been saved yet")
                         what = next(k for k, v in m.items() if not math.isfinite(v))
                         raise Diverged(f"{what} became {m[what]} at step {s}; stopped, and {kept}. "
-                                       f"Try a lower optimizer.learning_rate or optimizer.clip_norm")
+                                       f"Try a lower optimizer.learning_rate or optimizer.clip_norm",
+                                       s)
                 elapsed = time.perf_counter() - window_start
                 record = {"step": step, "epoch": step / steps_per_epoch,
                           **{_train_key(k): float(np.mean([m[k] for _, m in fetched]))

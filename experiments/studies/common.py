@@ -60,6 +60,7 @@ class Run:
     summary: dict | None       # what `run.train_and_evaluate` returned (state, trainer, ...)
     seconds: float             # wall time of the whole run, compilation and evaluation included
     diverged: str | None = None  # why it stopped, if the loss or parameters became NaN/inf
+    diverged_at: int | None = None  # the step at which they did
 
     def curve(self, key: str) -> tuple[np.ndarray, np.ndarray]:
         """(steps, values) of `key` over the records that have it."""
@@ -131,6 +132,10 @@ class Study:
         """Announces how many training runs follow, for the progress lines."""
         self.planned, self.runs_done = runs, 0
 
+    def plan_more(self, runs: int) -> None:
+        """Adds `runs` to those announced (an adaptive sweep that extends itself)."""
+        self.planned += runs
+
     def config(self, base: str = "digits_mlp.py", variant: str = "", **overrides
                ) -> ml_collections.ConfigDict:
         """A shipped config (`experiments/configs/<base>[:variant]`) with `overrides` set by
@@ -162,7 +167,7 @@ class Study:
         self.runs_done += 1
         count = f"{self.runs_done}/{self.planned}" if self.planned else f"{self.runs_done}"
         start = time.perf_counter()
-        summary, result, diverged = None, None, None
+        summary, result, diverged, diverged_at = None, None, None, None
         try:
             if test:
                 summary = run_api.train_and_evaluate(config, workdir, console=False)
@@ -172,13 +177,14 @@ class Study:
                 model, dataset = run_api.build(config)
                 summary = fit(config, workdir, model, dataset, console=False)
         except Diverged as e:
-            diverged = str(e)
+            diverged, diverged_at = str(e), e.step
         except Exception as e:  # noqa: BLE001 - named and re-raised as the study's failure
             raise StudyError(f"study {self.name}: run {label!r} failed: "
                              f"{type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - start
         history = report.read_metrics(workdir)
-        done = Run(label, config, workdir, history, result, summary, seconds, diverged)
+        done = Run(label, config, workdir, history, result, summary, seconds, diverged,
+                   diverged_at)
         self.say(f"run {count} {label}: {_describe(done)} ({seconds:.1f} s)")
         return done
 
