@@ -1,0 +1,265 @@
+"""The learning rate: too large diverges, too small crawls, and the best is in between.
+
+Plain SGD (no momentum, constant rate) trains the digits MLP at learning rates spanning five
+orders of magnitude for the same number of steps; the training loss over the last
+tenth of the run, against the learning rate, draws the U the article describes.
+"""
+import numpy as np
+from matplotlib import cm, colors
+
+from experiments.studies.common import Table, band, new_figure, on_grid, spread
+
+TITLE = "The learning rate"
+CLAIM = ("Too large and the optimisation oscillates or diverges, too small and training is "
+         "prohibitively slow.")
+SEEDS = 3
+
+BATCH, WIDTH, LOG_EVERY = 32, 512, 10
+
+
+def settings(quick: bool) -> dict:
+    if quick:  # the test's claim: the ends of the range and a best rate between them
+        return dict(learning_rates=(1e-4, 1e-3, 1e-2, 0.1, 0.3, 1.0, 10.0), steps=200)
+    return dict(learning_rates=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0),
+                steps=1000)
+
+
+def run(study) -> dict:
+    s = settings(study.quick)
+    study.plan(len(study.seeds) * len(s["learning_rates"]))
+    runs = {lr: [study.train(f"lr{lr:g}-seed{seed}", _config(study, lr, s["steps"], seed),
+                             test=False) for seed in study.seeds]
+            for lr in s["learning_rates"]}
+
+    data = {"steps": s["steps"], "learning_rates": list(s["learning_rates"]),
+            "initial_loss": [r.first("train_loss") for r in runs[s["learning_rates"][0]]],
+            "runs": [_summary(lr, rs, s["steps"]) for lr, rs in runs.items()]}
+    mean_final = [np.mean([np.inf if x is None else x for x in r["final_loss"]])
+                  for r in data["runs"]]
+    best = data["runs"][int(np.argmin(mean_final))]
+    data["best_learning_rate"] = best["learning_rate"]
+    _plot_final_loss(study, data)
+    _plot_curves(study, runs, s)
+    return {"finding": _finding(data), "setup": _setup(study, s), "tables": [_table(data)],
+            "meaning": _meaning(data) if not study.quick else "", "data": data}
+
+
+def _finding(data) -> str:
+    best = next(r for r in data["runs"] if r["learning_rate"] == data["best_learning_rate"])
+    low, edge, failed = data["runs"][0], _failure_edge(data), _failed_runs(data)
+    finding = (
+        f"After {data['steps']} steps of plain SGD from a loss of "
+        f"{np.mean(data['initial_loss']):.2f}, learning rate {low['learning_rate']:g} lowers it "
+        f"by only {100 * np.mean(low['relative_decrease']):.1f} %, {best['learning_rate']:g} "
+        f"is best (final training loss {spread(best['final_loss'])})")
+    between = [r for r in data["runs"] if best["learning_rate"] < r["learning_rate"]
+               < (edge["learning_rate"] if edge else np.inf)]
+    if between:
+        finding += (f", {between[-1]['learning_rate']:g} ends at "
+                    f"{spread(between[-1]['final_loss'])} after a lowest logged loss of "
+                    f"{spread(between[-1]['lowest_loss'])} (it oscillates)")
+    if edge:
+        diverged = sum(sum(r["diverged"]) for r in failed)
+        total = sum(len(r["diverged"]) for r in failed)
+        finding += (f", and from {edge['learning_rate']:g} up no run learns ({diverged} of "
+                    f"{total} diverged" + (f", the other {total - diverged} stalled at chance)"
+                                           if diverged < total else ")"))
+    return finding + "."
+
+
+def _config(study, lr, steps, seed):
+    return study.config(
+        "digits_mlp.py", **{
+            "seed": seed, "model.width": WIDTH, "model.dropout": 0.0,
+            "loss.label_smoothing": 0.0, "optimizer.name": "sgd", "optimizer.momentum": 0.0,
+            "optimizer.learning_rate": lr, "optimizer.schedule": "constant",
+            "optimizer.warmup_steps": 0, "dataset.batch_size": BATCH, "steps": steps,
+            "eval_every": steps // 5, "checkpoint.every": steps, "log_every": LOG_EVERY})
+
+
+def _summary(lr, rs, steps) -> dict:
+    """Per seed: the mean training loss over the last tenth of the steps (None if the run
+    diverged), how much of the initial loss that removed, the lowest loss logged on the way
+    (a final loss far above it means the run oscillates), and the last validation metrics."""
+    def final(r):
+        s, v = r.curve("train_loss")
+        return None if r.diverged else float(np.mean(v[s > steps - steps // 10]))
+
+    finals = [final(r) for r in rs]
+    return {
+        "learning_rate": lr,
+        "final_loss": finals,
+        "relative_decrease": [None if f is None else 1 - f / r.first("train_loss")
+                              for f, r in zip(finals, rs)],
+        "lowest_loss": [float(np.min(r.curve("train_loss")[1])) for r in rs],
+        "above_start": [f is None or f > r.first("train_loss") for f, r in zip(finals, rs)],
+        "diverged": [bool(r.diverged) for r in rs],
+        "diverged_at_step": [r.diverged_at for r in rs],
+        "val_loss": [None if r.diverged else r.last("eval_loss") for r in rs],
+        "val_accuracy": [None if r.diverged else r.last("eval_accuracy") for r in rs],
+    }
+
+
+def _colors(learning_rates):
+    norm = colors.LogNorm(min(learning_rates), max(learning_rates))
+    return {lr: cm.turbo(0.05 + 0.9 * norm(lr)) for lr in learning_rates}
+
+
+def _values(rows):
+    """Rows per seed with None -> NaN, for `band`."""
+    return np.array([[np.nan if v is None else v for v in row] for row in rows], dtype=float)
+
+
+def _plot_final_loss(study, data):
+    fig, axes = new_figure(1, 1, width=6.4, height=4.2)
+    ax = axes[0, 0]
+    lrs = np.array(data["learning_rates"])
+    train = _values(np.array([r["final_loss"] for r in data["runs"]], dtype=object).T)
+    val = _values(np.array([r["val_loss"] for r in data["runs"]], dtype=object).T)
+    band(ax, lrs, train, "training loss, last 10 % of steps", "tab:blue", marker="o")
+    band(ax, lrs, val, "validation loss at the end", "tab:green", "--", marker="s")
+    start = np.mean(data["initial_loss"])
+    ax.axhline(start, color="gray", linestyle=":", label=f"loss at step 1 ({start:.2f})")
+    diverged = [r["learning_rate"] for r in data["runs"] if any(r["diverged"])]
+    if diverged:
+        ax.plot(diverged, [1.6 * start] * len(diverged), "x", color="tab:red", markersize=10,
+                markeredgewidth=2, label="diverged (loss became inf/NaN)")
+    ax.axvline(data["best_learning_rate"], color="tab:blue", alpha=0.3, linewidth=6,
+               label=f"best: {data['best_learning_rate']:g}")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("learning rate (plain SGD, constant)")
+    ax.set_ylabel("cross-entropy loss (nats)")
+    ax.legend(fontsize=8, loc="lower left")
+    ax.set_title(f"Loss after {data['steps']} steps against the learning rate\n"
+                 f"(digits MLP; mean, min-max over seeds)", fontsize=10)
+    study.figure(fig, "final_loss_vs_learning_rate.png",
+                 "The U: loss after a fixed number of SGD steps against the learning rate. Too "
+                 "small barely moves from the start; too large diverges.")
+
+
+def _plot_curves(study, runs, s):
+    fig, axes = new_figure(1, 1, width=7.0, height=4.2)
+    ax = axes[0, 0]
+    color = _colors(s["learning_rates"])
+    lowest = min(np.nanmin(r.curve("train_loss")[1]) for rs in runs.values() for r in rs)
+    grid = np.concatenate([[1], np.arange(LOG_EVERY, s["steps"] + 1, LOG_EVERY)])
+    for lr, rs in runs.items():
+        band(ax, grid, on_grid(rs, "train_loss", grid), f"{lr:g}", color[lr])
+        for step in (r.diverged_at for r in rs if r.diverged):  # at the top: its loss was inf
+            ax.plot(step, 0.96, "x", color=color[lr], markersize=9, markeredgewidth=2,
+                    transform=ax.get_xaxis_transform())
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_ylim(0.5 * lowest, 30)  # a blow-up leaves the top of the panel
+    ax.set_xlabel("training step (batch of 32; log scale)")
+    ax.set_ylabel(f"training loss (nats, mean of every {LOG_EVERY} steps)")
+    ax.legend(fontsize=7, title="learning rate\n(x: diverged\nat that step)",
+              title_fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    ax.set_title("Training loss of plain SGD at each learning rate\n"
+                 "(digits MLP; mean, min-max over seeds)", fontsize=10)
+    study.figure(fig, "loss_curves.png",
+                 "Training curves per learning rate: the smallest rates crawl, the middle ones "
+                 "fall fastest, the largest oscillate or blow up.")
+
+
+def _setup(study, s) -> str:
+    rates = ", ".join(f"{lr:g}" for lr in s["learning_rates"])
+    return (
+        f"scikit-learn's digits (1,257 training, 180 validation images of 8x8). An MLP with 2 "
+        f"hidden ReLU layers of {WIDTH} (the default LeCun initialisation), no dropout, no "
+        f"label smoothing. Plain SGD: momentum 0, constant learning rate (no warmup or decay), "
+        f"batch {BATCH}, {s['steps']} steps ({s['steps'] * BATCH / 1257:.0f} epochs), at learning "
+        f"rates {rates}. The final loss is the mean training loss over the last tenth of the "
+        f"steps (the toolkit logs the mean of every {LOG_EVERY} steps); the initial loss is the "
+        f"first step's. A run whose loss or gradient becomes inf or NaN is stopped by the "
+        f"toolkit and counted as diverged; a run above the best rate that ends at chance "
+        f"(validation accuracy <= 0.2) counts as stalled. Seeds "
+        f"{', '.join(map(str, study.seeds))} change the initial weights and the batch order; "
+        f"every rate sees the same ones.")
+
+
+def _table(data) -> Table:
+    rows = []
+    for r in data["runs"]:
+        ok = [x for x in r["final_loss"] if x is not None]
+        n_div = sum(r["diverged"])
+        rows.append([
+            f"{r['learning_rate']:g}",
+            spread(ok) if ok else "-",
+            spread([100 * x for x in r["relative_decrease"] if x is not None]) if ok else "-",
+            f"{np.mean([f / lo for f, lo in zip(r['final_loss'], r['lowest_loss']) if f]):.2f}"
+            if ok else "-",
+            spread([x for x in r["val_accuracy"] if x is not None]) if ok else "-",
+            f"{n_div}/{len(r['diverged'])} (step "
+            f"{', '.join(str(x) for x in r['diverged_at_step'] if x)})" if n_div else "0"])
+    return Table("Loss after the run per learning rate (mean (min-max) over seeds; diverged runs "
+                 "left out of the loss columns)",
+                 ["learning rate", "final training loss", "loss removed (%)",
+                  "final / lowest loss logged", "validation accuracy", "diverged"], rows)
+
+
+def _stalled(r) -> list[bool]:
+    """Per seed: trained without diverging but ended at chance (validation accuracy <= 0.2)."""
+    return [not d and a <= 0.2 for d, a in zip(r["diverged"], r["val_accuracy"])]
+
+
+def _failure_edge(data):
+    """The smallest rate from which on every run at every larger rate diverged or stalled at
+    chance (only above the best rate: below it, a run at chance is merely slow); or None."""
+    edge = None
+    for r in reversed(data["runs"]):
+        if r["learning_rate"] <= data["best_learning_rate"] or not all(
+                d or st for d, st in zip(r["diverged"], _stalled(r))):
+            break
+        edge = r
+    return edge
+
+
+def _failed_runs(data) -> list[dict]:
+    edge = _failure_edge(data)
+    return [r for r in data["runs"] if edge and r["learning_rate"] >= edge["learning_rate"]]
+
+
+def _meaning(data) -> str:
+    runs = data["runs"]
+    best = next(r for r in runs if r["learning_rate"] == data["best_learning_rate"])
+    edge, failed = _failure_edge(data), _failed_runs(data)
+    text = (
+        f"The claim holds, and the picture is sharper than the sentence. The slow side is "
+        f"gradual: each factor of 10 below the best rate costs much of the progress, and at "
+        f"{runs[0]['learning_rate']:g} the run has removed "
+        f"{100 * np.mean(runs[0]['relative_decrease']):.1f} % of its starting loss in "
+        f"{data['steps']} steps. The fast side is a cliff. ")
+    above = [r for r in runs if best["learning_rate"] < r["learning_rate"]
+             and r not in failed]
+    if above:
+        r = above[-1]
+        ratios = [f / lo for f, lo in zip(r["final_loss"], r["lowest_loss"]) if f is not None]
+        text += (f"Just above the best rate, at {r['learning_rate']:g}, the loss jumps around: "
+                 f"runs end at {min(ratios):.1f} to {max(ratios):.0f} times the lowest loss they "
+                 f"logged on the way, the oscillation the article mentions. ")
+    if edge:
+        diverged = [s for r in failed for s in r["diverged_at_step"] if s]
+        stalled = sum(sum(_stalled(r)) for r in failed)
+        text += (f"From {edge['learning_rate']:g} up nothing trains: {len(diverged)} runs "
+                 f"blew up to inf/NaN within {max(diverged) if diverged else 0} steps")
+        if stalled:
+            text += (f", and {stalled} more stalled at chance (validation accuracy <= 0.2, loss "
+                     f"near ln 10 = 2.30) with weights that stopped moving: the first huge "
+                     f"updates can push every ReLU to its flat side, where no gradient flows, "
+                     f"and the net never recovers. That 'dying ReLU' is a way to fail the "
+                     f"article's sentence does not name")
+        factor = edge["learning_rate"] / best["learning_rate"]
+        text += (f". The best rate sits a factor {factor:.0f} below that edge, which is why "
+                 f"the usual advice is to find the rate that diverges and back off by a factor "
+                 f"of a few. ")
+    by_val = min((r for r in runs if r not in failed and None not in r["val_loss"]),
+                 key=lambda r: np.mean(r["val_loss"]))
+    if by_val is not best:
+        text += (f"Judged by validation loss the best rate is {by_val['learning_rate']:g}, not "
+                 f"{best['learning_rate']:g}: the fastest optimisation also fits the 1,257 "
+                 f"training images hardest.")
+    else:
+        text += "The validation loss picks the same rate as the training loss."
+    return text
