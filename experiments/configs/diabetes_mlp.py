@@ -3,8 +3,12 @@
 
     descent train --config experiments/configs/diabetes_mlp.py --workdir runs/diabetes
 
-MSE and MAE are in the target's own units (a progression score of 25-346). `:tiny` is a
-seconds-long variant for tests.
+MSE and MAE are in the target's own units (a progression score of 25-346, mean about 150):
+test MSE 3,465 and MAE 45.5 with one hidden layer of 32 (2026-11-25), where predicting the
+training mean gives about 5,150; a linear model (`--config.model.depth=0
+--config.optimizer.learning_rate=0.3`: Adam moves a weight by about the learning rate per step,
+so reaching a bias of 150 needs a large one) does as well, 3,389: with 309 patients and 10
+measurements there is little curvature to find. `:tiny` is a seconds-long variant for tests.
 """
 from experiments.configs.common import base_config, check_variant
 

