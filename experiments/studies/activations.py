@@ -7,6 +7,7 @@ norm is logged from the first step on (`log.layer_grad_norms`). Adam, which resc
 parameter's step by its gradient's running size, is run beside it at depths 10 and 20.
 """
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from experiments.studies.common import Table, band, new_figure, on_grid, spread
 
@@ -68,9 +69,13 @@ def run(study) -> dict:
         f"validation accuracy (chance 0.1) while ReLU with He reaches "
         f"{spread(relu_he['final_val_accuracy'])}.")
     if not study.quick:
-        tanh = by_key["sgd", d, "tanh", "glorot"]
-        finding = finding[:-1] + (f"; tanh with Glorot trains too ("
-                                  f"{spread(tanh['final_val_accuracy'])}).")
+        deep = max(s["depths"])
+        tanh, tanh_deep = by_key["sgd", d, "tanh", "glorot"], by_key["sgd", deep, "tanh", "glorot"]
+        relu_deep = by_key["sgd", deep, "relu", "he"]
+        finding = finding[:-1] + (
+            f"; tanh with Glorot trains too ({spread(tanh['final_val_accuracy'])}), and at "
+            f"depth {deep} it reaches {spread(tanh_deep['final_val_accuracy'])} where ReLU "
+            f"with He gets {spread(relu_deep['final_val_accuracy'])}.")
     return {"finding": finding, "setup": _setup(study, s), "tables": _tables(data, s),
             "meaning": _meaning(by_key, s) if not study.quick else "", "data": data}
 
@@ -83,7 +88,7 @@ def _config(study, depth, act, init, optimizer, steps, seed):
             "optimizer.name": optimizer, "optimizer.momentum": 0.9,
             "optimizer.learning_rate": SGD_LR if optimizer == "sgd" else ADAM_LR,
             "optimizer.schedule": "constant", "optimizer.warmup_steps": 0,
-            "dataset.batch_size": BATCH, "steps": steps, "eval_every": steps // 6,
+            "dataset.batch_size": BATCH, "steps": steps, "eval_every": steps // 10,
             "checkpoint.every": steps, "log_every": 25, "log.layer_grad_norms": True})
 
 
@@ -117,6 +122,7 @@ def _plot_gradients_at_init(study, runs, depths):
             band(ax, np.arange(1, len(keys) + 1), ys, f"{act}, {init}", COLORS[act],
                  STYLES[init], marker=".")
         ax.set_yscale("log")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(f"depth {depth}")
         ax.set_xlabel("layer (1 = input layer, last = output head)")
     axes[0, 0].set_ylabel("gradient norm of the layer's weights")
@@ -149,11 +155,12 @@ def _plot_first_layer_during_training(study, runs, depths, steps):
 
 
 def _plot_learning_curves(study, runs, steps):
-    optimizers = sorted({k[0] for k in runs}, reverse=True)  # sgd, then adam
-    depth = 10
-    fig, axes = new_figure(len(optimizers), 1, width=5.2, height=3.9)
-    grid = np.arange(steps // 6, steps + 1, steps // 6)
-    for ax, opt in zip(axes[0], optimizers):
+    panels = [(opt, depth) for opt in ("sgd", "adam") for depth in (10, 20)
+              if any(k[:2] == (opt, depth) for k in runs)]
+    cols = 2 if len(panels) > 1 else 1
+    fig, axes = new_figure(cols, (len(panels) + cols - 1) // cols, width=5.2, height=3.6)
+    grid = np.arange(steps // 10, steps + 1, steps // 10)
+    for ax, (opt, depth) in zip(axes.flat, panels):
         for (o, d, act, init), rs in runs.items():
             if o == opt and d == depth and (init == USUAL_INIT[act] or act == "relu"):
                 band(ax, grid, on_grid(rs, "eval_accuracy", grid), f"{act}, {init}",
@@ -161,15 +168,15 @@ def _plot_learning_curves(study, runs, steps):
         ax.set_ylim(0, 1.02)
         lr = SGD_LR if opt == "sgd" else ADAM_LR
         ax.set_title(f"depth {depth}, {'SGD + momentum 0.9' if opt == 'sgd' else 'Adam'}, "
-                     f"lr {lr}")
+                     f"lr {lr}", fontsize=10)
         ax.set_xlabel("training step")
-    axes[0, 0].set_ylabel("validation accuracy")
-    axes[0, -1].legend(fontsize=8, loc="lower right")
-    fig.suptitle("Learning curves of 10-layer MLPs on digits (mean, min-max over seeds)")
+        ax.set_ylabel("validation accuracy")
+    axes.flat[0].legend(fontsize=8, loc="center right")
+    fig.suptitle("Learning curves on digits (mean, min-max over seeds)")
     study.figure(fig, "learning_curves.png",
-                 "Validation accuracy during training at depth 10: sigmoid stays at chance under "
-                 "SGD" + (", while Adam's per-parameter rescaling lets it learn." if len(
-                     optimizers) > 1 else "."))
+                 "Validation accuracy during training. Under SGD the sigmoid nets stay at "
+                 "chance; at depth 20 only tanh trains reliably at this learning rate"
+                 + (", while Adam trains ReLU there." if len(panels) > 2 else "."))
 
 
 def _setup(study, s) -> str:
@@ -205,20 +212,63 @@ def _tables(data, s) -> list[Table]:
 
 
 def _meaning(by_key, s) -> str:
+    """What the measurements say about the claim, each statement worded by its numbers."""
     def acc(opt, depth, act, init):
-        r = by_key.get((opt, depth, act, init))
-        return "n/a" if r is None else spread(r["final_val_accuracy"])
-    deep = max(s["depths"])
-    return (
-        f"The vanishing gradient is real and it is the sigmoid's: at every depth its gradient "
-        f"shrinks layer by layer towards the input, whatever the initialisation, and from depth "
-        f"10 on SGD cannot move the first layers (validation accuracy at depth 10: "
-        f"{acc('sgd', 10, 'sigmoid', 'glorot')}). But the article's contrast is too simple. "
-        f"tanh, the other 'saturating' function, trains at depth 10 with Glorot initialisation "
-        f"({acc('sgd', 10, 'tanh', 'glorot')}): it is zero-centred with slope 1 at the origin, "
-        f"so matched initialisation keeps its gradient alive. ReLU's advantage depends on the "
-        f"initialisation at depth: with LeCun's variance its gradient halves layer by layer, "
-        f"with He's it stays level (at depth {deep}: ReLU-He {acc('sgd', deep, 'relu', 'he')}, "
-        f"ReLU-LeCun {acc('sgd', deep, 'relu', 'lecun')}). And the optimizer matters as much "
-        f"as the activation: Adam, which divides each step by the gradient's running size, "
-        f"trains the 10-layer sigmoid net to {acc('adam', 10, 'sigmoid', 'glorot')}.")
+        return spread(by_key[opt, depth, act, init]["final_val_accuracy"])
+
+    def outcome(opt, depth, act, init):
+        r = by_key[opt, depth, act, init]
+        a, diverged = np.mean(r["final_val_accuracy"]), sum(r["diverged"])
+        verb = ("trains to" if a >= 0.9 else "stays at chance," if a <= 0.2 else "only reaches")
+        return f"{verb} {acc(opt, depth, act, init)}" + (
+            f" ({diverged} of {len(r['diverged'])} runs diverged)" if diverged else "")
+
+    def decay(depth, act, init):  # first layer's gradient over the head's, at initialisation
+        grads = np.mean(by_key["sgd", depth, act, init]["layer_grad_at_init"], axis=0)
+        return grads[0] / grads[-1]
+
+    def first(depth, act, init):
+        return np.mean(by_key["sgd", depth, act, init]["first_layer_grad_at_init"])
+
+    deep, mid = max(s["depths"]), 10
+    text = (
+        f"The vanishing gradient is real, and it is the sigmoid's: at initialisation its "
+        f"first layer's gradient is {decay(mid, 'sigmoid', 'glorot'):.0e} of the output "
+        f"layer's at depth {mid} and {decay(deep, 'sigmoid', 'glorot'):.0e} at depth {deep}, "
+        f"whatever the initialisation, and under SGD the sigmoid net "
+        + _sigmoid_outcomes(by_key, s["depths"], outcome)
+        + ". But the article's contrast is too simple. tanh, the other saturating function, "
+        f"{outcome('sgd', deep, 'tanh', 'glorot')} at depth {deep} with Glorot "
+        f"initialisation: zero-centred with slope 1 at the origin, it passes gradients back "
+        f"undiminished when the weights are scaled to match. ReLU's gradient does not shrink "
+        f"from layer to layer (first layer over output layer at depth {deep}: "
+        f"{decay(deep, 'relu', 'lecun'):.1f} with LeCun, {decay(deep, 'relu', 'he'):.1f} with "
+        f"He); instead LeCun's variance halves the signal at every layer, so all of a "
+        f"{deep}-layer net's gradients start small ({first(deep, 'relu', 'lecun'):.0e} at "
+        f"the first layer against {first(deep, 'relu', 'he'):.1f} with He). He's "
+        f"initialisation keeps them level, but at depth {deep} that is not enough for SGD at "
+        f"the learning rate that suits shallower nets: ReLU-He "
+        f"{outcome('sgd', deep, 'relu', 'he')} and ReLU-LeCun "
+        f"{outcome('sgd', deep, 'relu', 'lecun')}, while tanh trains. GELU, close to x/2 near "
+        f"zero, shrinks a small signal at every layer: at depth {deep} with LeCun "
+        f"initialisation its first-layer gradient is "
+        f"{first(deep, 'gelu', 'lecun'):.0e} and it {outcome('sgd', deep, 'gelu', 'lecun')}.")
+    if ("adam", mid, "sigmoid", "glorot") in by_key and ("adam", deep, "relu", "he") in by_key:
+        text += (
+            f" The optimizer matters as much as the activation: Adam, which divides each "
+            f"step by the gradient's running size, lifts the {mid}-layer sigmoid net from "
+            f"chance to {acc('adam', mid, 'sigmoid', 'glorot')} and trains ReLU-He at depth "
+            f"{deep} to {acc('adam', deep, 'relu', 'he')}; the {deep}-layer sigmoid's "
+            f"gradient of {first(deep, 'sigmoid', 'glorot'):.0e} is beyond even Adam "
+            f"({acc('adam', deep, 'sigmoid', 'glorot')}).")
+    return text
+
+
+def _sigmoid_outcomes(by_key, depths, outcome) -> str:
+    final = [np.mean(by_key["sgd", d, "sigmoid", "glorot"]["final_val_accuracy"])
+             for d in depths]
+    if all(a <= 0.2 for a in final):
+        return (f"stays at chance at every depth tried (validation accuracy "
+                f"{', '.join(f'{a:.2f}' for a in final)} at depths "
+                f"{', '.join(map(str, depths))})")
+    return ", ".join(f"{outcome('sgd', d, 'sigmoid', 'glorot')} at depth {d}" for d in depths)

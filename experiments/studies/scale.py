@@ -79,7 +79,8 @@ def _zoo_row(name: str) -> dict:
     x = jax.ShapeDtypeStruct((1, *net.input_shape), dtype)
     forward = jax.jit(lambda st, x: nnx.merge(graphdef, st)(x, train=False))
     cost = forward.lower(state, x).cost_analysis() or {}
-    return {"name": name, "parameters": nets.count_params(name),
+    parameters = sum(p.size for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return {"name": name, "parameters": int(parameters),
             "input": "x".join(map(str, net.input_shape)),
             "forward_flops": float(cost.get("flops", float("nan")))}
 
