@@ -52,7 +52,7 @@ def symmetric_uniform(bound: float):
 
 
 class RecurrentLayer(nnx.Module):
-    def __init__(self, cell, in_features, hidden, dtype, rngs):
+    def __init__(self, cell, in_features, hidden, dtype, rngs, forget_bias=0.0):
         self.cell = cell
         _, gates = CELLS[cell]
         init = symmetric_uniform(1 / math.sqrt(hidden))
@@ -60,6 +60,9 @@ class RecurrentLayer(nnx.Module):
                                 dtype=dtype, rngs=rngs)
         self.recurrent = nnx.Linear(hidden, gates * hidden, kernel_init=init, bias_init=init,
                                     dtype=dtype, rngs=rngs)
+        if forget_bias:  # the LSTM's forget gate is the second quarter of its gates
+            bias = self.input.bias[...]
+            self.input.bias[...] = bias.at[hidden:2 * hidden].add(forget_bias)
 
     def __call__(self, x_BxLxD) -> jax.Array:
         """The hidden state at every position: (B, L, D) -> (B, L, H)."""
@@ -86,12 +89,16 @@ class Recurrent(nnx.Module):
     over `num_classes` tokens, embedded in `embed` dimensions, with logits at every position,
     (B, L) -> (B, L, V). Anything longer, e.g. an (H, W, C) image read as H rows of W*C
     features: a sequence classifier from the last position's hidden state, (B, ...) -> (B, K).
+    `forget_bias` is added to the LSTM forget gate's initial bias: 0 as in PyTorch; Keras adds
+    1 (Jozefowicz et al. 2015), so that at first the cell keeps more than half its memory.
     """
 
     def __init__(self, *, input_shape, num_classes, cell="lstm", layers=2, hidden=256,
-                 embed=64, dropout=0.0, dtype="float32", rngs: nnx.Rngs):
+                 embed=64, dropout=0.0, forget_bias=0.0, dtype="float32", rngs: nnx.Rngs):
         if cell not in CELLS:
             raise ValueError(f"unknown recurrent cell {cell!r}; known: {', '.join(CELLS)}")
+        if forget_bias and cell != "lstm":
+            raise ValueError(f"model.forget_bias applies to the lstm cell, not to {cell!r}")
         self.dtype = compute_dtype(dtype)
         self.language_model = len(input_shape) == 1
         if self.language_model:
@@ -102,7 +109,8 @@ class Recurrent(nnx.Module):
             features = math.prod(input_shape[1:])
         self.layers = nnx.List()
         for _ in range(layers):
-            self.layers.append(RecurrentLayer(cell, features, hidden, self.dtype, rngs))
+            self.layers.append(RecurrentLayer(cell, features, hidden, self.dtype, rngs,
+                                              forget_bias))
             features = hidden
         self.head = nnx.Linear(hidden, num_classes, dtype=self.dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)

@@ -105,3 +105,13 @@ def test_float64_computes_in_float64_only_in_64_bit_mode():
     with jax.enable_x64(True):
         model = nets.build("mlp", input_shape=(4,), num_classes=2, dtype="float64")
         assert model(jnp.ones((1, 4), jnp.float64)).dtype == jnp.float64
+
+
+def test_forget_bias_shifts_only_the_lstm_forget_gate():
+    make = lambda bias: nets.build("lstm", input_shape=(5, 3), num_classes=4, hidden=6, layers=1,
+                                   forget_bias=bias)
+    plain, holding = make(0.0).layers[0].input.bias[...], make(2.5).layers[0].input.bias[...]
+    np.testing.assert_allclose(holding - plain, np.r_[np.zeros(6), np.full(6, 2.5),
+                                                      np.zeros(12)], atol=1e-6)
+    with pytest.raises(ValueError, match="forget_bias applies to the lstm cell, not to 'gru'"):
+        nets.build("gru", input_shape=(5, 3), num_classes=4, forget_bias=1.0)
