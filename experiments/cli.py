@@ -131,13 +131,17 @@ def main(argv: list[str] | None = None) -> int:
         usage = isinstance(cause, (ValueError, OSError))
         if not usage and not isinstance(e, (Diverged, CheckpointWriteError, StudyError)):
             raise
-        print(f"descent: error: {e}", file=sys.stderr)
         if isinstance(e, CheckpointWriteError):
             # orbax's writer threads may be stuck on the failed disk; what is committed is safe,
-            # so leave now rather than wait for them at interpreter exit.
+            # so leave now rather than wait for them at interpreter exit. Their own dying words
+            # ("Event loop is closed") go to /dev/null, so that ours is the last line.
             sys.stdout.flush()
             sys.stderr.flush()
+            terminal = os.dup(2)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), 2)
+            os.write(terminal, f"descent: error: {e}\n".encode())
             os._exit(STOPPED_EXIT)
+        print(f"descent: error: {e}", file=sys.stderr)
         return USAGE_EXIT if usage else STOPPED_EXIT
 
 
