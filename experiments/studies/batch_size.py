@@ -110,7 +110,7 @@ def _finding(data) -> str:
                  f"{np.mean(small['seconds_to_target']):.2f} to "
                  f"{np.mean(large['seconds_to_target']):.2f}")
         if scaled and None not in scaled["seconds_to_target"]:
-            text += f" ({np.mean(scaled['seconds_to_target']):.2f})"
+            text += f" ({np.mean(scaled['seconds_to_target']):.2f} with the scaled rate)"
     return text + (f"; after {data['epochs']} epochs validation accuracy is "
                    f"{spread(small['final_val_accuracy'])} at batch {sizes[0]} and "
                    f"{spread(large['final_val_accuracy'])} at {sizes[-1]}.")
@@ -237,6 +237,7 @@ def _plot_efficiency(study, data, policies):
          marker="o")
     axes[0, 0].set_ylabel("training examples per second")
     axes[0, 0].set_title("Throughput", fontsize=10)
+    axes[0, 0].set_ylim(0, 1.1 * np.nanmax(data["examples_per_s"]))
     for policy in policies:
         runs = [r for r in data["runs"] if r["policy"] == policy]
         for ax, key in zip(axes[0, 1:], ("steps_to_target", "seconds_to_target")):
@@ -246,12 +247,14 @@ def _plot_efficiency(study, data, policies):
     axes[0, 1].set_title("Steps to the target", fontsize=10)
     axes[0, 2].set_ylabel("seconds to the target")
     axes[0, 2].set_title("Seconds to the target", fontsize=10)
-    axes[0, 2].legend(fontsize=7)
+    axes[0, 2].legend(fontsize=7, handlelength=3.5)  # long enough to show the dashes
+    axes[0, 0].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
     for ax in axes[0]:
         ax.set_xscale("log", base=2)
-        ax.set_yscale("log")
         ax.set_xticks(b, [str(x) for x in b])
         ax.set_xlabel("batch size")
+    for ax in axes[0, 1:]:  # throughput stays linear from 0, the rest are ratios
+        ax.set_yscale("log")
         plain = FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 100 else f"{v:.2g}")  # not 3x10^1
         ax.yaxis.set_major_formatter(plain)
         ax.yaxis.set_minor_formatter(plain)
