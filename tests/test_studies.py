@@ -74,3 +74,17 @@ def test_the_command_line_runs_a_study_and_refuses_bad_input_in_one_line(tmp_pat
     assert main(["study", "tiny", "--out", str(tmp_path)]) == 2  # the run's cause: bad input
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "run 'w0' failed" in err
+
+
+def test_study_all_runs_every_study_and_indexes_claims_findings_and_figures(tmp_path, capsys,
+                                                                          monkeypatch):
+    monkeypatch.setattr(studies, "STUDIES", ("first", "second"))
+    monkeypatch.setattr(studies, "module", lambda name: tiny_study(label=name))
+    assert main(["study", "all", "--out", str(tmp_path)]) == 0
+    index = (tmp_path / "index.md").read_text()
+    for name in ("first", "second"):
+        finding = json.loads((tmp_path / name / "results.json").read_text())["finding"]
+        assert finding.startswith("test accuracy") and finding in index
+        assert f"![Tiny]({name}/loss.png)" in index and f"[Report]({name}/report.md)" in index
+    assert index.count("> Small nets learn.") == 2
+    assert "at default size" in index and "Regenerate with `descent study all`." in index
