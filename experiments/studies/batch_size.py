@@ -6,6 +6,9 @@ once at one learning rate for all and once with the rate scaled by sqrt(B). At f
 parameters (initialisation, and the end of the batch-32 run) the mini-batch gradient's squared
 distance from the full-training-set gradient is averaged over many mini-batches drawn as
 training draws them, with `Trainer.gradients`.
+
+Larger, on an accelerator: batches up to 4,096 on MNIST, to find where throughput stops
+growing once the device is full.
 """
 import numpy as np
 from jax.flatten_util import ravel_pytree

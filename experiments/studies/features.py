@@ -6,6 +6,8 @@ each block's activation maps are drawn; a linear probe (scikit-learn's logistic 
 the frozen features) is fitted on every layer and on the raw pixels, and scored on test images.
 The same probes on the untrained network, its initial weights, tell what learning added to what
 the architecture gives for free.
+
+Larger, on an accelerator: several epochs instead of one, and probes on all 60,000 images.
 """
 import functools
 import time

@@ -5,6 +5,8 @@ A wide MLP is trained on a stratified subset of 100 of scikit-learn's digits (10
 until it fits them perfectly, alone, with dropout, with decoupled weight decay (AdamW) and with
 early stopping on the validation loss. The gap is measured on the weights each run hands over:
 the loss on the whole training subset, evaluated with dropout off, against the validation loss.
+
+Larger, on an accelerator: the same regimes on 1,000 MNIST images with a wider net.
 """
 import numpy as np
 

@@ -6,6 +6,9 @@ T steps before the answer; everything after it is a distractor, so the net must 
 token's identity across the whole sequence (chance: 1 / vocab). A tanh RNN (Elman), a GRU and an
 LSTM of the same width, each trained with Adam for the same number of steps at every T; and the
 same LSTM with its forget gate initialised to hold its memory for about T steps.
+
+Larger, on an accelerator: hidden 256, T up to 500 and more steps, to see where the holding
+LSTM's memory ends.
 """
 import math
 
