@@ -28,6 +28,7 @@ class _UsageError(ValueError):
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="descent", description="Train and evaluate neural networks with JAX.")
+    p.add_argument("--version", action="version", version=f"descent {_version()}")
     p.add_argument("--verbose", action="store_true", help="show tracebacks on errors")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
@@ -44,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     multi.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
 
     t = sub.add_parser("train", parents=[multi], help="train as a config file says",
-                       description="Train; any config field can be set with --config.KEY=VALUE.")
+                       description="Train; any config field can be set with --config.KEY=VALUE "
+                                   "(`descent config show FILE` lists every field). A config "
+                                   "file is Python: run only configs you trust.",
+                       epilog=_shipped_configs(), formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--config", required=True,
                    help="config file, e.g. experiments/configs/digits_mlp.py[:tiny]")
     t.add_argument("--workdir", required=True, help="where checkpoints, metrics and plots go")
@@ -82,8 +86,22 @@ def _parser() -> argparse.ArgumentParser:
                                        "Tiny Shakespeare (default ~/tensorflow_datasets)")
     st.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
 
-    m = sub.add_parser("models", help="list every net with its parameter count")
+    m = sub.add_parser("models", help="list every net with its parameter count and fields",
+                       description="Every net with its parameter count at its typical input "
+                                   "and its fields' defaults; with --config, the parameters of "
+                                   "exactly that config's net on its dataset.")
+    m.add_argument("--config", help="count this config's net, e.g. "
+                                    "experiments/configs/digits_mlp.py (--config.* applies)")
     m.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+
+    c = sub.add_parser("config", help="show a config with every field")
+    csub = c.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+    show = csub.add_parser("show", help="print a config, overrides applied, with every field",
+                           description="Print the config FILE[:variant] resolves to, with "
+                                       "every field and its value after --config.KEY=VALUE "
+                                       "overrides: what `descent train` would run.")
+    show.add_argument("file", help="e.g. experiments/configs/digits_mlp.py[:tiny]")
+    show.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
 
     d = sub.add_parser("data", help="prepare datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -164,17 +182,23 @@ def _run(argv: list[str]) -> int:
         from data.prepare import prepare
         prepare(args.name, args.manual_dir, args.data_dir)
         return 0
-    if args.command == "models":
-        print_models()
-        return 0
     if args.command == "study":
         return study(args)
-    if overrides and args.command != "train":
-        raise _UsageError(f"--config.* overrides apply to `descent train`, not `{args.command}`")
-    if args.command == "train":
-        config = load_config(args.config)
+    takes_config = args.command in ("train", "config") or (
+        args.command == "models" and args.config)
+    if overrides and not takes_config:
+        raise _UsageError(f"--config.* overrides apply to `descent train`, `config show` and "
+                          f"`models --config`, not `{args.command}`")
+    if takes_config:
+        config = load_config(args.file if args.command == "config" else args.config)
         for key, value in overrides:
             apply_override(config, key, value)
+    if args.command == "config":
+        print(config)
+        return 0
+    if args.command == "models":
+        print_models(config if args.config else None)
+        return 0
     if args.command in ("train", "eval"):
         _join_processes(args)
     from experiments import run  # imports JAX: only once the arguments are known good
@@ -182,8 +206,8 @@ def _run(argv: list[str]) -> int:
     if args.command == "train":
         summary = run.train_and_evaluate(config, args.workdir)
         test = summary["test"]
-        _say(f"best checkpoint: step {test['step']}; {_scores(test)}")
         _say(f"workdir: {os.path.abspath(args.workdir)} (curves: {summary['curves']})")
+        _say(f"best checkpoint: step {test['step']}; {_scores(test)}")
     elif args.command == "eval":
         m = run.evaluate(args.workdir, args.checkpoint, args.split)
         _say(f"checkpoint step {m['step']}: {_scores(m)}")
@@ -194,12 +218,13 @@ def _run(argv: list[str]) -> int:
 
 
 def _scores(m: dict) -> str:
-    """'test accuracy 0.9778 (360 examples), loss 0.1707', or for regression
-    'test mse 0.0677, mae 0.2182 (400 examples)'."""
+    """'test accuracy 0.9778 (360 examples), loss 0.1707', for a language model
+    '... (111,520 characters) ...', or for regression 'test mse 0.0677, mae 0.2182 (400
+    examples)'."""
+    counted = f"({m['examples']:,} {m.get('counted', 'examples')})"
     if "accuracy" in m:
-        return (f"{m['split']} accuracy {m['accuracy']:.4f} ({m['examples']} examples), "
-                f"loss {m['loss']:.4f}")
-    return f"{m['split']} mse {m['loss']:.4g}, mae {m['mae']:.4g} ({m['examples']} examples)"
+        return f"{m['split']} accuracy {m['accuracy']:.4f} {counted}, loss {m['loss']:.4f}"
+    return f"{m['split']} mse {m['loss']:.4g}, mae {m['mae']:.4g} {counted}"
 
 
 def study(args) -> int:
@@ -227,10 +252,21 @@ def study(args) -> int:
     return 0
 
 
-def print_models() -> None:
-    """A table of every registered net: parameters for its typical input and class count."""
+def print_models(config=None) -> None:
+    """A table of every registered net: parameters for its typical input and class count, and
+    each net's fields; or, given a config, the parameters of exactly its net."""
     import nets
 
+    if config is not None:
+        from experiments import run
+        dataset = run.load_dataset(config)
+        fields = {k: v for k, v in config.model.items() if k != "name"}
+        count = nets.count_params(config.model.name, dataset.input_shape, dataset.num_outputs,
+                                  **fields)
+        print(f"{count:,} parameters: {config.model.name} "
+              f"({', '.join(f'{k}={v}' for k, v in fields.items())}) on {config.dataset.name} "
+              f"(input {'x'.join(map(str, dataset.input_shape))}, {dataset.num_outputs} outputs)")
+        return
     rows = [("name", "parameters", "input", "classes", "what")]
     for name, net in nets.NETS.items():
         rows.append((name, f"{nets.count_params(name):,}", "x".join(map(str, net.input_shape)),
@@ -239,8 +275,42 @@ def print_models() -> None:
     for r in rows:
         print("  ".join([r[0].ljust(widths[0]), r[1].rjust(widths[1]), r[2].ljust(widths[2]),
                          r[3].rjust(widths[3]), r[4]]))
+    print("\nFields and their defaults (counts above are at these defaults):")
+    for name in nets.NETS:
+        print(f"  {name}: " + ", ".join(f"{k}={v}" for k, v in nets.fields(name).items()))
     print("Pick one with --config.model.name=NAME; a model.* field the net does not take is an "
-          "error that lists the fields it does take.")
+          "error that lists the fields it does take. `descent models --config FILE` counts "
+          "that config's net.")
+
+
+def _version() -> str:
+    from importlib import metadata
+    try:
+        return metadata.version("descent")
+    except metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
+def _shipped_configs() -> str:
+    """`descent train --help`'s list of the configs in experiments/configs/, each with the first
+    line of its docstring and its :variants."""
+    import ast
+    import glob
+
+    folder = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+    lines = ["shipped configs (experiments/configs/; FILE:variant picks a variant):"]
+    for path in sorted(glob.glob(os.path.join(folder, "*.py"))):
+        tree = ast.parse(open(path).read())
+        paragraph = " ".join((ast.get_docstring(tree) or "").split("\n\n")[0].split())
+        doc = paragraph.split(". ")[0].rstrip(".") + "."  # its first sentence
+        variants = next((ast.literal_eval(node.value) for node in tree.body
+                         if isinstance(node, ast.Assign)
+                         and getattr(node.targets[0], "id", "") == "VARIANTS"), ())
+        if os.path.basename(path) in ("__init__.py", "common.py"):
+            continue
+        suffix = f" [:{', :'.join(variants)}]" if variants else ""
+        lines.append(f"  {os.path.basename(path)}{suffix}\n      {doc}")
+    return "\n".join(lines)
 
 
 def _join_processes(args) -> None:

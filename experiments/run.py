@@ -22,7 +22,16 @@ _NOT_LOADER_OPTIONS = ("name", "batch_size", "eval_batch_size", "train_examples"
 
 
 def build(config: ml_collections.ConfigDict):
-    """The dataset and a freshly initialised model that `config` names.
+    """The model, freshly initialised, and the dataset that `config` names."""
+    dataset = load_dataset(config)
+    fields = {k: v for k, v in config.model.items() if k != "name"}
+    model = nets.build(config.model.name, input_shape=dataset.input_shape,
+                       num_classes=dataset.num_outputs, seed=config.seed, **fields)
+    return model, dataset
+
+
+def load_dataset(config: ml_collections.ConfigDict):
+    """The dataset `config` names, with its options.
 
     `dataset.train_examples` > 0 keeps that many training examples (stratified by class, drawn
     by `dataset.split_seed`): the small-data regime, e.g. for studies of overfitting.
@@ -36,10 +45,7 @@ def build(config: ml_collections.ConfigDict):
             raise ValueError(f"dataset.train_examples applies to in-memory datasets, not to "
                              f"{config.dataset.name}; set it to 0")
         dataset = dataset.subset("train", train_examples, config.dataset.split_seed)
-    fields = {k: v for k, v in config.model.items() if k != "name"}
-    model = nets.build(config.model.name, input_shape=dataset.input_shape,
-                       num_classes=dataset.num_outputs, seed=config.seed, **fields)
-    return model, dataset
+    return dataset
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
@@ -64,8 +70,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     metrics = trainer.evaluate(
         state, dataset.eval_batches(config.test_split, config.dataset.eval_batch_size, **shard))
     summary["test"] = _record_evaluation(workdir, {
-        "split": config.test_split, "step": step, "checkpoint": "best", **metrics})
+        "split": config.test_split, "step": step, "checkpoint": "best", **metrics,
+        "counted": counted(dataset)})
     return summary
+
+
+def counted(dataset) -> str:
+    """What an evaluation's `examples` count: characters for a language model, else examples."""
+    return "characters" if hasattr(dataset, "decode") else "examples"
 
 
 class Restored(NamedTuple):
@@ -107,8 +119,8 @@ def evaluate(workdir: str, which: str | int = "best", split: str = "test") -> di
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     metrics = r.trainer.evaluate(
         r.state, r.dataset.eval_batches(split, r.config.dataset.eval_batch_size, **shard))
-    return _record_evaluation(
-        workdir, {"split": split, "step": r.step, "checkpoint": str(which), **metrics})
+    return _record_evaluation(workdir, {"split": split, "step": r.step, "checkpoint": str(which),
+                                        **metrics, "counted": counted(r.dataset)})
 
 
 def _record_evaluation(workdir: str, metrics: dict) -> dict:

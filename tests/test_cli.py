@@ -126,3 +126,65 @@ def test_failed_run_leaves_existing_checkpoints_untouched(capsys, tmp_path):
     after = {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
              for r, _, names in os.walk(tmp_path / "checkpoints") for n in names}
     assert after == snapshot
+
+
+def test_version_and_the_help_that_lists_every_shipped_config(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == "descent 0.1.0"  # pyproject.toml's version
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    helped = capsys.readouterr().out
+    shipped = sorted(f for f in os.listdir(os.path.dirname(MLP))
+                     if f.endswith(".py") and f not in ("__init__.py", "common.py"))
+    assert len(shipped) >= 9
+    for name in shipped:  # every config, its variants, and the first sentence of its docstring
+        assert f"  {name} [:" in helped, name
+    assert "shakespeare_gpt.py [:cpu, :tiny]" in helped
+    assert "A 2-hidden-layer ReLU MLP on scikit-learn's digits" in helped
+    assert "descent config show FILE" in helped and "configs you trust" in helped
+
+
+def test_config_show_prints_every_field_with_overrides_applied(capsys):
+    assert main(["config", "show", TINY, "--config.model.width=7",
+                 "--config.optimizer.name=sgd"]) == 0
+    shown = capsys.readouterr().out
+    assert "  width: 7\n" in shown and "  name: sgd\n" in shown and "epochs: 2\n" in shown
+    assert "label_smoothing: 0.1" in shown  # a default from common.py, not set by the file
+    code, err = error_of(capsys, "config", "show", TINY, "--config.model.wdith=7")
+    assert code == 2 and "unknown config key 'config.model.wdith'" in err
+    code, err = error_of(capsys, "eval", "--workdir", "w", "--config.model.width=7")
+    assert code == 2 and "apply to `descent train`, `config show` and `models --config`" in err
+
+
+def test_models_counts_exactly_the_net_a_config_trains(capsys, tmp_path):
+    assert main(["models", "--config", TINY, "--config.model.width=32"]) == 0
+    counted = capsys.readouterr().out
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path),
+                 "--config.model.width=32"]) == 0
+    trained = capsys.readouterr().out
+    number = counted.split()[0]
+    assert counted.startswith(f"{number} parameters: mlp (") and "on digits" in counted
+    assert f"training {number} parameters" in trained
+    assert main(["models"]) == 0
+    listed = capsys.readouterr().out
+    assert "  mlp: depth=2, width=256, activation=relu, dropout=0.0, init=lecun" in listed
+
+
+def test_a_finished_run_says_so_and_how_to_extend_it(capsys, tmp_path):
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path)]) == 0
+    first = capsys.readouterr().out
+    assert "the train loss includes label smoothing 0.1; the validation loss does not" in first
+    lines = first.strip().splitlines()
+    assert lines[-1].startswith("best checkpoint: step 78; test accuracy ")
+    assert lines[-1].endswith("(360 examples), loss " + lines[-1].rsplit(" ", 1)[1])
+
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path)]) == 0
+    again = capsys.readouterr().out
+    assert ("this run is finished: its checkpoint at step 78 is the last of its 78 steps. To "
+            "train it further, raise --config.epochs") in again
+    assert "training " not in again
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path), "--config.epochs=3"]) == 0
+    assert "training 8,970 parameters for 117 steps" in capsys.readouterr().out

@@ -299,7 +299,8 @@ def test_models_lists_every_net_with_its_parameter_count(capsys):
     from experiments.cli import main
 
     assert main(["models"]) == 0
-    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()}
+    rows = {line.split()[0]: line
+            for line in capsys.readouterr().out.splitlines() if line.strip()}
     for name, count in {**REFERENCE_COUNTS, "gpt": GPT2_SMALL}.items():
         assert f" {count:,} " in rows[name]
     assert set(nets.NETS) <= set(rows)
@@ -311,6 +312,8 @@ def test_sample_generates_from_a_trained_language_model(prepared, tmp_path):
                       "--workdir", workdir, f"--config.dataset.data_dir={prepared}",
                       "--config.steps=30")
     assert trained.returncode == 0, trained.stderr
+    assert trained.stdout.strip().splitlines()[-1].endswith(  # counted in characters
+        f"characters), loss {trained.stdout.split(' loss ')[-1].strip()}")
     vocab = set(data.load("tiny_shakespeare", data_dir=prepared).vocab)
 
     result = descent("sample", "--workdir", workdir, "--prompt", "ROMEO:", "--length", "80")

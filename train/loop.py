@@ -119,10 +119,17 @@ def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = Tru
     best, bad_evals = None, 0
     for value in (r[monitor] for r in history if monitor in r):
         best, bad_evals = (value, 0) if best is None or better(value, best) else (best, bad_evals + 1)
-    say(f"training {num_params(state):,} parameters for {num_steps} steps "
-        f"({steps_per_epoch} per epoch, batch {batch_size}) on {trainer.mesh.devices.size} "
-        f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es), "
-        f"strategy {trainer.strategy}")
+    if step >= num_steps:
+        say(f"this run is finished: its checkpoint at step {step} is the last of its {num_steps} "
+            f"steps. To train it further, raise --config.epochs (or --config.steps)")
+    else:
+        say(f"training {num_params(state):,} parameters for {num_steps} steps "
+            f"({steps_per_epoch} per epoch, batch {batch_size}) on {trainer.mesh.devices.size} "
+            f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es), "
+            f"strategy {trainer.strategy}")
+        if config.loss.get("label_smoothing", 0):
+            say(f"the train loss includes label smoothing {config.loss.label_smoothing:g}; the "
+                f"{config.eval_split} loss does not")
     state = trainer.place(state)
 
     # --- the loop
@@ -130,8 +137,7 @@ def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = Tru
     pending = []  # (step, device metrics) not yet fetched: fetching every step would stall dispatch
     window_start, window_steps = time.perf_counter(), 0
     first_step = step + 1  # logged on its own: it includes compilation, and curves start there
-    bar = tqdm(total=num_steps, initial=step, unit="step",
-               disable=None if chief and console else True, dynamic_ncols=True)
+    bar = _progress_bar(num_steps, step, chief and console, leave=False)  # until compiled
     with stop_requests() as stop_signals:
         while step < num_steps and stop_reason == "finished":
             epoch, offset = divmod(step, steps_per_epoch)
@@ -175,6 +181,8 @@ def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = Tru
                           "learning_rate": float(trainer.learning_rate(step - 1))}
                 if step == first_step:  # compilation, not throughput
                     record["first_step_s"] = elapsed
+                    bar.close()  # a new bar, whose rate and ETA count only compiled steps
+                    bar = _progress_bar(num_steps, step, chief and console)
                 else:
                     record["examples_per_s"] = window_steps * batch_size / elapsed
                 bar.set_postfix({_SHORT.get(k, k): f"{record['train_' + k]:.4f}"
@@ -230,6 +238,12 @@ def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = Tru
 
 
 _SHORT = {"accuracy": "acc"}  # console abbreviations
+
+
+def _progress_bar(total: int, done: int, show: bool, leave: bool = True) -> tqdm:
+    """tqdm rates (and so the ETA) from the steps since `done`, over the time since now."""
+    return tqdm(total=total, initial=done, unit="step", disable=None if show else True,
+                dynamic_ncols=True, leave=leave)
 
 
 def _step_metric_order(metrics: dict, task) -> list[str]:

@@ -14,8 +14,11 @@ swaps the depth; `--config.model.dtype=bfloat16` computes in bfloat16 on an acce
 from experiments.configs.common import base_config, check_variant
 
 
+VARIANTS = ("tiny",)  # FILE:variant on the command line
+
+
 def get_config(variant: str = ""):
-    check_variant(variant, ("tiny",))
+    check_variant(variant, VARIANTS)
     c = base_config()
     c.dataset.name = "cifar10"
     c.dataset.batch_size = 128

@@ -13,8 +13,11 @@ measurements there is little curvature to find. `:tiny` is a seconds-long varian
 from experiments.configs.common import base_config, check_variant
 
 
+VARIANTS = ("tiny",)  # FILE:variant on the command line
+
+
 def get_config(variant: str = ""):
-    check_variant(variant, ("tiny",))
+    check_variant(variant, VARIANTS)
     c = base_config()
     c.dataset.name = "diabetes"
     c.dataset.batch_size = 32

@@ -9,8 +9,11 @@ by validation accuracy is the one evaluated. About 10 s of training on 2 CPU cor
 from experiments.configs.common import base_config, check_variant
 
 
+VARIANTS = ("tiny",)  # FILE:variant on the command line
+
+
 def get_config(variant: str = ""):
-    check_variant(variant, ("tiny",))
+    check_variant(variant, VARIANTS)
     c = base_config()
     c.dataset.name = "digits"
     c.dataset.batch_size = 32

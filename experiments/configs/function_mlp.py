@@ -11,8 +11,11 @@ own variance is 0.6). `--config.dataset.function=ripple` fits a 2-D surface inst
 from experiments.configs.common import base_config, check_variant
 
 
+VARIANTS = ("tiny",)  # FILE:variant on the command line
+
+
 def get_config(variant: str = ""):
-    check_variant(variant, ("tiny",))
+    check_variant(variant, VARIANTS)
     c = base_config()
     c.dataset.name = "function"
     c.dataset.function = "wave"

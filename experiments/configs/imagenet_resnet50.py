@@ -17,8 +17,11 @@ Use `--config.dataset.worker_count=N` to decode with N processes.
 from experiments.configs.common import base_config, check_variant
 
 
+VARIANTS = ("tiny",)  # FILE:variant on the command line
+
+
 def get_config(variant: str = ""):
-    check_variant(variant, ("tiny",))
+    check_variant(variant, VARIANTS)
     c = base_config()
     c.dataset.name = "imagenet2012"
     c.dataset.image_size = 224

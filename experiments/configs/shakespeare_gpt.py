@@ -16,8 +16,11 @@ shakespeare_lstm.py gets further (1.79 in 12 minutes): its steps are cheaper.
 from experiments.configs.common import base_config, check_variant
 
 
+VARIANTS = ("cpu", "tiny")  # FILE:variant on the command line
+
+
 def get_config(variant: str = ""):
-    check_variant(variant, ("cpu", "tiny"))
+    check_variant(variant, VARIANTS)
     c = base_config()
     c.dataset.name = "tiny_shakespeare"
     c.dataset.context = 256

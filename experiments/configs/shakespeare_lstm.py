@@ -14,8 +14,11 @@ right) in 12 min 4 s wall (2.295, 1.930, 1.809, 1.788 at steps 100-400).
 from experiments.configs.common import base_config, check_variant
 
 
+VARIANTS = ("cpu", "tiny")  # FILE:variant on the command line
+
+
 def get_config(variant: str = ""):
-    check_variant(variant, ("cpu", "tiny"))
+    check_variant(variant, VARIANTS)
     c = base_config()
     c.dataset.name = "tiny_shakespeare"
     c.dataset.context = 256
