@@ -48,7 +48,8 @@ def _parser() -> argparse.ArgumentParser:
                        description="Train; any config field can be set with --config.KEY=VALUE "
                                    "(`descent config show FILE` lists every field). A config "
                                    "file is Python: run only configs you trust.",
-                       epilog=_shipped_configs(), formatter_class=argparse.RawDescriptionHelpFormatter)
+                       epilog=_shipped_configs(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("--config", required=True,
                    help="config file, e.g. experiments/configs/digits_mlp.py[:tiny]")
     t.add_argument("--workdir", required=True, help="where checkpoints, metrics and plots go")
