@@ -207,7 +207,8 @@ def _run(argv: list[str]) -> int:
     if args.command == "train":
         summary = run.train_and_evaluate(config, args.workdir)
         test = summary["test"]
-        _say(f"workdir: {os.path.abspath(args.workdir)} (curves: {summary['curves']})")
+        curves = summary["curves"] and os.path.abspath(summary["curves"])
+        _say(f"workdir: {os.path.abspath(args.workdir)} (curves: {curves})")
         _say(f"best checkpoint: step {test['step']}; {_scores(test)}")
     elif args.command == "eval":
         m = run.evaluate(args.workdir, args.checkpoint, args.split)
