@@ -201,3 +201,21 @@ def test_eval_on_other_hardware_from_the_command_line(tmp_path):
         on_one_device = json.load(f)
     assert on_one_device["accuracy"] == expected["accuracy"]
     assert on_one_device["loss"] == pytest.approx(expected["loss"], rel=1e-5)
+
+
+def test_evaluating_from_python_keeps_orbax_routine_read_only_notice_quiet(tmp_path, caplog,
+                                                                          monkeypatch):
+    from absl import logging as absl_logging
+    run.train_and_evaluate(tiny_config(), str(tmp_path), console=False)
+    level = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.WARNING)  # as in a notebook, where no CLI lowered it
+    try:
+        with caplog.at_level("WARNING"):
+            run.evaluate(str(tmp_path), "latest", "validation")
+        assert not [r for r in caplog.records if "read only" in r.getMessage()]
+        monkeypatch.setenv("DESCENT_VERBOSE", "1")  # asked for: it is there
+        with caplog.at_level("WARNING"):
+            run.evaluate(str(tmp_path), "latest", "validation")
+        assert [r for r in caplog.records if "Given directory is read only" in r.getMessage()]
+    finally:
+        absl_logging.set_verbosity(level)

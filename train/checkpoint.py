@@ -8,6 +8,7 @@ pickled. A checkpoint that cannot be read is moved to `<workdir>/checkpoints-dam
 deleted.
 """
 import errno
+import logging
 import os
 import re
 import shutil
@@ -15,11 +16,24 @@ import time
 
 import jax
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from train.state import TrainState, abstract
 
 DAMAGED_DIR = "checkpoints-damaged"
+
+
+class _ReadOnlyNotice(logging.Filter):
+    """Drops orbax's "Given directory is read only" warning: we open checkpoints read-only on
+    purpose, to evaluate or restore, and say so ourselves. DESCENT_VERBOSE=1 lets it through."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return (os.environ.get("DESCENT_VERBOSE") == "1"
+                or not str(record.msg).startswith("Given directory is read only"))
+
+
+absl_logging.get_absl_logger().addFilter(_ReadOnlyNotice())
 
 
 class IncompatibleCheckpoint(ValueError):

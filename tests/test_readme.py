@@ -1,0 +1,105 @@
+"""The README's commands, run as written (or as the table below says and why), and the output
+lines it quotes, matched against what the commands print."""
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import ROOT
+
+README = os.path.join(ROOT, "README.md")
+BIN = os.path.dirname(sys.executable)
+
+# Every `descent ...` command in the README's sh blocks, in order (comments stripped). Each one
+# is run as written, with `runs/` inside a temporary folder and one CPU device as on a user's
+# machine, unless it is changed ("as": a variant the README names, e.g. :tiny for a 12-minute
+# run) or skipped ("skip": why, and which test covers it). "quote": the line the README says it
+# ends with: it must be in the README and be the command's last line.
+COMMANDS = {
+    "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/descent train --config "
+    "experiments/configs/digits_mlp.py --workdir runs/digits_mlp": {
+        "as": "descent train --config experiments/configs/digits_mlp.py --workdir "
+              "runs/digits_mlp",  # the venv and install are CI's own first step
+        "quote": "best checkpoint: step 663; test accuracy 0.9778 (360 examples), loss 0.1707"},
+    "descent train --config experiments/configs/digits_cnn.py --workdir runs/cnn "
+    "--config.optimizer.name=sgd --config.optimizer.learning_rate=0.05 --config.epochs=10": {},
+    "descent train --config experiments/configs/digits_mlp.py:tiny --workdir runs/quick": {},
+    "descent eval --workdir runs/digits_mlp": {},
+    "descent eval --workdir runs/digits_mlp --checkpoint latest --split validation": {},
+    "descent eval --workdir runs/digits_mlp --checkpoint 663": {},
+    "descent train --config experiments/configs/function_mlp.py --workdir runs/function": {
+        "quote": "best checkpoint: step 2100; test mse 0.0004907, mae 0.009579 (400 examples)"},
+    "descent study list": {},
+    "descent study activations --quick": {
+        "skip": "tests/test_study_activations.py runs this study at --quick size"},
+    "descent study activations": {"skip": "minutes; its quick form is tested"},
+    "descent study all --out experiments/studies/gallery": {
+        "skip": "half an hour; it regenerates the committed gallery"},
+    "descent train --config experiments/configs/shakespeare_lstm.py:cpu --workdir runs/lstm": {
+        "as": "descent train --config experiments/configs/shakespeare_lstm.py:tiny --workdir "
+              "runs/lstm", "data": "flag"},  # :cpu is 12 minutes
+    'descent sample --workdir runs/lstm --prompt "ROMEO:" --length 500 --temperature 0.8': {
+        "data": "needs"},
+    "descent data prepare mnist --manual-dir /data/mnist-raw": {
+        "skip": "/data is a placeholder; the `prepared` fixture runs this with ../shared/data"},
+    "descent data prepare tiny_shakespeare --manual-dir /data/shakespeare": {
+        "skip": "/data is a placeholder; the `prepared` fixture runs this with ../shared/data"},
+    "descent eval --workdir runs/cnn": {},
+    "descent eval --workdir runs/cnn --checkpoint latest --split validation": {},
+    'gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command "cd descent && '
+    '.venv/bin/descent train --distributed --config experiments/configs/digits_cnn.py '
+    '--workdir /mnt/bucket/run"': {"skip": "needs a Cloud TPU pod slice"},
+    "srun --nodes 4 --ntasks-per-node 1 --gpus-per-node 8 .venv/bin/descent train --config "
+    "experiments/configs/digits_cnn.py --workdir /shared/runs/cnn": {
+        "skip": "needs a Slurm cluster"},
+    "descent train --coordinator 10.0.0.1:1234 --num-processes 4 --process-id $RANK --config "
+    "... --workdir ...": {"skip": "a template for other clusters"},
+    "descent launch-local --num-processes 2 --devices-per-process 4 -- train --config "
+    "experiments/configs/digits_cnn.py:tiny --workdir runs/two_processes": {
+        "skip": "tests/test_parallel.py runs launch-local with 2 processes of 4 devices"},
+}
+
+
+def readme_commands() -> list[str]:
+    """The `descent` command lines of the README's sh blocks, continuations joined."""
+    text = open(README).read()
+    commands = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = " ".join(line.split("#")[0].split()) if "descent" in line else ""
+            if line:
+                commands.append(line)
+    return commands
+
+
+def test_every_readme_command_is_in_the_table_and_every_quote_in_the_readme():
+    assert readme_commands() == list(COMMANDS)  # a new or changed command is classified here
+    text = " ".join(open(README).read().split())
+    for spec in COMMANDS.values():
+        if "quote" in spec:
+            assert f"`{spec['quote']}`" in text
+
+
+def test_the_readme_commands_run_and_print_what_it_quotes(tmp_path, request):
+    env = {**os.environ, "XLA_FLAGS": "", "PATH": BIN + os.pathsep + os.environ["PATH"]}
+    no_data = ""
+    try:
+        data_dir = request.getfixturevalue("prepared")
+    except pytest.skip.Exception as e:
+        data_dir, no_data = None, str(e)
+    for command, spec in COMMANDS.items():
+        if "skip" in spec or (spec.get("data") and data_dir is None):
+            print(f"not run: {command}: {spec.get('skip', no_data)}")
+            continue
+        argv = shlex.split(spec.get("as", command))
+        argv = [a.replace("runs/", str(tmp_path / "runs") + "/") for a in argv]
+        if spec.get("data") == "flag":
+            argv.append(f"--config.dataset.data_dir={data_dir}")
+        result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env,
+                                timeout=300)
+        assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
+        if "quote" in spec:
+            assert result.stdout.strip().splitlines()[-1] == spec["quote"], command
