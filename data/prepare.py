@@ -5,10 +5,13 @@ exactly as if tfds had downloaded it; only its downloader is replaced by one tha
 files of `--manual-dir`, after checking them. Needs TensorFlow (`pip install -e '.[tf]'`): tfds's
 builders read their raw files through it.
 """
+import contextlib
 import gzip
 import hashlib
+import io
 import os
 import shutil
+import sys
 
 from data.tfds_source import PREPARABLE, default_data_dir
 
@@ -23,15 +26,24 @@ KNOWN_CONTENT_MD5 = {
 }
 
 
-def prepare(name: str, manual_dir: str, data_dir: str | None = None, log=print) -> str:
-    """Builds dataset `name` in `data_dir` from the raw files in `manual_dir`; returns its path."""
+def prepare(name: str, manual_dir: str, data_dir: str | None = None, log=print, *,
+            quiet: bool | None = None) -> str:
+    """Builds dataset `name` in `data_dir` from the raw files in `manual_dir`; returns its path.
+
+    `quiet` (default: unless DESCENT_VERBOSE=1) keeps TensorFlow's start-up banners and tfds's
+    own progress bars and messages ("Downloading and preparing...", though nothing is
+    downloaded) off the terminal; `log` gets our lines either way.
+    """
+    if quiet is None:
+        quiet = os.environ.get("DESCENT_VERBOSE") != "1"
     if name not in PREPARABLE:
         raise ValueError(f"`descent data prepare` builds {', '.join(PREPARABLE)} from local "
                          f"files, not {name!r}")
     if not os.path.isdir(manual_dir):
         raise FileNotFoundError(f"--manual-dir {manual_dir!r} is not a directory")
     try:
-        import tensorflow  # noqa: F401 - tfds's builders read their raw files through it
+        with _silenced(quiet):  # TensorFlow's C++ start-up lines go straight to file descriptor 2
+            import tensorflow  # noqa: F401 - tfds's builders read their raw files through it
     except ImportError:
         raise ValueError("preparing datasets needs TensorFlow: pip install -e '.[tf]'") from None
     import tensorflow_datasets as tfds
@@ -49,10 +61,41 @@ def prepare(name: str, manual_dir: str, data_dir: str | None = None, log=print) 
         data_dir, "downloads"), dataset_name=name)
     # The one private hook used: the builder asks this method for its download manager.
     builder._make_download_manager = lambda download_dir, download_config: manager  # noqa: SLF001
-    builder.download_and_prepare(file_format="array_record")
+    log(f"preparing {name} from {os.path.abspath(manual_dir)} ...")
+    if quiet:
+        tfds.disable_progress_bar()
+    with _silenced(quiet):
+        builder.download_and_prepare(file_format="array_record")
     shutil.rmtree(extract_dir, ignore_errors=True)
+    for empty in ("downloads/extracted", "downloads"):  # made by tfds, unused: nothing downloads
+        with contextlib.suppress(OSError):  # not empty: someone's files, left alone
+            os.rmdir(os.path.join(data_dir, empty))
     log(f"prepared {name} in {builder.data_dir}")
     return str(builder.data_dir)
+
+
+@contextlib.contextmanager
+def _silenced(quiet: bool):
+    """Sends stdout and stderr, Python's and the C++ libraries' alike, to /dev/null."""
+    if not quiet:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
 
 
 def _checked(url: str, info, manual_dir: str, log) -> str:

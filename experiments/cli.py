@@ -181,7 +181,7 @@ def _run(argv: list[str]) -> int:
                           "`descent launch-local --num-processes 2 -- train --config ...`")
     if args.command == "data":
         from data.prepare import prepare
-        prepare(args.name, args.manual_dir, args.data_dir)
+        prepare(args.name, args.manual_dir, args.data_dir, quiet=not args.verbose)
         return 0
     if args.command == "study":
         return study(args)

@@ -1,13 +1,16 @@
 """The tensorflow-datasets pipelines on tfds's mock data, and on the real data in ../shared."""
+import importlib.util
 import os
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
 import data
-from conftest import ROOT
+from conftest import ROOT, SHARED
 
 IMAGES = {  # name: (input shape after preprocessing, classes, options)
     "mnist": ((28, 28, 1), 10, {}),
@@ -162,3 +165,24 @@ def test_real_mnist_prepared_offline_trains_the_cnn_to_98_5_percent_in_one_epoch
         print(f"\nreal MNIST, CNN, one epoch: test accuracy {summary['test']['accuracy']:.4f}")
     assert summary["test"]["examples"] == 10_000
     assert summary["test"]["accuracy"] >= 0.985
+
+
+def test_prepare_prints_only_its_own_lines_and_leaves_no_empty_download_folders(tmp_path):
+    if not os.path.isdir(SHARED) or importlib.util.find_spec("tensorflow") is None:
+        pytest.skip(f"needs {SHARED} and TensorFlow to prepare Tiny Shakespeare")
+    manual = os.path.join(SHARED, "tiny_shakespeare")
+    result = subprocess.run(
+        [sys.executable, "-m", "experiments", "data", "prepare", "tiny_shakespeare",
+         "--manual-dir", manual, "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == [
+        f"preparing tiny_shakespeare from {manual} ...",
+        f"prepared tiny_shakespeare in {tmp_path / 'tiny_shakespeare' / '1.0.0'}"]
+    assert result.stderr == ""  # no TensorFlow banners, no tfds progress bars
+    assert sorted(os.listdir(tmp_path)) == ["tiny_shakespeare"]
+    loud = subprocess.run(  # --verbose lets the libraries speak
+        [sys.executable, "-m", "experiments", "data", "prepare", "tiny_shakespeare",
+         "--manual-dir", manual, "--data-dir", str(tmp_path / "loud"), "--verbose"],
+        capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert loud.returncode == 0 and "Downloading and preparing" in loud.stdout + loud.stderr
