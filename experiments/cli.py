@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 USAGE_EXIT = 2
@@ -172,7 +173,8 @@ def _run(argv: list[str]) -> int:
         args = _parser().parse_args(argv[:cut])
         if args.command != "launch-local":
             raise _UsageError("`--` separates launch-local's options from the command it runs")
-        return launch_local(args.num_processes, args.devices_per_process, argv[cut + 1:])
+        return launch_local(args.num_processes, args.devices_per_process, argv[cut + 1:],
+                            verbose=args.verbose)
 
     overrides, rest = split_overrides(argv)
     args = _parser().parse_args(rest)
@@ -333,10 +335,13 @@ def _say(line: str) -> None:
         print(line)
 
 
-def launch_local(num_processes: int, devices_per_process: int, command: list[str]) -> int:
+def launch_local(num_processes: int, devices_per_process: int, command: list[str], *,
+                 verbose: bool = False) -> int:
     """Runs `descent COMMAND` as `num_processes` CPU processes joined on localhost.
 
-    Returns the first non-zero exit code (and stops the other processes), or 0.
+    Their output comes through here a whole line at a time, without the collective library's
+    "[Gloo] Rank N is connected..." lines unless `verbose`. Returns the first non-zero exit code
+    (and stops the other processes), or 0.
     """
     if num_processes < 1 or devices_per_process < 1:
         raise _UsageError("--num-processes and --devices-per-process must be at least 1")
@@ -345,12 +350,25 @@ def launch_local(num_processes: int, devices_per_process: int, command: list[str
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {**os.environ, "JAX_PLATFORMS": "cpu",
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
            "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
     procs = [subprocess.Popen(
         [sys.executable, "-m", "experiments", *command, "--coordinator", f"127.0.0.1:{port}",
-         "--num-processes", str(num_processes), "--process-id", str(i)], env=env)
+         "--num-processes", str(num_processes), "--process-id", str(i)], env=env,
+        stdout=subprocess.PIPE, text=True, bufsize=1)
         for i in range(num_processes)]
+    lock = threading.Lock()
+
+    def relay(stream):
+        for line in stream:
+            if verbose or not line.startswith("[Gloo]"):
+                with lock:
+                    sys.stdout.write(line)
+                    sys.stdout.flush()
+
+    relays = [threading.Thread(target=relay, args=(p.stdout,), daemon=True) for p in procs]
+    for t in relays:
+        t.start()
 
     def forward(signum, _):  # a preemption notice for the launcher is one for every process
         for p in procs:
@@ -374,6 +392,8 @@ def launch_local(num_processes: int, devices_per_process: int, command: list[str
                 p.terminate()
         for p in procs:
             p.wait()
+        for t in relays:
+            t.join(timeout=5)
 
 
 if __name__ == "__main__":

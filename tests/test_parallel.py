@@ -58,6 +58,7 @@ def train_two_processes(config_name, fields, workdir):
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "in 2 process(es)" in result.stdout
+    assert "[Gloo]" not in result.stdout  # the collective library's chatter: only with --verbose
     restored = run.restore(workdir, "latest")
     assert restored.step == STEPS
     with open(os.path.join(workdir, f"eval_test_{STEPS}.json")) as f:
