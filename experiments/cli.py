@@ -217,7 +217,7 @@ def _run(argv: list[str]) -> int:
         _say(f"checkpoint step {m['step']}: {_scores(m)}")
     elif args.command == "sample":
         _say(run.sample(args.workdir, args.prompt, args.length, args.temperature,
-                        args.checkpoint, args.seed))
+                        args.checkpoint, args.seed, progress=True))
     return 0
 
 

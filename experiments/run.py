@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
+from tqdm import tqdm
 
 import data
 import nets
@@ -133,11 +134,12 @@ def _record_evaluation(workdir: str, metrics: dict) -> dict:
 
 
 def sample(workdir: str, prompt: str, length: int = 500, temperature: float = 1.0,
-           which: str | int = "best", seed: int = 0) -> str:
+           which: str | int = "best", seed: int = 0, *, progress: bool = False) -> str:
     """`prompt` followed by `length` characters drawn from the language model in `workdir`.
 
     Each character is drawn from softmax(logits / temperature) given the characters before it
-    (at most the model's context of them); temperature 0 takes the most likely one.
+    (at most the model's context of them); temperature 0 takes the most likely one. `progress`
+    shows a progress bar on a terminal's stderr while the characters are drawn.
     """
     if length < 1 or temperature < 0:
         raise ValueError(f"need --length >= 1 and --temperature >= 0, got {length} and "
@@ -151,12 +153,12 @@ def sample(workdir: str, prompt: str, length: int = 500, temperature: float = 1.
                          f"model's run, e.g. experiments/configs/shakespeare_gpt.py")
     model = nnx.merge(r.trainer.graphdef, r.state.params, r.state.model_state)
     ids = generate(model, r.dataset.encode(prompt), length, r.dataset.context, temperature,
-                   jax.random.PRNGKey(seed))
+                   jax.random.PRNGKey(seed), progress=progress)
     return prompt + r.dataset.decode(ids)
 
 
 def generate(model: nnx.Module, prompt_ids: np.ndarray, length: int, context: int,
-             temperature: float, key: jax.Array) -> np.ndarray:
+             temperature: float, key: jax.Array, *, progress: bool = False) -> np.ndarray:
     """`length` token ids drawn one at a time from a causal language model's logits.
 
     The model sees a fixed window of `context` ids, so one compiled step serves every position:
@@ -180,7 +182,7 @@ def generate(model: nnx.Module, prompt_ids: np.ndarray, length: int, context: in
     filled = min(len(prompt_ids), context)
     window[:filled] = prompt_ids[-filled:]
     out = []
-    for i in range(length):
+    for i in tqdm(range(length), unit="char", leave=False, disable=None if progress else True):
         token = int(next_id(state, window[None], filled - 1, jax.random.fold_in(key, i)))
         out.append(token)
         if filled < context:
