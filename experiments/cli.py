@@ -177,6 +177,7 @@ def _run(argv: list[str]) -> int:
                             verbose=args.verbose)
 
     overrides, rest = split_overrides(argv)
+    _refuse_repeated_options(rest)
     args = _parser().parse_args(rest)
     if args.command == "launch-local":
         raise _UsageError("launch-local needs a command after `--`, e.g. "
@@ -219,6 +220,20 @@ def _run(argv: list[str]) -> int:
         _say(run.sample(args.workdir, args.prompt, args.length, args.temperature,
                         args.checkpoint, args.seed, progress=True))
     return 0
+
+
+def _refuse_repeated_options(argv: list[str]) -> None:
+    """`--workdir a --workdir b` is refused rather than silently taking b."""
+    seen = {}
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--") or arg == "--verbose":
+            continue
+        name, eq, value = arg.partition("=")
+        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
+        if name in seen:
+            raise _UsageError(f"{name} is given twice ({seen[name]!r} and {value!r}); give it "
+                              f"once")
+        seen[name] = value
 
 
 def _scores(m: dict) -> str:

@@ -12,11 +12,14 @@ from tqdm import tqdm
 
 import data
 import nets
-from train import checkpoint
+from experiments.config import check_values
+from train import checkpoint, report
 from train.loop import fit
 from train.trainer import Trainer
 from train.state import TrainState
 
+
+LANGUAGE_MODELS = ("gpt", "lstm", "gru", "rnn")  # the nets with logits at every position
 
 # dataset fields that shape batches or the split rather than being the loader's own options
 _NOT_LOADER_OPTIONS = ("name", "batch_size", "eval_batch_size", "train_examples")
@@ -25,6 +28,10 @@ _NOT_LOADER_OPTIONS = ("name", "batch_size", "eval_batch_size", "train_examples"
 def build(config: ml_collections.ConfigDict):
     """The model, freshly initialised, and the dataset that `config` names."""
     dataset = load_dataset(config)
+    if counted(dataset) == "characters" and config.model.name not in LANGUAGE_MODELS:
+        raise ValueError(f"model.name={config.model.name} reads images or feature vectors, but "
+                         f"{config.dataset.name} is text (character ids): use one of "
+                         f"{', '.join(LANGUAGE_MODELS)}")
     fields = {k: v for k, v in config.model.items() if k != "name"}
     model = nets.build(config.model.name, input_shape=dataset.input_shape,
                        num_classes=dataset.num_outputs, seed=config.seed, **fields)
@@ -58,6 +65,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     steps and dataset; the best checkpoint is read back from disk unless it is the final state.
     `console=False` keeps the progress bar and per-evaluation lines off the terminal.
     """
+    check_values(config)
     model, dataset = build(config)
     summary = fit(config, workdir, model, dataset, console=console)
     trainer, best = summary["trainer"], summary["best_step"]
@@ -128,8 +136,7 @@ def _record_evaluation(workdir: str, metrics: dict) -> dict:
     """Writes `metrics` to `<workdir>/eval_<split>_<step>.json` (process 0) and returns them."""
     if jax.process_index() == 0:
         path = os.path.join(workdir, f"eval_{metrics['split']}_{metrics['step']}.json")
-        with open(path, "w") as f:
-            json.dump(metrics, f, indent=2)
+        report.write_atomically(path, json.dumps(metrics, indent=2))
     return metrics
 
 

@@ -26,9 +26,11 @@ FINAL_STEP = 156
 
 def start(workdir, *extra, devices=1):
     env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
-    return subprocess.Popen([sys.executable, "-m", "experiments", "train", *RUN, "--workdir",
-                             str(workdir), *extra], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    replaced = {arg.split("=")[0] for arg in extra}  # an option given twice is refused
+    run_args = [arg for arg in RUN if arg.split("=")[0] not in replaced]
+    return subprocess.Popen([sys.executable, "-m", "experiments", "train", *run_args,
+                             "--workdir", str(workdir), *extra], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def finish(workdir, *extra):

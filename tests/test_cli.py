@@ -77,11 +77,106 @@ def error_of(capsys, *argv):
     ("--config.early_stopping.monitor=accuracy", "is not one of eval_accuracy, eval_loss"),
     ("--config.parallel.mesh=model=8", "only a 'data' axis is supported"),
     ("--config.parallel.mesh=data=16", "needs 16 devices but 8 cpu devices were found"),
+    ("--config.dataset.batch_size=0", "config.dataset.batch_size=0 must be at least 1"),
+    ("--config.dataset.batch_size=-8", "config.dataset.batch_size=-8 must be at least 1"),
+    ("--config.dataset.eval_batch_size=0", "config.dataset.eval_batch_size=0 must be at least 1"),
+    ("--config.dataset.train_examples=-5", "config.dataset.train_examples=-5 must be at least 0"),
+    ("--config.epochs=0", "config.epochs=0 must be at least 1 (or set config.steps)"),
+    ("--config.steps=-1", "config.steps=-1 must be at least 0"),
+    ("--config.log_every=0", "config.log_every=0 must be at least 1"),
+    ("--config.eval_every=-1", "config.eval_every=-1 must be at least 0"),
+    ("--config.checkpoint.every=-5", "config.checkpoint.every=-5 must be at least 0"),
+    ("--config.checkpoint.keep=0", "config.checkpoint.keep=0 must be at least 1"),
+    ("--config.checkpoint.keep_best=-1", "config.checkpoint.keep_best=-1 must be at least 0"),
+    ("--config.early_stopping.patience=-1", "config.early_stopping.patience=-1 must be at least"),
+    ("--config.model.width=0", "an MLP needs model.depth >= 0 and model.width >= 1"),
+    ("--config.model.depth=-1", "an MLP needs model.depth >= 0 and model.width >= 1"),
+    ("--config.model.dropout=1.0", "config.model.dropout=1.0 must be at least 0 and below 1"),
+    ("--config.model.dropout=-0.1", "config.model.dropout=-0.1 must be at least 0 and below 1"),
+    ("--config.optimizer.learning_rate=0", "config.optimizer.learning_rate=0.0 must be above 0"),
+    ("--config.optimizer.learning_rate=-0.1", "learning_rate=-0.1 must be above 0"),
+    ("--config.optimizer.momentum=1.5", "config.optimizer.momentum=1.5 must be at least 0 and "
+                                         "below 1"),
+    ("--config.optimizer.weight_decay=-1", "config.optimizer.weight_decay=-1.0 must be at least"),
+    ("--config.optimizer.clip_norm=-1", "config.optimizer.clip_norm=-1.0 must be at least 0"),
+    ("--config.optimizer.decay_factor=0", "config.optimizer.decay_factor=0.0 must be above 0"),
+    ("--config.optimizer.warmup_steps=-3", "config.optimizer.warmup_steps=-3 must be at least 0"),
+    ("--config.loss.label_smoothing=1", "config.loss.label_smoothing=1.0 must be at least 0 and"),
+    ("--config.model.width=7 --config.model.width=9",
+     "--config.model.width is given twice ('7' and '9'); give it once"),
 ])
 def test_bad_config_values_exit_2_naming_the_fix(capsys, tmp_path, override, message):
-    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path), override)
+    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path),
+                         *override.split())
     assert code == 2 and message in err
     assert not os.path.exists(tmp_path / "checkpoints")
+
+
+def checkpoint_bytes(workdir) -> dict:
+    """Every file under `workdir`/checkpoints with its content."""
+    root = os.path.join(workdir, "checkpoints")
+    return {os.path.join(r, n): open(os.path.join(r, n), "rb").read()
+            for r, _, names in os.walk(root) for n in names}
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--config.epochs=3", "--config.checkpoint.keep=0", "--config.checkpoint.keep_best=0"],
+     "config.checkpoint.keep=0 must be at least 1"),
+    (["--config.dataset.batch_size=0"], "config.dataset.batch_size=0 must be at least 1"),
+    (["--config.epochs=0"], "config.epochs=0 must be at least 1"),
+    (["--workdir", "elsewhere"], "--workdir is given twice"),
+])
+def test_bad_input_on_a_trained_workdir_leaves_its_checkpoints_byte_identical(
+        capsys, tmp_path, argv, message):
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path)]) == 0
+    before = checkpoint_bytes(tmp_path)
+    capsys.readouterr()
+    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path), *argv)
+    assert code == 2 and message in err
+    assert checkpoint_bytes(tmp_path) == before and before
+
+
+def test_keeping_no_checkpoint_is_refused_from_python_too(tmp_path):
+    from train import checkpoint
+    with pytest.raises(ValueError, match="keep at least 1 latest checkpoint"):
+        checkpoint.open_manager(str(tmp_path), keep=0)
+
+
+@pytest.mark.parametrize("body,message", [
+    ("def get_config(:\n", "bad.py:1: syntax error"),
+    ("import ml_collections\n\ndef get_config():\n    return {}['x']\n",
+     "bad.py:4: KeyError: 'x'"),
+    ("def get_config():\n    return {'seed': 0}\n",
+     "get_config() returned a dict, not an ml_collections.ConfigDict"),
+    ("import sys\n\ndef get_config():\n    sys.exit(3)\n", "called sys.exit(3) instead of"),
+    ("x = 1\n", "defines no get_config()"),
+])
+def test_a_config_file_that_fails_is_one_line_naming_file_and_line(capsys, tmp_path, body,
+                                                                   message):
+    config = tmp_path / "bad.py"
+    config.write_text(body)
+    code, err = error_of(capsys, "train", "--config", str(config), "--workdir",
+                         str(tmp_path / "run"))
+    assert code == 2 and message in err and str(config) in err
+    assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_torn_last_metrics_line_is_dropped_and_the_run_resumes(capsys, tmp_path):
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path)]) == 0
+    metrics = tmp_path / "metrics.jsonl"
+    whole = metrics.read_text()
+    metrics.write_text(whole + '{"step": 80, "epoch": 2.05, "train_lo')  # the disk filled up
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path), "--config.epochs=3"]) == 0
+    assert f"dropped the unfinished last line of {metrics}" in capsys.readouterr().err
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert records[-1]["step"] == 117 and [r["step"] for r in records] == sorted(
+        r["step"] for r in records)
+
+    lines = metrics.read_text().splitlines()
+    metrics.write_text("\n".join(lines[:2] + ["not json"] + lines[2:]) + "\n")
+    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path),
+                         "--config.epochs=4")
+    assert code == 2 and f"{metrics} line 3 is not JSON" in err
 
 
 def test_missing_config_file(capsys, tmp_path):
@@ -188,3 +283,37 @@ def test_a_finished_run_says_so_and_how_to_extend_it(capsys, tmp_path):
     assert "training " not in again
     assert main(["train", "--config", TINY, "--workdir", str(tmp_path), "--config.epochs=3"]) == 0
     assert "training 8,970 parameters for 117 steps" in capsys.readouterr().out
+
+
+def test_a_net_that_cannot_read_text_is_refused_on_a_text_dataset(capsys, tmp_path, prepared):
+    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path),
+                         "--config.dataset.name=tiny_shakespeare",
+                         f"--config.dataset.data_dir={prepared}")
+    assert code == 2
+    assert "model.name=mlp reads images or feature vectors, but tiny_shakespeare is text" in err
+    assert "use one of gpt, lstm, gru, rnn" in err
+
+
+@pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.dirname(MLP))
+                                        if f.endswith(".py") and f not in ("__init__.py",
+                                                                           "common.py")))
+def test_every_config_takes_model_dtype_from_the_command_line(capsys, name):
+    assert main(["config", "show", config_path(name), "--config.model.dtype=bfloat16"]) == 0
+    assert "  dtype: bfloat16\n" in capsys.readouterr().out
+
+
+def test_files_in_a_workdir_are_replaced_never_written_through_a_link(capsys, tmp_path):
+    workdir = tmp_path / "run"
+    assert main(["train", "--config", TINY, "--workdir", str(workdir)]) == 0
+    precious = tmp_path / "precious.txt"  # what a planted link points at: must survive
+    precious.write_text("mine")
+    for name in ("eval_test_78.json", "curves.png", "metrics.jsonl"):
+        target = workdir / name
+        target.unlink(missing_ok=True)
+        target.symlink_to(precious)
+    assert main(["eval", "--workdir", str(workdir)]) == 0
+    assert main(["train", "--config", TINY, "--workdir", str(workdir), "--config.epochs=3"]) == 0
+    assert precious.read_text() == "mine"
+    for name in ("eval_test_78.json", "curves.png", "metrics.jsonl"):
+        assert not (workdir / name).is_symlink(), name
+    assert json.loads((workdir / "eval_test_78.json").read_text())["step"] == 78

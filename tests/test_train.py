@@ -77,8 +77,8 @@ def test_save_restore_evaluate_gives_the_same_metrics(tmp_path):
 
 
 def test_early_stopping_stops_after_patience_evaluations(tmp_path):
-    config = tiny_config(**{"epochs": 20, "optimizer.learning_rate": 0.0,
-                            "early_stopping.patience": 2})
+    config = tiny_config(**{"epochs": 20, "optimizer.learning_rate": 1e-12,  # too small to
+                            "early_stopping.patience": 2})                 # move float32 weights
     summary = run.train_and_evaluate(config, str(tmp_path))
     assert summary["stop_reason"].startswith("early stopping")
     evals = [r for r in summary["history"] if "eval_accuracy" in r]

@@ -52,6 +52,9 @@ def metric_mode(monitor: str) -> str:
 def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
                  monitor: str = "eval_accuracy", read_only: bool = False) -> ocp.CheckpointManager:
     """A manager keeping the latest `keep` checkpoints and the best `keep_best` by `monitor`."""
+    if not read_only and (keep < 1 or keep_best < 0):  # keep=0 would delete every checkpoint
+        raise ValueError(f"checkpoint.keep={keep} and keep_best={keep_best}: keep at least 1 "
+                         f"latest checkpoint, and keep_best at least 0")
     mode = metric_mode(monitor)
     policy = None
     if not read_only:

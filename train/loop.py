@@ -11,6 +11,7 @@ import itertools
 import math
 import os
 import signal
+import tempfile
 import threading
 import time
 
@@ -53,9 +54,8 @@ def prepare_workdir(workdir: str) -> str:
     """Creates `workdir` and proves it writable, before any work is done."""
     try:
         os.makedirs(workdir, exist_ok=True)
-        probe = os.path.join(workdir, f".write-test-{jax.process_index()}")
-        with open(probe, "w") as f:
-            f.write("ok")
+        fd, probe = tempfile.mkstemp(dir=workdir, prefix=".write-test-")  # never a link
+        os.close(fd)
         os.remove(probe)
     except OSError as e:
         raise ValueError(f"workdir {workdir!r} cannot be written ({e.strerror}); "
@@ -303,7 +303,4 @@ def _rewrite_metrics(workdir: str, records: list[dict]) -> None:
     path = os.path.join(workdir, report.METRICS_FILE)
     if not os.path.exists(path):
         return
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(report.json_line(r) for r in records)
-    os.replace(tmp, path)
+    report.write_atomically(path, "".join(report.json_line(r) for r in records))

@@ -1,6 +1,10 @@
 """What a run shows and leaves behind: JSON-lines metrics, a progress bar, a PNG of the curves."""
+import contextlib
+import io
 import json
 import os
+import sys
+import tempfile
 
 import matplotlib
 
@@ -12,9 +16,33 @@ CURVES_FILE = "curves.png"
 
 
 def append_metrics(workdir: str, record: dict) -> None:
-    """Appends one JSON object per line to `<workdir>/metrics.jsonl`."""
-    with open(os.path.join(workdir, METRICS_FILE), "a") as f:
+    """Appends one JSON object per line to `<workdir>/metrics.jsonl`, never through a link."""
+    path = os.path.join(workdir, METRICS_FILE)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if os.path.islink(path):
+            raise OSError(e.errno, f"{path} is a symbolic link, which descent does not write "
+                                   f"through") from None
+        raise
+    with os.fdopen(fd, "a") as f:
         f.write(json_line(record))
+
+
+def write_atomically(path: str, data: str | bytes) -> None:
+    """Writes `data` to a new temporary file beside `path`, then renames it over `path`: a
+    reader never sees half a file, and a symbolic link at `path` is replaced, not followed."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".",
+                               prefix=f".{os.path.basename(path)}.")
+    try:
+        with os.fdopen(fd, "wb" if isinstance(data, bytes) else "w") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
 
 
 def json_line(record: dict) -> str:
@@ -26,7 +54,20 @@ def read_metrics(workdir: str) -> list[dict]:
     if not os.path.exists(path):
         return []
     with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+        lines = f.read().split("\n")
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(lines):  # no newline after it: a write cut short (a full disk)
+                print(f"warning: dropped the unfinished last line of {path}", file=sys.stderr)
+                continue
+            raise ValueError(f"{path} line {number} is not JSON ({e.msg}); fix or remove that "
+                             f"line") from None
+    return records
 
 
 def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
@@ -50,6 +91,8 @@ def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
     fig.suptitle(title or os.path.basename(os.path.abspath(workdir)))
     fig.tight_layout()
     path = os.path.join(workdir, CURVES_FILE)
-    fig.savefig(path, dpi=100)
+    png = io.BytesIO()
+    fig.savefig(png, dpi=100, format="png")
     plt.close(fig)
+    write_atomically(path, png.getvalue())
     return path

@@ -16,6 +16,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.model = ml_collections.ConfigDict()
     c.model.name = ""                # the net's own fields are added by each experiment
+    c.model.dtype = "float32"        # every net takes it: bfloat16 computes in bfloat16
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adam"        # sgd | adam | adamw | rmsprop

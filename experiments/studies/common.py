@@ -122,8 +122,8 @@ class Study:
             "date": datetime.date.today().isoformat(),
             "figures": [f for f, _ in self.figures], "data": out["data"],
         }
-        _write_atomically(os.path.join(self.dir, RESULTS), json.dumps(results, indent=1))
-        _write_atomically(os.path.join(self.dir, REPORT), self._report(out, results))
+        report.write_atomically(os.path.join(self.dir, RESULTS), json.dumps(results, indent=1))
+        report.write_atomically(os.path.join(self.dir, REPORT), self._report(out, results))
         self.say(f"{self.name} done in {_duration(wall)}: {out['finding']}")
         return results
 
@@ -262,7 +262,7 @@ def write_index(out: str, results: dict, wall_s: float) -> str:
         lines += [f"[Report]({name}/{REPORT}) · `descent study {name}` · "
                   f"{_duration(r['wall_s'])}", ""]
     path = os.path.join(out, "index.md")
-    _write_atomically(path, "\n".join(lines))
+    report.write_atomically(path, "\n".join(lines))
     return path
 
 
@@ -341,13 +341,6 @@ def _duration(seconds: float) -> str:
 
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9._=-]+", "_", label).strip("_")
-
-
-def _write_atomically(path: str, text: str) -> None:
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 @contextlib.contextmanager
