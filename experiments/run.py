@@ -13,8 +13,8 @@ from tqdm import tqdm
 import data
 import nets
 from experiments.config import check_values
-from train import checkpoint, report
-from train.loop import fit
+from train import checkpoint, report, workdir_lock
+from train.loop import fit, prepare_workdir
 from train.trainer import Trainer
 from train.state import TrainState
 
@@ -67,6 +67,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     """
     check_values(config)
     model, dataset = build(config)
+    prepare_workdir(workdir)
+    say = print if console and jax.process_index() == 0 else (lambda *a, **k: None)
+    with workdir_lock.hold(workdir, exclusive=True, say=say):  # through the final evaluation
+        return _train_and_test(config, workdir, model, dataset, console)
+
+
+def _train_and_test(config, workdir, model, dataset, console) -> dict:
     summary = fit(config, workdir, model, dataset, console=console)
     trainer, best = summary["trainer"], summary["best_step"]
     if best is None or best == int(summary["state"].step):
@@ -107,6 +114,11 @@ def restore(workdir: str, which: str | int = "best", *, strategy: str | None = N
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"no checkpoints in {workdir!r}; "
                                 f"run `descent train --workdir {workdir} ...` first")
+    with workdir_lock.hold(workdir, exclusive=False):
+        return _restore(workdir, which, strategy, mesh)
+
+
+def _restore(workdir: str, which, strategy, mesh) -> Restored:
     probe = checkpoint.open_manager(workdir, read_only=True)
     latest = checkpoint.resolve_step(probe, "latest")
     config = ml_collections.ConfigDict(checkpoint.saved_config(probe, latest))
@@ -124,10 +136,11 @@ def restore(workdir: str, which: str | int = "best", *, strategy: str | None = N
 
 def evaluate(workdir: str, which: str | int = "best", split: str = "test") -> dict:
     """Evaluates checkpoint `which` of `workdir` on `split`; writes `eval_<split>_<step>.json`."""
-    r = restore(workdir, which)
-    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    metrics = r.trainer.evaluate(
-        r.state, r.dataset.eval_batches(split, r.config.dataset.eval_batch_size, **shard))
+    with workdir_lock.hold(workdir, exclusive=False):
+        r = restore(workdir, which)
+        shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+        metrics = r.trainer.evaluate(
+            r.state, r.dataset.eval_batches(split, r.config.dataset.eval_batch_size, **shard))
     return _record_evaluation(workdir, {"split": split, "step": r.step, "checkpoint": str(which),
                                         **metrics, "counted": counted(r.dataset)})
 

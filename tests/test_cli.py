@@ -1,6 +1,7 @@
 """The `descent` command as a user runs it: the main path, and one readable line for bad input."""
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def test_train_then_eval_from_the_command_line(tmp_path):
     assert trained.returncode == 0, trained.stderr
     assert "test accuracy" in trained.stdout
     assert sorted(os.listdir(workdir)) == sorted(
-        ["checkpoints", "metrics.jsonl", "curves.png", next(
+        [".descent.lock", "checkpoints", "metrics.jsonl", "curves.png", next(
             f for f in os.listdir(workdir) if f.startswith("eval_test_"))])
     config = json.load(open(os.path.join(workdir, "checkpoints", "117", "config", "metadata")))
     assert config["optimizer"]["name"] == "adamw" and config["epochs"] == 3
@@ -317,3 +318,54 @@ def test_files_in_a_workdir_are_replaced_never_written_through_a_link(capsys, tm
     for name in ("eval_test_78.json", "curves.png", "metrics.jsonl"):
         assert not (workdir / name).is_symlink(), name
     assert json.loads((workdir / "eval_test_78.json").read_text())["step"] == 78
+
+
+HOLDER = """
+import sys, time, signal
+from train import workdir_lock
+with workdir_lock.hold(sys.argv[1], exclusive=sys.argv[2] == "train"):
+    print("held", flush=True)
+    time.sleep(300)
+"""
+
+
+def hold_in_another_process(workdir, how):
+    """A real second process holding `workdir`'s lock as a trainer ("train") or a reader."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLDER, str(workdir), how], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def test_a_workdir_in_training_refuses_a_second_trainer_and_readers_naming_the_holder(
+        capsys, tmp_path):
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path)]) == 0
+    before = checkpoint_bytes(tmp_path)
+    holder = hold_in_another_process(tmp_path, "train")
+    try:
+        code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path),
+                             "--config.epochs=3")
+        assert code == 2 and f"cannot train in {tmp_path}: it is in use by pid {holder.pid} on " \
+                             f"{socket.gethostname()}, since " in err
+        code, err = error_of(capsys, "eval", "--workdir", str(tmp_path))
+        assert code == 2 and f"cannot read {tmp_path}: it is in use by pid {holder.pid}" in err
+        assert checkpoint_bytes(tmp_path) == before
+    finally:
+        holder.kill()  # kill -9: the lock goes with the process, its note stays
+        holder.wait()
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path), "--config.epochs=3"]) == 0
+    assert (f"took over the lock of {tmp_path}, left by pid {holder.pid} on "
+            f"{socket.gethostname()}") in capsys.readouterr().out
+
+
+def test_readers_share_a_workdir_but_keep_a_trainer_out(capsys, tmp_path):
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path)]) == 0
+    reader = hold_in_another_process(tmp_path, "eval")
+    try:
+        assert main(["eval", "--workdir", str(tmp_path)]) == 0  # two readers at once
+        code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path),
+                             "--config.epochs=3")
+        assert code == 2 and "in use by another process evaluating or sampling from it" in err
+    finally:
+        reader.kill()
+        reader.wait()

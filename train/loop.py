@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from train import checkpoint, report
+from train import checkpoint, report, workdir_lock
 from train.state import num_params
 from train.trainer import Trainer, total_steps
 
@@ -72,14 +72,23 @@ def monitored(task: str) -> tuple[str, ...]:
 def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = True) -> dict:
     """Trains `model` on `dataset` as `config` says; checkpoints, metrics and plot go to `workdir`.
 
+    The work directory is locked while it trains (`train.workdir_lock`): a second trainer, or an
+    evaluation of it, is refused at once with the holder's pid, host and start time.
+
     Resumes from the newest readable checkpoint in `workdir` if there is one, exactly where it
     stopped. SIGTERM or SIGINT finishes the current step, saves and raises Preempted. Returns a
     summary with the final state, the best checkpoint's step and why training stopped.
     `console=False` keeps the progress bar and the per-evaluation lines off the terminal (for
     programs that train many runs and report on their own); the files are written all the same.
     """
-    # --- setup: everything that can fail on bad input fails here, before any checkpoint is touched
     prepare_workdir(workdir)
+    chief_says = print if jax.process_index() == 0 and console else (lambda *a, **k: None)
+    with workdir_lock.hold(workdir, exclusive=True, say=chief_says):
+        return _fit(config, workdir, model, dataset, console)
+
+
+def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool) -> dict:
+    # --- setup: everything that can fail on bad input fails here, before any checkpoint is touched
     chief = jax.process_index() == 0
     say = print if chief and console else (lambda *a, **k: None)
     batch_size = config.dataset.batch_size

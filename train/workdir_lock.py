@@ -1,0 +1,100 @@
+"""One trainer per work directory: an advisory lock on `<workdir>/.descent.lock`.
+
+Training holds it exclusively; evaluation, sampling and restoring hold it shared, so they may
+run side by side but never while a trainer saves and prunes checkpoints. The operating system
+releases the lock when its process dies, however it dies, so a crashed run never leaves a
+directory locked; the holder's pid, host and start time are written into the file for the
+message a second trainer gets, and cleared on a clean exit (what is found there on taking the
+lock was left by a run that crashed). In multi-process runs process 0 holds it for all.
+"""
+import contextlib
+import datetime
+import errno
+import fcntl
+import json
+import os
+import socket
+
+import jax
+
+LOCK_FILE = ".descent.lock"
+_held: dict[str, int] = {}  # path -> depth: a process may nest, e.g. train then evaluate
+
+
+class WorkdirBusy(ValueError):
+    """Another process holds the work directory's lock."""
+
+
+@contextlib.contextmanager
+def hold(workdir: str, *, exclusive: bool, say=print):
+    """Holds `workdir`'s lock (exclusive for training) while the block runs; a directory in use
+    raises WorkdirBusy at once, naming the holder."""
+    path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    if jax.process_index() != 0:
+        yield
+        return
+    if path in _held:  # this process holds it already
+        _held[path] += 1
+        try:
+            yield
+        finally:
+            _held[path] -= 1
+        return
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    except OSError as e:
+        if e.errno in (errno.EROFS, errno.EACCES) and not exclusive:
+            yield  # a read-only copy of a work directory: nobody can be training in it
+            return
+        raise
+    try:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise WorkdirBusy(_busy_message(workdir, fd, exclusive)) from None
+        except OSError as e:  # a file system without locks (some network mounts): go on
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise
+            say(f"warning: {workdir} cannot be locked here ({e.strerror}); make sure no other "
+                f"run uses it")
+        if exclusive:
+            left = _holder(fd)
+            if left:
+                say(f"took over the lock of {workdir}, left by pid {left.get('pid')} on "
+                    f"{left.get('host')} (started {left.get('since')}), which is no longer "
+                    f"running")
+            _write(fd, {"pid": os.getpid(), "host": socket.gethostname(),
+                        "since": datetime.datetime.now().isoformat(timespec="seconds")})
+        _held[path] = 1
+        try:
+            yield
+        finally:
+            del _held[path]
+            if exclusive:
+                _write(fd, None)  # a clean exit: nothing to take over
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _busy_message(workdir: str, fd: int, exclusive: bool) -> str:
+    holder = _holder(fd)
+    who = (f"pid {holder.get('pid')} on {holder.get('host')}, since {holder.get('since')}"
+           if holder else "another process evaluating or sampling from it")
+    doing = "train in" if exclusive else "read"
+    return (f"cannot {doing} {workdir}: it is in use by {who}. Wait for that run to end, or "
+            f"use another --workdir")
+
+
+def _holder(fd: int) -> dict | None:
+    os.lseek(fd, 0, os.SEEK_SET)
+    text = os.read(fd, 4096).decode(errors="replace").strip()
+    try:
+        return json.loads(text) if text else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _write(fd: int, holder: dict | None) -> None:
+    os.ftruncate(fd, 0)
+    if holder:
+        os.pwrite(fd, json.dumps(holder).encode(), 0)
