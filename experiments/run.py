@@ -1,6 +1,7 @@
 """The only place that knows nets, data and train at once: build them from a config and run."""
 import json
 import os
+import sys
 from typing import NamedTuple
 
 import jax
@@ -119,19 +120,39 @@ def restore(workdir: str, which: str | int = "best", *, strategy: str | None = N
 
 
 def _restore(workdir: str, which, strategy, mesh) -> Restored:
-    probe = checkpoint.open_manager(workdir, read_only=True)
-    latest = checkpoint.resolve_step(probe, "latest")
-    config = ml_collections.ConfigDict(checkpoint.saved_config(probe, latest))
-    manager = checkpoint.open_manager(workdir, read_only=True,
-                                      monitor=config.early_stopping.monitor)
-    step = checkpoint.resolve_step(manager, which)
-    config.parallel.mesh = mesh
-    config.parallel.strategy = strategy or config.parallel.strategy
-    model, dataset = build(config)
-    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size),
-                      dataset.task)
-    state = checkpoint.restore(manager, step, trainer.initial_state)
-    return Restored(config, dataset, trainer, state, step)
+    """As `restore`; a checkpoint that cannot be read is set aside (never deleted) and, for
+    'latest' or 'best', the next one is used, as a resumed run does."""
+    def warn(line):
+        print(line, file=sys.stderr)
+
+    while True:  # each pass sets one damaged checkpoint aside, or returns
+        probe = checkpoint.open_manager(workdir, read_only=True)
+        latest = checkpoint.resolve_step(probe, "latest")
+        try:
+            config = ml_collections.ConfigDict(checkpoint.saved_config(probe, latest))
+        except Exception as e:  # noqa: BLE001 - an unreadable config: this checkpoint is damaged
+            checkpoint.set_aside(probe, latest, e, warn)
+            continue
+        manager = checkpoint.open_manager(workdir, read_only=True,
+                                          monitor=config.early_stopping.monitor)
+        step = checkpoint.resolve_step(manager, which)
+        config.parallel.mesh = mesh
+        config.parallel.strategy = strategy or config.parallel.strategy
+        model, dataset = build(config)
+        trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size),
+                          dataset.task)
+        try:
+            state = checkpoint.restore(manager, step, trainer.initial_state)
+        except checkpoint.IncompatibleCheckpoint:
+            raise
+        except Exception as e:  # noqa: BLE001 - any read failure means this one is damaged
+            aside = checkpoint.set_aside(manager, step, e, warn)
+            if str(which) not in ("best", "latest"):
+                raise ValueError(f"the checkpoint at step {step} cannot be read; it was moved "
+                                 f"to {aside}. Evaluate another: best, latest or a step "
+                                 f"that remains") from None
+            continue
+        return Restored(config, dataset, trainer, state, step)
 
 
 def evaluate(workdir: str, which: str | int = "best", split: str = "test") -> dict:

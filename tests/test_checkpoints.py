@@ -221,3 +221,52 @@ def test_evaluating_from_python_keeps_orbax_routine_read_only_notice_quiet(tmp_p
         assert [r for r in caplog.records if "Given directory is read only" in r.getMessage()]
     finally:
         absl_logging.set_verbosity(level)
+
+
+def damage(step_dir, how):
+    """Damages one checkpoint as a crash or a bad disk would."""
+    if how == "truncate its config":
+        path = step_dir / "config" / "metadata"
+        with open(path, "r+b") as f:
+            f.truncate(20)
+    elif how == "truncate a data file":
+        victim = max((os.path.join(r, n) for r, _, names in os.walk(step_dir / "state")
+                      for n in names), key=os.path.getsize)
+        with open(victim, "r+b") as f:
+            f.truncate(os.path.getsize(victim) // 2)
+    else:
+        os.remove(step_dir / "state" / "_METADATA")
+
+
+@pytest.mark.parametrize("how", ["truncate its config", "truncate a data file",
+                                 "delete its metadata"])
+@pytest.mark.parametrize("which", ["latest", "best"])
+def test_evaluating_a_damaged_checkpoint_sets_it_aside_and_uses_the_one_before(
+        tmp_path, capsys, how, which):
+    from experiments.cli import main
+    config = tiny_config(**{"epochs": 3, "early_stopping.monitor": "eval_loss"})
+    run.train_and_evaluate(config, str(tmp_path), console=False)
+    manager = checkpoint.open_manager(str(tmp_path), read_only=True, monitor="eval_loss")
+    doomed = checkpoint.resolve_step(manager, which)
+    assert doomed == 117  # the loss still falls: the latest is also the best
+    damage(tmp_path / "checkpoints" / str(doomed), how)
+    capsys.readouterr()
+
+    assert main(["eval", "--workdir", str(tmp_path), "--checkpoint", which]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("checkpoint step 78: test accuracy ")
+    assert f"warning: the checkpoint at step 117 cannot be read" in err
+    assert [n.split("-")[0] for n in os.listdir(tmp_path / "checkpoints-damaged")] == ["117"]
+    assert run.restore(str(tmp_path), "latest").step == 78  # from Python, the same
+
+
+def test_a_damaged_checkpoint_asked_for_by_step_is_set_aside_and_named(tmp_path, capsys):
+    from experiments.cli import main
+    run.train_and_evaluate(tiny_config(), str(tmp_path), console=False)
+    damage(tmp_path / "checkpoints" / "39", "truncate a data file")
+    code = main(["eval", "--workdir", str(tmp_path), "--checkpoint", "39"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("descent: error: the checkpoint at step 39 cannot "
+                                            "be read; it was moved to ")
+    assert os.listdir(tmp_path / "checkpoints-damaged")[0].startswith("39-")
+    assert sorted(checkpoint.open_manager(str(tmp_path), read_only=True).all_steps()) == [78]

@@ -207,10 +207,17 @@ def restore_latest_good(manager: ocp.CheckpointManager, like: TrainState, log
         except IncompatibleCheckpoint:
             raise
         except Exception as e:  # noqa: BLE001 - any read failure means this one is damaged
-            aside = _move_aside(manager, step)
-            log(f"warning: the checkpoint at step {step} cannot be read ({_reason(e)}); moved to "
-                f"{aside}; falling back to the previous one")
+            set_aside(manager, step, e, log)
     return None
+
+
+def set_aside(manager: ocp.CheckpointManager, step: int, error: BaseException, log) -> str:
+    """Moves the damaged checkpoint at `step` to `<workdir>/checkpoints-damaged/`, never
+    deleting it, and says so; the manager then sees the ones before it."""
+    aside = _move_aside(manager, step)
+    log(f"warning: the checkpoint at step {step} cannot be read ({_reason(error)}); moved to "
+        f"{aside}; falling back to the previous one")
+    return aside
 
 
 def _move_aside(manager: ocp.CheckpointManager, step: int) -> str:
