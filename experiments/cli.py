@@ -216,6 +216,8 @@ def _run(argv: list[str]) -> int:
     elif args.command == "eval":
         m = run.evaluate(args.workdir, args.checkpoint, args.split)
         _say(f"checkpoint step {m['step']}: {_scores(m)}")
+        if "not_saved" in m:  # the result is printed; that it was not saved is bad input
+            return USAGE_EXIT
     elif args.command == "sample":
         _say(run.sample(args.workdir, args.prompt, args.length, args.temperature,
                         args.checkpoint, args.seed, progress=True))

@@ -167,10 +167,18 @@ def evaluate(workdir: str, which: str | int = "best", split: str = "test") -> di
 
 
 def _record_evaluation(workdir: str, metrics: dict) -> dict:
-    """Writes `metrics` to `<workdir>/eval_<split>_<step>.json` (process 0) and returns them."""
+    """Writes `metrics` to `<workdir>/eval_<split>_<step>.json` (process 0) and returns them.
+
+    A work directory that cannot be written loses no result: the metrics come back with
+    `"not_saved"` saying why, and the reason goes to stderr."""
     if jax.process_index() == 0:
         path = os.path.join(workdir, f"eval_{metrics['split']}_{metrics['step']}.json")
-        report.write_atomically(path, json.dumps(metrics, indent=2))
+        try:
+            report.write_atomically(path, json.dumps(metrics, indent=2))
+        except OSError as e:
+            metrics = {**metrics, "not_saved": f"could not write {path} ({e.strerror}); the "
+                                               f"metrics above are all there is of them"}
+            print(f"warning: {metrics['not_saved']}", file=sys.stderr)
     return metrics
 
 

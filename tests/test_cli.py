@@ -106,11 +106,21 @@ def error_of(capsys, *argv):
     ("--config.model.width=7 --config.model.width=9",
      "--config.model.width is given twice ('7' and '9'); give it once"),
 ])
-def test_bad_config_values_exit_2_naming_the_fix(capsys, tmp_path, override, message):
-    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path),
-                         *override.split())
-    assert code == 2 and message in err
-    assert not os.path.exists(tmp_path / "checkpoints")
+def test_bad_config_values_exit_2_naming_the_fix(capsys, tmp_path, trained, override, message):
+    for workdir in (tmp_path, trained):  # a new work directory, and one with checkpoints
+        before = checkpoint_bytes(workdir)
+        code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(workdir),
+                             *override.split())
+        assert code == 2 and message in err
+        assert checkpoint_bytes(workdir) == before
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A work directory the tiny MLP trained in, for bad input to leave alone."""
+    workdir = tmp_path_factory.mktemp("trained")
+    assert main(["train", "--config", TINY, "--workdir", str(workdir)]) == 0
+    return workdir
 
 
 def checkpoint_bytes(workdir) -> dict:
@@ -118,6 +128,45 @@ def checkpoint_bytes(workdir) -> dict:
     root = os.path.join(workdir, "checkpoints")
     return {os.path.join(r, n): open(os.path.join(r, n), "rb").read()
             for r, _, names in os.walk(root) for n in names}
+
+
+@pytest.mark.parametrize("argv,message", [
+    ("eval --workdir W --checkpoint abc", "--checkpoint 'abc' is not 'best', 'latest' or a step"),
+    ("eval --workdir W --checkpoint 999", "no checkpoint at step 999"),
+    ("eval --workdir W --split nope", "digits has no split 'nope'; its splits: train, validation"),
+    ("eval --workdir W --checkpoint latest --checkpoint best",
+     "--checkpoint is given twice ('latest' and 'best')"),
+    ("eval --workdir W --config.model.width=7", "apply to `descent train`, `config show`"),
+    ("eval --workdir W/nowhere", "no checkpoints in"),
+    ("sample --workdir W --prompt x", "which is not text; sample from a language model's run"),
+    ("sample --workdir W --prompt x --length 0", "need --length >= 1 and --temperature >= 0"),
+    ("sample --workdir W --prompt x --temperature -1", "need --length >= 1 and --temperature"),
+    ("sample --workdir W --prompt=", "the prompt is empty"),
+    ("sample --workdir W --prompt x --length ten", "argument --length: invalid int value"),
+    ("study nope", "unknown study 'nope'"),
+    ("study activations --seeds 0", "--seeds must be at least 1, got 0"),
+    ("data prepare imagenet2013 --manual-dir W", "builds mnist, tiny_shakespeare"),
+    ("data prepare mnist --manual-dir W/nowhere", "is not a directory"),
+    ("launch-local --num-processes 0 -- train --config CONFIG --workdir W",
+     "--num-processes and --devices-per-process must be at least 1"),
+    ("launch-local --num-processes 2 -- sample --workdir W --prompt x",
+     "launch-local runs `train ...` or `eval ...` after `--`"),
+    ("launch-local --num-processes 2", "launch-local needs a command after `--`"),
+    ("models --config nope.py", "config file 'nope.py' does not exist"),
+    ("config show nope.py", "config file 'nope.py' does not exist"),
+    ("config show CONFIG --config.modle.width=7", "unknown config key 'config.modle.width'"),
+    ("train --config CONFIG:huge --workdir W", "unknown config variant 'huge'; known: tiny"),
+    ("train --config CONFIG --workdir W --coordinator 127.0.0.1:1",
+     "--coordinator, --num-processes and --process-id go together"),
+    ("fly --workdir W", "invalid choice: 'fly'"),
+])
+def test_bad_input_to_every_command_is_one_line_exit_2_and_touches_no_checkpoint(
+        capsys, trained, argv, message):
+    before = checkpoint_bytes(trained)
+    args = [a.replace("W", str(trained)).replace("CONFIG", MLP) for a in argv.split()]
+    code, err = error_of(capsys, *args)
+    assert code == 2 and message in err, err
+    assert checkpoint_bytes(trained) == before
 
 
 @pytest.mark.parametrize("argv,message", [
@@ -369,3 +418,17 @@ def test_readers_share_a_workdir_but_keep_a_trainer_out(capsys, tmp_path):
     finally:
         reader.kill()
         reader.wait()
+
+
+def test_eval_that_cannot_write_its_json_still_prints_the_metrics(capsys, trained):
+    blocked = trained / "eval_validation_78.json"
+    blocked.mkdir()  # the result's file name is taken by a directory: the write fails
+    try:
+        assert main(["eval", "--workdir", str(trained), "--split", "validation",
+                     "--checkpoint", "78"]) == 2
+        out, err = capsys.readouterr()
+        assert out.startswith("checkpoint step 78: validation accuracy ")
+        assert err.strip() == (f"warning: could not write {blocked} (Is a directory); the "
+                               f"metrics above are all there is of them")
+    finally:
+        blocked.rmdir()

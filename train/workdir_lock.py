@@ -43,8 +43,8 @@ def hold(workdir: str, *, exclusive: bool, say=print):
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
-        if e.errno in (errno.EROFS, errno.EACCES) and not exclusive:
-            yield  # a read-only copy of a work directory: nobody can be training in it
+        if e.errno in (errno.EROFS, errno.EACCES, errno.ENOENT) and not exclusive:
+            yield  # a read-only copy, or no work directory: nobody can be training in it
             return
         raise
     try:
