@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True,
                    help="config file, e.g. experiments/configs/digits_mlp.py[:tiny]")
     t.add_argument("--workdir", required=True, help="where checkpoints, metrics and plots go")
+    t.add_argument("--allow-config-change", action="store_true",
+                   help="resume although the config differs from the saved one in more than "
+                        "epochs, steps, devices or data_dir; the change is recorded in "
+                        "WORKDIR/history.jsonl")
 
     e = sub.add_parser("eval", parents=[multi], help="evaluate a checkpoint of a workdir")
     e.add_argument("--workdir", required=True)
@@ -208,7 +212,8 @@ def _run(argv: list[str]) -> int:
     from experiments import run  # imports JAX: only once the arguments are known good
 
     if args.command == "train":
-        summary = run.train_and_evaluate(config, args.workdir)
+        summary = run.train_and_evaluate(config, args.workdir,
+                                         allow_config_change=args.allow_config_change)
         test = summary["test"]
         curves = summary["curves"] and os.path.abspath(summary["curves"])
         _say(f"workdir: {os.path.abspath(args.workdir)} (curves: {curves})")

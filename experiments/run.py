@@ -58,7 +58,7 @@ def load_dataset(config: ml_collections.ConfigDict):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       console: bool = True) -> dict:
+                       console: bool = True, allow_config_change: bool = False) -> dict:
     """Trains as `config` says, then evaluates the best checkpoint on the test split.
 
     Returns the training summary from `train.loop.fit` plus `"test"`: the test metrics, also
@@ -71,11 +71,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     prepare_workdir(workdir)
     say = print if console and jax.process_index() == 0 else (lambda *a, **k: None)
     with workdir_lock.hold(workdir, exclusive=True, say=say):  # through the final evaluation
-        return _train_and_test(config, workdir, model, dataset, console)
+        return _train_and_test(config, workdir, model, dataset, console, allow_config_change)
 
 
-def _train_and_test(config, workdir, model, dataset, console) -> dict:
-    summary = fit(config, workdir, model, dataset, console=console)
+def _train_and_test(config, workdir, model, dataset, console, allow_config_change) -> dict:
+    summary = fit(config, workdir, model, dataset, console=console,
+                  allow_config_change=allow_config_change)
     trainer, best = summary["trainer"], summary["best_step"]
     if best is None or best == int(summary["state"].step):
         step, state = int(summary["state"].step), summary["state"]

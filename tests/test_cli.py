@@ -432,3 +432,25 @@ def test_eval_that_cannot_write_its_json_still_prints_the_metrics(capsys, traine
                                f"metrics above are all there is of them")
     finally:
         blocked.rmdir()
+
+
+def test_resuming_under_another_config_is_refused_unless_allowed_and_then_recorded(
+        capsys, tmp_path):
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path)]) == 0
+    before = checkpoint_bytes(tmp_path)
+    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(tmp_path),
+                         "--config.epochs=3", "--config.optimizer.learning_rate=0.01",
+                         "--config.model.dropout=0.5")
+    assert code == 2 and checkpoint_bytes(tmp_path) == before
+    assert ("the checkpoint at step 78 in " in err and "was trained with another config "
+            "(model.dropout 0.2 -> 0.5, optimizer.learning_rate 0.003 -> 0.01)" in err
+            and "--allow-config-change" in err)
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path), "--config.epochs=3",
+                 "--config.optimizer.learning_rate=0.01", "--allow-config-change"]) == 0
+    assert "config changed on resume at step 78: optimizer.learning_rate" in \
+        capsys.readouterr().out
+    history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
+    assert [(h["step"], h["changed"]) for h in history] == [
+        (78, {"optimizer.learning_rate": [0.003, 0.01]})]
+    assert main(["train", "--config", TINY, "--workdir", str(tmp_path), "--config.epochs=4",
+                 "--config.optimizer.learning_rate=0.01", "--config.parallel.mesh=data=2"]) == 0

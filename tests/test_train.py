@@ -122,7 +122,7 @@ def test_a_run_in_a_used_workdir_resumes_and_a_diverging_one_keeps_its_checkpoin
     assert checkpoint.open_manager(str(tmp_path), read_only=True).latest_step() == 78
     diverging = tiny_config(**{"epochs": 4, "optimizer.learning_rate": 1e30})
     with pytest.raises(Diverged) as excinfo:
-        run.train_and_evaluate(diverging, str(tmp_path))
+        run.train_and_evaluate(diverging, str(tmp_path), allow_config_change=True)
     named, kept = diverges_at(excinfo)
     assert kept == 78 and 78 < named < 117
     assert checkpoint_files(str(tmp_path)) == before  # every byte as it was

@@ -69,7 +69,13 @@ def monitored(task: str) -> tuple[str, ...]:
                                                                             "eval_mae")
 
 
-def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = True) -> dict:
+# Config keys a resumed run may change freely: how long it runs, and where (devices, data path).
+RESUMABLE_CHANGES = ("epochs", "steps", "parallel.strategy", "parallel.mesh", "dataset.data_dir")
+HISTORY_FILE = "history.jsonl"
+
+
+def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = True,
+        allow_config_change: bool = False) -> dict:
     """Trains `model` on `dataset` as `config` says; checkpoints, metrics and plot go to `workdir`.
 
     The work directory is locked while it trains (`train.workdir_lock`): a second trainer, or an
@@ -80,14 +86,18 @@ def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = Tru
     summary with the final state, the best checkpoint's step and why training stopped.
     `console=False` keeps the progress bar and the per-evaluation lines off the terminal (for
     programs that train many runs and report on their own); the files are written all the same.
+    Resuming with a config that differs from the saved one in more than `RESUMABLE_CHANGES` is
+    refused, naming the keys, unless `allow_config_change` (the change then goes into
+    `<workdir>/history.jsonl`).
     """
     prepare_workdir(workdir)
     chief_says = print if jax.process_index() == 0 and console else (lambda *a, **k: None)
     with workdir_lock.hold(workdir, exclusive=True, say=chief_says):
-        return _fit(config, workdir, model, dataset, console)
+        return _fit(config, workdir, model, dataset, console, allow_config_change)
 
 
-def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool) -> dict:
+def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool,
+         allow_config_change: bool) -> dict:
     # --- setup: everything that can fail on bad input fails here, before any checkpoint is touched
     chief = jax.process_index() == 0
     say = print if chief and console else (lambda *a, **k: None)
@@ -118,6 +128,8 @@ def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool) -> dic
     resumed = checkpoint.restore_latest_good(manager, state, say)
     if resumed is not None:
         state, step, position = resumed
+        _check_config_change(config_dict, checkpoint.saved_config(manager, step), step, workdir,
+                             allow_config_change, say)
         say(f"resumed from the checkpoint at step {step} in {manager.directory}")
         if position != data_position(step, steps_per_epoch, config):
             say("warning: dataset.batch_size or seed differ from the run that saved this "
@@ -247,6 +259,35 @@ def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool) -> dic
 
 
 _SHORT = {"accuracy": "acc"}  # console abbreviations
+
+
+def _check_config_change(now: dict, saved: dict, step: int, workdir: str, allowed: bool,
+                         say) -> None:
+    """Refuses to resume under another config (the saved configs would lie about what ran),
+    unless `allowed`: then the change is recorded in the work directory's history."""
+    def flat(tree, prefix=""):
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict)
+                       else {f"{prefix}{key}": value})
+        return out
+
+    before, after = flat(saved), flat(now)
+    changed = {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
+               if before.get(k) != after.get(k) and k not in RESUMABLE_CHANGES}
+    if not changed:
+        return
+    listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
+    if not allowed:
+        raise ValueError(f"the checkpoint at step {step} in {workdir} was trained with another "
+                         f"config ({listed}); resume with the config it was saved with, use "
+                         f"another --workdir, or pass --allow-config-change to go on and record "
+                         f"the change")
+    say(f"config changed on resume at step {step}: {listed} (recorded in {HISTORY_FILE})")
+    if jax.process_index() == 0:
+        report.append_line(os.path.join(workdir, HISTORY_FILE), {
+            "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "changed": {k: list(v) for k, v in changed.items()}})
 
 
 def _progress_bar(total: int, done: int, show: bool, leave: bool = True) -> tqdm:

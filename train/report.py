@@ -17,7 +17,11 @@ CURVES_FILE = "curves.png"
 
 def append_metrics(workdir: str, record: dict) -> None:
     """Appends one JSON object per line to `<workdir>/metrics.jsonl`, never through a link."""
-    path = os.path.join(workdir, METRICS_FILE)
+    append_line(os.path.join(workdir, METRICS_FILE), record)
+
+
+def append_line(path: str, record: dict) -> None:
+    """Appends `record` as one line of JSON to `path`, never through a symbolic link."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
