@@ -270,3 +270,31 @@ def test_a_damaged_checkpoint_asked_for_by_step_is_set_aside_and_named(tmp_path,
                                             "be read; it was moved to ")
     assert os.listdir(tmp_path / "checkpoints-damaged")[0].startswith("39-")
     assert sorted(checkpoint.open_manager(str(tmp_path), read_only=True).all_steps()) == [78]
+
+
+def flip_one_bit(path, offset_fraction=0.5):
+    with open(path, "r+b") as f:
+        size = f.seek(0, os.SEEK_END)
+        f.seek(int(size * offset_fraction))
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0x10]))
+
+
+def test_a_flipped_bit_is_caught_by_the_checksum_and_the_checkpoint_set_aside(tmp_path, capsys):
+    from experiments.cli import main
+    run.train_and_evaluate(tiny_config(), str(tmp_path), console=False)
+    newest = tmp_path / "checkpoints" / "78"
+    assert (newest / checkpoint.CHECKSUMS).exists()
+    victim = max((os.path.join(r, n) for r, _, names in os.walk(newest / "state")
+                  for n in names), key=os.path.getsize)  # the array data
+    flip_one_bit(victim)
+    with pytest.raises(checkpoint.DamagedCheckpoint, match="does not match its checksum"):
+        checkpoint.verify_checksums(checkpoint.open_manager(str(tmp_path), read_only=True), 78)
+
+    capsys.readouterr()
+    assert main(["eval", "--workdir", str(tmp_path), "--checkpoint", "latest"]) == 0
+    out, err = capsys.readouterr()
+    assert "the checkpoint at step 78 cannot be read" in err and "checksum" in err
+    assert out.startswith("checkpoint step 39: ")
+    assert os.listdir(tmp_path / "checkpoints-damaged")[0].startswith("78-")

@@ -35,7 +35,9 @@ def train_in_process(config):
     batches = dataset.train_batches(config.dataset.batch_size, seed=config.seed, epoch=0)
     state = trainer.place(trainer.initial_state)
     for _ in range(STEPS):
-        state, _ = trainer.train_step(state, trainer.put(next(batches)))
+        state, metrics = trainer.train_step(state, trainer.put(next(batches)))
+        jax.block_until_ready(metrics)  # one step in flight: XLA's CPU collectives over 8
+                                        # simulated devices can abort with many queued
     if trainer.strategy == "pmap":  # every device's copy is the same: nothing drifts
         for leaf in jax.tree.leaves(state):
             copies = [np.asarray(s.data) for s in leaf.addressable_shards]

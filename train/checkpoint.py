@@ -7,21 +7,26 @@ it when complete, so a failed or interrupted save never replaces a good checkpoi
 pickled. A checkpoint that cannot be read is moved to `<workdir>/checkpoints-damaged/`, never
 deleted.
 """
+import concurrent.futures
 import errno
+import json
 import logging
 import os
 import re
 import shutil
 import time
+import zlib
 
 import jax
 import orbax.checkpoint as ocp
 from absl import logging as absl_logging
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from train.files import write_atomically
 from train.state import TrainState, abstract
 
 DAMAGED_DIR = "checkpoints-damaged"
+CHECKSUMS = "descent-checksums.json"  # in each checkpoint's directory, beside orbax's items
 
 
 class _ReadOnlyNotice(logging.Filter):
@@ -34,6 +39,10 @@ class _ReadOnlyNotice(logging.Filter):
 
 
 absl_logging.get_absl_logger().addFilter(_ReadOnlyNotice())
+
+
+class DamagedCheckpoint(OSError):
+    """A checkpoint's files are not what was saved: handled like any unreadable checkpoint."""
 
 
 class IncompatibleCheckpoint(ValueError):
@@ -75,8 +84,11 @@ def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
 
 def save(manager: ocp.CheckpointManager, step: int, state: TrainState, config: dict,
          data_position: dict, metrics: dict | None = None) -> None:
-    """Starts an asynchronous save; the training loop goes on while orbax writes."""
+    """Starts an asynchronous save; the training loop goes on while orbax writes. The saves
+    before it are finished first (orbax would wait for them too) and their files checksummed."""
     try:
+        manager.wait_until_finished()
+        record_checksums(manager)
         manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
             data=ocp.args.JsonSave(data_position)), metrics=metrics)
@@ -85,11 +97,62 @@ def save(manager: ocp.CheckpointManager, step: int, state: TrainState, config: d
 
 
 def wait(manager: ocp.CheckpointManager) -> None:
-    """Blocks until every started save is complete on disk."""
+    """Blocks until every started save is complete on disk, and checksums it."""
     try:
         manager.wait_until_finished()
+        record_checksums(manager)
     except Exception as e:  # noqa: BLE001
         raise _write_error(manager, None, e) from e
+
+
+def record_checksums(manager: ocp.CheckpointManager) -> None:
+    """Writes `CHECKSUMS` (a CRC-32 of every file) into each committed checkpoint without one,
+    so that a later restore notices a flipped bit instead of loading it (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    for step in _listed_steps(manager):
+        directory = os.path.join(str(manager.directory), str(step))
+        if os.path.exists(os.path.join(directory, CHECKSUMS)):
+            continue
+        try:
+            sums = _checksums(directory)
+        except FileNotFoundError:  # retention removed it meanwhile
+            continue
+        write_atomically(os.path.join(directory, CHECKSUMS), json.dumps(sums, indent=0))
+
+
+def verify_checksums(manager: ocp.CheckpointManager, step: int) -> None:
+    """Raises DamagedCheckpoint if a file of checkpoint `step` is missing or no longer matches
+    the checksum recorded when it was saved (a checkpoint saved before checksums: unchecked)."""
+    directory = os.path.join(str(manager.directory), str(step))
+    try:
+        with open(os.path.join(directory, CHECKSUMS)) as f:
+            recorded = json.load(f)
+    except FileNotFoundError:
+        return
+    except (OSError, json.JSONDecodeError) as e:
+        raise DamagedCheckpoint(f"its checksum file cannot be read ({e})") from None
+    found = _checksums(directory, only=recorded)
+    for name, crc in recorded.items():
+        if found.get(name) != crc:
+            what = "is missing" if name not in found else "does not match its checksum"
+            raise DamagedCheckpoint(f"{name} {what}")
+
+
+def _checksums(directory: str, only: dict | None = None) -> dict[str, str]:
+    sums = {}
+    for root, _, names in os.walk(directory):
+        for name in names:
+            path = os.path.join(root, name)
+            rel = os.path.relpath(path, directory)
+            if rel == CHECKSUMS or (only is not None and rel not in only):
+                continue
+            crc = 0
+            with open(path, "rb") as f:
+                while chunk := f.read(1 << 24):
+                    crc = zlib.crc32(chunk, crc)
+            sums[rel] = f"{crc:08x}"
+    return sums
 
 
 def _write_error(manager, step, error) -> CheckpointWriteError:
@@ -143,13 +206,24 @@ def resolve_step(manager: ocp.CheckpointManager, which: str | int = "latest") ->
     return step
 
 
-def restore(manager: ocp.CheckpointManager, step: int, like: TrainState) -> TrainState:
+def restore(manager: ocp.CheckpointManager, step: int, like: TrainState, *,
+            verify: bool = True) -> TrainState:
     """Restores the state at `step` into the structure, shapes and shardings of `like`.
 
     A checkpoint of another model or optimizer raises IncompatibleCheckpoint naming the
     differing arrays. `like`'s shardings may differ from the saved ones: another device count,
-    mesh or strategy.
+    mesh or strategy. With `verify`, every file is checked against the checksums recorded when
+    it was saved, in a thread beside the restore (a mismatch raises DamagedCheckpoint).
     """
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        checked = pool.submit(verify_checksums, manager, step) if verify else None
+        state = _restore_state(manager, step, like)
+        if checked is not None:
+            checked.result()
+    return state
+
+
+def _restore_state(manager: ocp.CheckpointManager, step: int, like: TrainState) -> TrainState:
     saved = _shapes(manager.item_metadata(step)["state"])
     if not saved:
         raise FileNotFoundError(f"the checkpoint at step {step} has no readable array metadata")

@@ -40,8 +40,9 @@ def hold(workdir: str, *, exclusive: bool, say=print):
         finally:
             _held[path] -= 1
         return
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+    try:  # held open read-only: a file open for writing would keep the disk from being
+        # remounted read-only, and flock does not need write access
+        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
     except OSError as e:
         if e.errno in (errno.EROFS, errno.EACCES, errno.ENOENT) and not exclusive:
             yield  # a read-only copy, or no work directory: nobody can be training in it
@@ -63,15 +64,16 @@ def hold(workdir: str, *, exclusive: bool, say=print):
                 say(f"took over the lock of {workdir}, left by pid {left.get('pid')} on "
                     f"{left.get('host')} (started {left.get('since')}), which is no longer "
                     f"running")
-            _write(fd, {"pid": os.getpid(), "host": socket.gethostname(),
-                        "since": datetime.datetime.now().isoformat(timespec="seconds")})
+            _write(path, {"pid": os.getpid(), "host": socket.gethostname(),
+                          "since": datetime.datetime.now().isoformat(timespec="seconds")})
         _held[path] = 1
         try:
             yield
         finally:
             del _held[path]
             if exclusive:
-                _write(fd, None)  # a clean exit: nothing to take over
+                with contextlib.suppress(OSError):  # e.g. the disk went read-only meanwhile
+                    _write(path, None)  # a clean exit: nothing to take over
     finally:
         os.close(fd)  # releases the lock
 
@@ -94,7 +96,10 @@ def _holder(fd: int) -> dict | None:
         return None
 
 
-def _write(fd: int, holder: dict | None) -> None:
-    os.ftruncate(fd, 0)
-    if holder:
-        os.pwrite(fd, json.dumps(holder).encode(), 0)
+def _write(path: str, holder: dict | None) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+    try:
+        if holder:
+            os.write(fd, json.dumps(holder).encode())
+    finally:
+        os.close(fd)

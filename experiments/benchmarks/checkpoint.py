@@ -64,7 +64,7 @@ def main():
 
     shutil.rmtree(args.dir, ignore_errors=True)
     manager = checkpoint.open_manager(args.dir, keep=2, keep_best=0)
-    blocked, sync, restore = [], [], []
+    blocked, sync, restore, unverified, verify_alone = [], [], [], [], []
     step = 0
     for _ in range(args.repeats):
         step += 1  # async: the loop is blocked only while save() runs
@@ -79,10 +79,15 @@ def main():
         checkpoint.wait(manager)
         sync.append(time.perf_counter() - start)
 
+        pair = ((False, unverified), (True, restore))
+        for verify, times in pair if step % 4 else pair[::-1]:  # interleaved, order alternating
+            start = time.perf_counter()
+            restored = checkpoint.restore(manager, step, state, verify=verify)
+            jax.block_until_ready(restored)
+            times.append(time.perf_counter() - start)
         start = time.perf_counter()
-        restored = checkpoint.restore(manager, step, state)
-        jax.block_until_ready(restored)
-        restore.append(time.perf_counter() - start)
+        checkpoint.verify_checksums(manager, step)
+        verify_alone.append(time.perf_counter() - start)
 
     path = os.path.join(args.dir, "checkpoints", str(step))
     size = sum(os.path.getsize(os.path.join(r, f)) for r, _, fs in os.walk(path) for f in fs)
@@ -101,6 +106,12 @@ def main():
     print(f"| save throughput (sync) | {mb / med(sync):.0f} MB/s | |")
     print(f"| restore | {med(restore) * 1e3:.0f} ms ({mb / med(restore):.0f} MB/s) | "
           f"{min(restore) * 1e3:.0f}-{max(restore) * 1e3:.0f} ms |")
+    print(f"| restore without the checksum check | {med(unverified) * 1e3:.0f} ms | "
+          f"{min(unverified) * 1e3:.0f}-{max(unverified) * 1e3:.0f} ms |")
+    print(f"| the checksum check's cost (restore / without, median) | "
+          f"{med(restore) / med(unverified) - 1:+.1%} | |")
+    print(f"| checking the checksums alone | {med(verify_alone) * 1e3:.0f} ms | "
+          f"{min(verify_alone) * 1e3:.0f}-{max(verify_alone) * 1e3:.0f} ms |")
     shutil.rmtree(args.dir, ignore_errors=True)
 
 
