@@ -86,13 +86,13 @@ def save(manager: ocp.CheckpointManager, step: int, state: TrainState, config: d
          data_position: dict, metrics: dict | None = None) -> None:
     """Starts an asynchronous save; the training loop goes on while orbax writes. The saves
     before it are finished first (orbax would wait for them too) and their files checksummed."""
+    wait(manager)  # an earlier save that failed is named as the one that failed
     try:
-        manager.wait_until_finished()
-        record_checksums(manager)
         manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
             data=ocp.args.JsonSave(data_position)), metrics=metrics)
-    except Exception as e:  # noqa: BLE001 - also an earlier async save failing now
+        manager._descent_saving = step  # noqa: SLF001 - what a failing wait() will name
+    except Exception as e:  # noqa: BLE001
         raise _write_error(manager, step, e) from e
 
 
@@ -102,7 +102,7 @@ def wait(manager: ocp.CheckpointManager) -> None:
         manager.wait_until_finished()
         record_checksums(manager)
     except Exception as e:  # noqa: BLE001
-        raise _write_error(manager, None, e) from e
+        raise _write_error(manager, getattr(manager, "_descent_saving", None), e) from e
 
 
 def record_checksums(manager: ocp.CheckpointManager) -> None:
