@@ -368,6 +368,16 @@ def test_files_in_a_workdir_are_replaced_never_written_through_a_link(capsys, tm
         assert not (workdir / name).is_symlink(), name
     assert json.loads((workdir / "eval_test_78.json").read_text())["step"] == 78
 
+    elsewhere = tmp_path / "elsewhere"  # a downloaded workdir whose checkpoints lead outside it
+    elsewhere.mkdir()
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / "checkpoints").symlink_to(elsewhere)
+    capsys.readouterr()
+    code, err = error_of(capsys, "train", "--config", TINY, "--workdir", str(planted))
+    assert code == 2 and f"{planted / 'checkpoints'} is a symbolic link" in err
+    assert os.listdir(elsewhere) == []
+
 
 HOLDER = """
 import sys, time, signal

@@ -60,6 +60,10 @@ def prepare_workdir(workdir: str) -> str:
     except OSError as e:
         raise ValueError(f"workdir {workdir!r} cannot be written ({e.strerror}); "
                          f"pass a --workdir you can write to") from None
+    for name in ("checkpoints", checkpoint.DAMAGED_DIR):  # descent writes inside it, only
+        if os.path.islink(os.path.join(workdir, name)):
+            raise ValueError(f"{os.path.join(workdir, name)} is a symbolic link; descent writes "
+                             f"only inside the work directory: make it a real directory")
     return workdir
 
 
