@@ -101,19 +101,12 @@ def test_sigterm_saves_exits_143_and_resume_is_bit_identical(uninterrupted, tmp_
     assert_bit_identical(reference, final_state(tmp_path))
 
 
-@pytest.mark.parametrize("damage", ["truncate a file", "delete its metadata"])
+@pytest.mark.parametrize("how", ["truncate a data file", "delete its metadata"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path,
-                                                                     damage):
+                                                                     how):
     reference, _ = uninterrupted
     finish(tmp_path)
-    newest = tmp_path / "checkpoints" / str(FINAL_STEP)
-    if damage == "truncate a file":
-        victim = max((os.path.join(r, n) for r, _, names in os.walk(newest / "state")
-                      for n in names), key=os.path.getsize)
-        with open(victim, "r+b") as f:
-            f.truncate(os.path.getsize(victim) // 2)
-    else:
-        os.remove(newest / "state" / "_METADATA")
+    damage(tmp_path / "checkpoints" / str(FINAL_STEP), how)
     output = finish(tmp_path)
     assert f"warning: the checkpoint at step {FINAL_STEP} cannot be read" in output
     assert "resumed from the checkpoint at step 155" in output
@@ -226,6 +219,12 @@ def test_evaluating_from_python_keeps_orbax_routine_read_only_notice_quiet(tmp_p
         absl_logging.set_verbosity(level)
 
 
+def largest_data_file(step_dir) -> str:
+    """The file holding most of a checkpoint's arrays."""
+    return max((os.path.join(r, n) for r, _, names in os.walk(step_dir / "state")
+                for n in names), key=os.path.getsize)
+
+
 def damage(step_dir, how):
     """Damages one checkpoint as a crash or a bad disk would."""
     if how == "truncate its config":
@@ -233,8 +232,7 @@ def damage(step_dir, how):
         with open(path, "r+b") as f:
             f.truncate(20)
     elif how == "truncate a data file":
-        victim = max((os.path.join(r, n) for r, _, names in os.walk(step_dir / "state")
-                      for n in names), key=os.path.getsize)
+        victim = largest_data_file(step_dir)
         with open(victim, "r+b") as f:
             f.truncate(os.path.getsize(victim) // 2)
     else:
@@ -289,9 +287,7 @@ def test_a_flipped_bit_is_caught_by_the_checksum_and_the_checkpoint_set_aside(tm
     run.train_and_evaluate(tiny_config(), str(tmp_path), console=False)
     newest = tmp_path / "checkpoints" / "78"
     assert (newest / checkpoint.CHECKSUMS).exists()
-    victim = max((os.path.join(r, n) for r, _, names in os.walk(newest / "state")
-                  for n in names), key=os.path.getsize)  # the array data
-    flip_one_bit(victim)
+    flip_one_bit(largest_data_file(newest))
     with pytest.raises(checkpoint.DamagedCheckpoint, match="does not match its checksum"):
         checkpoint.verify_checksums(checkpoint.open_manager(str(tmp_path), read_only=True), 78)
 
