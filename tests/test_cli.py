@@ -464,3 +464,10 @@ def test_resuming_under_another_config_is_refused_unless_allowed_and_then_record
         (78, {"optimizer.learning_rate": [0.003, 0.01]})]
     assert main(["train", "--config", TINY, "--workdir", str(tmp_path), "--config.epochs=4",
                  "--config.optimizer.learning_rate=0.01", "--config.parallel.mesh=data=2"]) == 0
+
+
+def test_a_cnn_resumes_under_its_own_config(capsys, tmp_path):
+    cnn = config_path("digits_cnn.py") + ":tiny"  # its channels are a tuple, saved as a list
+    assert main(["train", "--config", cnn, "--workdir", str(tmp_path), "--config.epochs=1"]) == 0
+    assert main(["train", "--config", cnn, "--workdir", str(tmp_path), "--config.epochs=2"]) == 0
+    assert "resumed from the checkpoint at step 39" in capsys.readouterr().out

@@ -8,6 +8,7 @@ process_index=, process_count=)` (the epoch's batches from number `start` on),
 """
 import contextlib
 import itertools
+import json
 import math
 import os
 import signal
@@ -276,9 +277,11 @@ def _check_config_change(now: dict, saved: dict, step: int, workdir: str, allowe
                        else {f"{prefix}{key}": value})
         return out
 
-    before, after = flat(saved), flat(now)
-    changed = {k: (before.get(k), after.get(k)) for k in sorted(set(before) | set(after))
-               if before.get(k) != after.get(k) and k not in RESUMABLE_CHANGES}
+    # as saved: through JSON (tuples come back as lists); a key the saved config lacks is one
+    # added to descent's configs since, at its default, not a change of what ran
+    before, after = flat(saved), flat(json.loads(json.dumps(now)))
+    changed = {k: (before[k], after.get(k)) for k in sorted(before)
+               if before[k] != after.get(k) and k not in RESUMABLE_CHANGES}
     if not changed:
         return
     listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
