@@ -115,10 +115,10 @@ def record_checksums(manager: ocp.CheckpointManager) -> None:
         if os.path.exists(os.path.join(directory, CHECKSUMS)):
             continue
         try:
-            sums = _checksums(directory)
+            write_atomically(os.path.join(directory, CHECKSUMS),
+                             json.dumps(_checksums(directory), indent=0))
         except FileNotFoundError:  # retention removed it meanwhile
             continue
-        write_atomically(os.path.join(directory, CHECKSUMS), json.dumps(sums, indent=0))
 
 
 def verify_checksums(manager: ocp.CheckpointManager, step: int) -> None:
