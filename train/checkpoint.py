@@ -84,9 +84,16 @@ def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
 
 def save(manager: ocp.CheckpointManager, step: int, state: TrainState, config: dict,
          data_position: dict, metrics: dict | None = None) -> None:
-    """Starts an asynchronous save; the training loop goes on while orbax writes. The saves
-    before it are finished first (orbax would wait for them too) and their files checksummed."""
-    wait(manager)  # an earlier save that failed is named as the one that failed
+    """Starts an asynchronous save; the training loop goes on while orbax writes. The save
+    before it is finished first (orbax would wait for it too), and its files are checksummed
+    in a thread, behind training, while this one is written."""
+    pending = getattr(manager, "_descent_saving", None)
+    try:  # an earlier save that failed is named as the one that failed
+        _finish_checksums(manager)
+        manager.wait_until_finished()
+    except Exception as e:  # noqa: BLE001
+        raise _write_error(manager, pending, e) from e
+    manager._descent_checksums = _CHECKSUMMER.submit(record_checksums, manager)  # noqa: SLF001
     try:
         manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
@@ -99,10 +106,23 @@ def save(manager: ocp.CheckpointManager, step: int, state: TrainState, config: d
 def wait(manager: ocp.CheckpointManager) -> None:
     """Blocks until every started save is complete on disk, and checksums it."""
     try:
+        _finish_checksums(manager)
         manager.wait_until_finished()
         record_checksums(manager)
     except Exception as e:  # noqa: BLE001
         raise _write_error(manager, getattr(manager, "_descent_saving", None), e) from e
+
+
+# checksums are computed here, off the training thread (zlib and file reads release the GIL)
+_CHECKSUMMER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="descent-checksums")
+
+
+def _finish_checksums(manager: ocp.CheckpointManager) -> None:
+    """Waits for the checksums started at the last save; their failure is raised here."""
+    started = getattr(manager, "_descent_checksums", None)
+    if started is not None:
+        manager._descent_checksums = None  # noqa: SLF001
+        started.result()
 
 
 def record_checksums(manager: ocp.CheckpointManager) -> None:

@@ -67,8 +67,11 @@ def main():
     blocked, sync, restore, unverified, verify_alone = [], [], [], [], []
     step = 0
     for _ in range(args.repeats):
-        step += 1  # async: the loop is blocked only while save() runs
-        start = time.perf_counter()
+        step += 1  # a save the loop made earlier: on disk by now, not yet checksummed
+        checkpoint.save(manager, step, state, {}, {"epoch": 0, "batch": step})
+        manager.wait_until_finished()
+        step += 1  # async: the loop is blocked while save() copies the state off the devices
+        start = time.perf_counter()  # (the one before is checksummed in a thread meanwhile)
         checkpoint.save(manager, step, state, {}, {"epoch": 0, "batch": step})
         blocked.append(time.perf_counter() - start)
         checkpoint.wait(manager)
@@ -98,7 +101,8 @@ def main():
           f"async and sync alternating; directory {args.dir}")
     print("| measure | median | min-max |")
     print("|---|---|---|")
-    print(f"| training blocked by an async save | {med(blocked) * 1e3:.0f} ms | "
+    print(f"| training blocked by an async save (the one before unchecksummed) | "
+          f"{med(blocked) * 1e3:.0f} ms | "
           f"{min(blocked) * 1e3:.0f}-{max(blocked) * 1e3:.0f} ms |")
     print(f"| synchronous save | {med(sync) * 1e3:.0f} ms | "
           f"{min(sync) * 1e3:.0f}-{max(sync) * 1e3:.0f} ms |")

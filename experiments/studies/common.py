@@ -202,8 +202,9 @@ class Study:
         fig.savefig(rendered, format="png", dpi=110)
         image = Image.open(rendered).convert("RGB").quantize(
             colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
-        image.save(path + ".tmp.png", optimize=True)
-        os.replace(path + ".tmp.png", path)
+        png = io.BytesIO()
+        image.save(png, format="png", optimize=True)
+        report.write_atomically(path, png.getvalue())  # a fresh temporary name, never a link
         self.figures.append((file, caption))
         return path
 
