@@ -8,6 +8,7 @@ pickled. A checkpoint that cannot be read is moved to `<workdir>/checkpoints-dam
 deleted.
 """
 import concurrent.futures
+import contextlib
 import errno
 import json
 import logging
@@ -38,7 +39,17 @@ class _ReadOnlyNotice(logging.Filter):
                 or not str(record.msg).startswith("Given directory is read only"))
 
 
-absl_logging.get_absl_logger().addFilter(_ReadOnlyNotice())
+@contextlib.contextmanager
+def _without_read_only_notice():
+    """Drops the notice while a read-only manager is made, and only then: importing descent
+    changes no logging settings."""
+    notice = _ReadOnlyNotice()
+    logger = absl_logging.get_absl_logger()
+    logger.addFilter(notice)
+    try:
+        yield
+    finally:
+        logger.removeFilter(notice)
 
 
 class DamagedCheckpoint(OSError):
@@ -75,11 +86,12 @@ def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
     options = ocp.CheckpointManagerOptions(
         best_fn=lambda m: m[monitor], best_mode=mode, preservation_policy=policy,
         read_only=read_only, create=not read_only, save_interval_steps=0 if read_only else 1)
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
-        item_handlers={"state": ocp.StandardCheckpointHandler(),
-                       "config": ocp.JsonCheckpointHandler(),
-                       "data": ocp.JsonCheckpointHandler()})
+    with _without_read_only_notice():
+        return ocp.CheckpointManager(
+            os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
+            item_handlers={"state": ocp.StandardCheckpointHandler(),
+                           "config": ocp.JsonCheckpointHandler(),
+                           "data": ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: TrainState, config: dict,

@@ -1,23 +1,17 @@
-"""What a run shows and leaves behind: JSON-lines metrics, a progress bar, a PNG of the curves."""
+"""What a run leaves behind to read: JSON-lines metrics and a PNG of the curves.
+
+Figures are drawn on a `matplotlib.figure.Figure` of their own, never through pyplot, so
+descent neither switches matplotlib's backend nor adds to a notebook's figures.
+"""
 import io
 import json
 import os
 import sys
 
-import matplotlib
-
-matplotlib.use("Agg")  # files only; never needs a display
-import matplotlib.pyplot as plt  # noqa: E402
-
-from train.files import append_line, json_line, write_atomically  # noqa: E402,F401
+from train.files import append_line, json_line, write_atomically  # noqa: F401
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
-
-
-def append_metrics(workdir: str, record: dict) -> None:
-    """Appends one JSON object per line to `<workdir>/metrics.jsonl`, never through a link."""
-    append_line(os.path.join(workdir, METRICS_FILE), record)
 
 
 def read_metrics(workdir: str) -> list[dict]:
@@ -44,9 +38,12 @@ def read_metrics(workdir: str) -> list[dict]:
 def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
     """Draws train and eval loss and accuracy (mean absolute error for regression) against
     step into `<workdir>/curves.png`."""
+    from matplotlib.figure import Figure
+
     records = read_metrics(workdir)
     second = "mae" if any("train_mae" in r for r in records) else "accuracy"
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    axes = fig.subplots(1, 2)
     for ax, metric in zip(axes, ("loss", second)):
         for split, label, style in (("train", "train", "-"), ("eval", eval_label, "o-")):
             points = [(r["step"], r[f"{split}_{metric}"]) for r in records
@@ -64,6 +61,5 @@ def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
     path = os.path.join(workdir, CURVES_FILE)
     png = io.BytesIO()
     fig.savefig(png, dpi=100, format="png")
-    plt.close(fig)
     write_atomically(path, png.getvalue())
     return path
