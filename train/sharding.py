@@ -100,8 +100,26 @@ def check_batch_size(batch_size: int, mesh: Mesh, what: str = "dataset.batch_siz
                          f"axis; use {nearest}")
 
 
+def check_accumulation(batch_size: int, accumulate_steps: int, mesh: Mesh) -> None:
+    """Fails with the numbers when `batch_size` does not split into `accumulate_steps`
+    micro-batches that each divide over the data axis."""
+    if accumulate_steps < 1:
+        raise ValueError(f"optimizer.accumulate_steps={accumulate_steps} must be at least 1")
+    n = mesh.shape["data"]
+    unit = accumulate_steps * n
+    if batch_size % unit:
+        lower, upper = batch_size // unit * unit, (batch_size // unit + 1) * unit
+        nearest = " or ".join(str(b) for b in (lower, upper) if b > 0)
+        raise ValueError(f"dataset.batch_size={batch_size} does not split into "
+                         f"optimizer.accumulate_steps={accumulate_steps} micro-batches that "
+                         f"divide over {n} devices (it must be a multiple of "
+                         f"{accumulate_steps} x {n} = {unit}); use {nearest}")
+
+
 def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     """This process's numpy batch -> one global jax.Array per key, split over the data axis."""
+    if jax.process_count() == 1:  # the local batch is the global one: the cheaper call
+        return jax.device_put(batch, sharding)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 

@@ -14,14 +14,17 @@ class TrainState:
     opt_state: optax.OptState
     model_state: nnx.State  # everything else the model holds: batch-norm statistics
     rng: jax.Array          # raw uint32 key; each step folds in its number
+    ema_params: nnx.State | None = None  # the parameters' moving average (optimizer.ema_decay)
 
 
-def create_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int
-                 ) -> tuple[nnx.GraphDef, TrainState]:
-    """Splits `model` into its static graph definition and a fresh TrainState."""
+def create_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int,
+                 ema: bool = False) -> tuple[nnx.GraphDef, TrainState]:
+    """Splits `model` into its static graph definition and a fresh TrainState; with `ema`, the
+    state also holds a moving average of the parameters, starting at them."""
     graphdef, params, model_state = nnx.split(model, nnx.Param, ...)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                       model_state=model_state, rng=jax.random.PRNGKey(seed))
+                       model_state=model_state, rng=jax.random.PRNGKey(seed),
+                       ema_params=jax.tree.map(jnp.copy, params) if ema else None)
     return graphdef, state
 
 

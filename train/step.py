@@ -10,6 +10,7 @@ import optax
 from flax import nnx
 
 from train.losses import Task
+from train.optimizers import decay_mask
 from train.state import TrainState
 
 
@@ -55,43 +56,104 @@ def make_gradient_step(graphdef: nnx.GraphDef, task: Task):
     return gradients
 
 
-def make_train_step(graphdef: nnx.GraphDef, task: Task, tx: optax.GradientTransformation,
-                    axis_name: str | None = None, layer_grad_norms: bool = False):
-    """Returns `train_step(state, batch) -> (state, metrics)`; jit it with the state donated.
+def split_micro_batches(batch: dict, k: int) -> dict:
+    """(B, ...) arrays -> (k, B / k, ...): micro-batch j holds rows j, j + k, j + 2k, ..., so
+    with the batch split over devices in blocks, every micro-batch takes an equal share of
+    every device's rows and stays split over all of them."""
+    return jax.tree.map(lambda x: jnp.moveaxis(x.reshape(x.shape[0] // k, k, *x.shape[1:]),
+                                               1, 0), batch)
 
-    The metrics are the loss, the task's metrics (accuracy, or mean absolute error), and the
-    global norms of the gradient and the updated parameters, plus, with `layer_grad_norms`, the
-    gradient norm of every parameter array as `grad_norm/<path>`: all computed before the
-    update, from the parameters the step started with (the gradient), or after it (the norm).
+
+def make_train_step(graphdef: nnx.GraphDef, task: Task, tx: optax.GradientTransformation,
+                    axis_name: str | None = None, layer_grad_norms: bool = False, *,
+                    accumulate_steps: int = 1, ema_decay: float = 0.0, l2: float = 0.0,
+                    report_objective: bool = False):
+    """Returns `train_step(state, batch, with_norms=True) -> (state, metrics)`; jit it with the
+    state donated.
+
+    The metrics are the plain loss (`loss`, what evaluation reports), the task's metrics
+    (accuracy, or mean absolute error), and the global norms of the gradient and the updated
+    parameters, plus, with `layer_grad_norms`, the gradient norm of every parameter array as
+    `grad_norm/<path>`. With `report_objective` they also hold `objective`, what the gradient
+    is taken of: the loss with label smoothing, plus `l2` / 2 * |w|^2 for L2 weight decay
+    (coupled decay: it is `optax.add_decayed_weights(l2)` in the optimizer).
+
+    With `accumulate_steps` k > 1 the batch is split into k micro-batches (`split_micro_batches`)
+    whose gradients are computed one after another (`lax.scan`, so the activations of one
+    micro-batch are alive at a time) and averaged: one update of the whole batch, with the
+    memory of one micro-batch. With `ema_decay` d > 0 the state's `ema_params` follow the
+    parameters as their bias-corrected exponential moving average: after update t,
+    sum_i d^(t-i) (1 - d) params_i / (1 - d^t).
+
     Under `jax.pmap`, pass the mapped `axis_name`: gradients and metrics are then averaged
     over it (`lax.pmean`), so every device applies the same update.
     """
 
     loss_of = make_loss_fn(graphdef, task)
 
-    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
-        """`batch["inputs"]` goes into the model, whose logits are scored on `batch["targets"]`."""
+    def gradients_and_metrics(params, model_state, batch, dropout_key):
+        (objective, (logits, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+            params, model_state, batch, dropout_key)
+        targets = batch["targets"]
+        measured = {"loss": jnp.mean(task.eval_loss(logits, targets)),
+                    **{k: jnp.mean(fn(logits, targets)) for k, fn in task.metrics.items()}}
+        if report_objective:
+            measured["objective"] = objective
+        return grads, model_state, measured
+
+    def accumulated(params, model_state, batch, dropout_key):
+        def micro_step(carry, i_and_micro_batch):
+            grads_sum, model_state = carry
+            i, micro_batch = i_and_micro_batch
+            grads, model_state, measured = gradients_and_metrics(
+                params, model_state, micro_batch, jax.random.fold_in(dropout_key, i))
+            return (jax.tree.map(jnp.add, grads_sum, grads), model_state), measured
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (grads_sum, model_state), measured_K = jax.lax.scan(
+            micro_step, (zeros, model_state),
+            (jnp.arange(accumulate_steps), split_micro_batches(batch, accumulate_steps)))
+        return (jax.tree.map(lambda g: g / accumulate_steps, grads_sum), model_state,
+                jax.tree.map(jnp.mean, measured_K))
+
+    def norms(grads, params) -> dict:
+        out = {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
+        if layer_grad_norms:
+            out.update({f"grad_norm/{k}": v for k, v in layer_norms(grads).items()})
+        return out
+
+    def no_norms(grads, params) -> dict:
+        return {k: jnp.zeros(v.shape, v.dtype)
+                for k, v in jax.eval_shape(norms, grads, params).items()}
+
+    def train_step(state: TrainState, batch, with_norms=True) -> tuple[TrainState, dict]:
+        """`batch["inputs"]` goes into the model, whose logits are scored on `batch["targets"]`.
+        `with_norms` False (a traced bool) skips the norms; they are then 0."""
         dropout_key = jax.random.fold_in(state.rng, state.step)
         if axis_name is not None:  # each device's share of the batch gets its own masks
             dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
-
-        (loss, (logits, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
-            state.params, state.model_state, batch, dropout_key)
-        measured = {k: jnp.mean(fn(logits, batch["targets"])) for k, fn in task.metrics.items()}
+        compute = gradients_and_metrics if accumulate_steps == 1 else accumulated
+        grads, model_state, measured = compute(state.params, state.model_state, batch,
+                                               dropout_key)
         if axis_name is not None:
-            grads, loss, measured = jax.lax.pmean((grads, loss, measured), axis_name)
+            grads, measured = jax.lax.pmean((grads, measured), axis_name)
+        if report_objective and l2:
+            decayed = [p for p, decays in zip(jax.tree.leaves(state.params),
+                                              jax.tree.leaves(decay_mask(state.params))) if decays]
+            measured["objective"] += 0.5 * l2 * sum(jnp.sum(jnp.square(p)) for p in decayed)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {
-            "loss": loss,
-            **measured,
-            "grad_norm": optax.tree.norm(grads),
-            "param_norm": optax.tree.norm(params),  # non-finite params are caught before a save
-        }
-        if layer_grad_norms:
-            metrics.update({f"grad_norm/{k}": v for k, v in layer_norms(grads).items()})
-        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                                  model_state=model_state)
+        # Only where asked: on a small net the norms cost a tenth of the step. The parameter
+        # norm is the NaN check of the parameters, and every step the loop logs asks for it.
+        metrics = {**measured, **jax.lax.cond(with_norms, norms, no_norms, grads, params)}
+        step = state.step + 1
+        ema_params = state.ema_params
+        if ema_decay:
+            weight = (1 - ema_decay) / (1 - ema_decay ** step.astype(jnp.float32))
+            ema_params = jax.tree.map(lambda e, p: e + weight.astype(p.dtype) * (p - e),
+                                      ema_params, params)
+        new_state = state.replace(step=step, params=params, opt_state=opt_state,
+                                  model_state=model_state, ema_params=ema_params)
         return new_state, metrics
 
     return train_step

@@ -1,4 +1,9 @@
 """The compiled steps and shardings for one model, optimizer, mesh and strategy."""
+import functools
+import time
+from collections.abc import Callable
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,12 +12,19 @@ from flax import nnx
 from train import sharding
 from train.losses import make_task
 from train.optimizers import learning_rate_schedule, make_optimizer
+from train.sharding import check_accumulation
 from train.state import TrainState, create_state
 from train.step import make_eval_step, make_gradient_step, make_train_step, summarize_eval
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
     return config.steps or config.epochs * steps_per_epoch
+
+
+class Compiled(NamedTuple):
+    step: Callable          # the compiled train step: (state, batch) -> (state, metrics)
+    seconds: float          # how long compiling it took
+    flops: float | None     # XLA's count of one step's FLOPs on one device, where it has one
 
 
 class Trainer:
@@ -34,6 +46,7 @@ class Trainer:
         sharding.check_batch_size(config.dataset.batch_size, self.mesh)
         sharding.check_batch_size(config.dataset.eval_batch_size, self.mesh,
                                   "dataset.eval_batch_size")
+        self.batch_size = config.dataset.batch_size  # global, per update
         num_steps = total_steps(config, steps_per_epoch)
         self.tx = make_optimizer(config.optimizer, num_steps, steps_per_epoch,
                                  config.dataset.batch_size)
@@ -47,20 +60,35 @@ class Trainer:
             for _, module in nnx.iter_modules(model):  # batch statistics over every device's batch
                 if isinstance(module, nnx.BatchNorm):
                     module.axis_name = axis_name
-        self.graphdef, state = create_state(model, self.tx, config.seed)
+        opt = config.optimizer
+        self.accumulate_steps = opt.get("accumulate_steps", 1)
+        check_accumulation(config.dataset.batch_size, self.accumulate_steps, self.mesh)
+        self.ema_decay = opt.get("ema_decay", 0.0)
+        self.graphdef, state = create_state(model, self.tx, config.seed, ema=self.ema_decay > 0)
         self.state_sharding = sharding.state_sharding(state, self.mesh, self.strategy)
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         self.initial_state = jax.device_put(state, self.state_sharding)
         replicated = sharding.replicated(self.mesh)
-        layer_grad_norms = config.get("log", {}).get("layer_grad_norms", False)
-        step = make_train_step(self.graphdef, self.task, self.tx, axis_name, layer_grad_norms)
+        l2 = opt.weight_decay if opt.name != "adamw" else 0.0  # adamw's decay is decoupled
+        step = make_train_step(
+            self.graphdef, self.task, self.tx, axis_name,
+            config.get("log", {}).get("layer_grad_norms", False),
+            accumulate_steps=self.accumulate_steps, ema_decay=self.ema_decay, l2=l2,
+            report_objective=bool(config.loss.label_smoothing or l2))
+        # `train_step(state, batch)` always measures the norms; the loop runs `_step`, whose
+        # third argument says whether to (see `compile`).
+        always = functools.partial(step, with_norms=True)
         if self.strategy == "pmap":
-            self.train_step = jax.pmap(step, axis_name=axis_name, donate_argnums=0,
-                                       devices=list(self.mesh.devices.flat))
+            devices = list(self.mesh.devices.flat)
+            self.train_step = jax.pmap(always, axis_name=axis_name, donate_argnums=0,
+                                       devices=devices)
+            self._step = jax.pmap(step, axis_name=axis_name, in_axes=(0, 0, None),
+                                  donate_argnums=0, devices=devices)
         else:
-            self.train_step = jax.jit(
-                step, in_shardings=(self.state_sharding, self.batch_sharding),
+            self.train_step, self._step = (jax.jit(
+                fn, in_shardings=(self.state_sharding, self.batch_sharding, replicated)[:arity],
                 out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+                for fn, arity in ((always, 2), (step, 3)))
         self.eval_step = jax.jit(
             make_eval_step(self.graphdef, self.task),
             in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
@@ -101,9 +129,36 @@ class Trainer:
         numpy `batch`, without applying it: a pytree shaped like `state.params`."""
         return self._gradients(state, sharding.put_batch(batch, self.batch_sharding))
 
-    def evaluate(self, state: TrainState, batches) -> dict:
+    def compile(self, state: TrainState, batch: dict) -> Compiled:
+        """Compiles the train step ahead of time for `state` (running layout) and a global
+        `batch` like the ones to come, as `step(state, batch, with_norms)`; it runs only on
+        arrays of exactly those shapes, so a later step never recompiles silently."""
+        start = time.perf_counter()
+        executable = self._step.lower(state, batch, True).compile()
+        seconds = time.perf_counter() - start
+        try:  # per device: the partitioned program one device runs
+            flops = float(executable.cost_analysis()["flops"])
+        except Exception:  # noqa: BLE001 - a backend without cost analysis: no FLOP/s, no MFU
+            flops = None
+        return Compiled(executable, seconds, flops)
+
+    def weights(self, state: TrainState, which: str = "raw") -> TrainState:
+        """`state` with the parameters `which` names: `raw` (as trained) or `ema` (their moving
+        average, `optimizer.ema_decay`)."""
+        if which == "raw":
+            return state
+        if which != "ema":
+            raise ValueError(f"weights {which!r} is not 'raw' or 'ema'")
+        if state.ema_params is None:
+            raise ValueError("this run keeps no moving average of its weights (it was trained "
+                             "with optimizer.ema_decay=0); evaluate its raw weights")
+        return state.replace(params=state.ema_params)
+
+    def evaluate(self, state: TrainState, batches, weights: str = "raw") -> dict:
         """Mean loss and task metrics (accuracy, or mean absolute error) of the canonical
-        `state` over every unmasked example, and the number of examples (targets, for text)."""
+        `state` over every unmasked example, and the number of examples (targets, for text).
+        `weights` picks the raw parameters or their moving average (`ema`)."""
+        state = self.weights(state, weights)
         sums = None
         for batch in batches:
             out = self.eval_step(state, sharding.put_batch(batch, self.batch_sharding))
