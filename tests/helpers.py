@@ -21,3 +21,20 @@ def tiny_config(name="digits_mlp.py", **overrides):
 def trainer_for(config):
     model, dataset = build(config)
     return Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size)), dataset
+
+
+def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value), ...]} of every scalar in the event files of one TensorBoard run
+    directory, read with TensorBoard's own event reader, every event as written (TensorBoard's
+    purging of restarted steps is turned off, so a duplicate would show)."""
+    import sys
+    import types
+    # TensorBoard's reader uses TensorFlow when it can import it (it is installed here to
+    # prepare datasets); its stub, which this hook selects, keeps TensorFlow out of the tests.
+    sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
+    from tensorboard.backend.event_processing import event_accumulator
+
+    acc = event_accumulator.EventAccumulator(str(run_dir), purge_orphaned_data=False,
+                                             size_guidance={event_accumulator.SCALARS: 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}

@@ -1,4 +1,4 @@
-"""The training loop: one function that reads top to bottom.
+"""The training loop: one function that reads top to bottom, its helpers beside it.
 
 It receives a model and a dataset and knows neither's kind: the dataset needs
 `steps_per_epoch(batch_size)`, `train_batches(batch_size, seed=, epoch=, start=,
@@ -10,21 +10,24 @@ import contextlib
 import itertools
 import json
 import math
+import operator
 import os
 import signal
 import tempfile
 import threading
 import time
+from collections.abc import Sequence
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 from train import checkpoint, report, workdir_lock
 from train.state import num_params
+from train.throughput import Profile, speed
 from train.trainer import Trainer, total_steps
+from train.writers import Console, JsonLines, TensorBoard, Writers
 
 
 # Steps dispatched ahead of the one the host last waited for. Enough to keep a device busy
@@ -68,10 +71,11 @@ def prepare_workdir(workdir: str) -> str:
     return workdir
 
 
-def monitored(task: str) -> tuple[str, ...]:
-    """The metrics early stopping can watch (and best checkpoints be ranked by) for `task`."""
-    return ("eval_accuracy", "eval_loss") if task == "classification" else ("eval_loss",
-                                                                            "eval_mae")
+def monitored(task: str, ema: bool = False) -> tuple[str, ...]:
+    """The metrics early stopping can watch (and best checkpoints be ranked by) for `task`; with
+    `ema`, those of the weights' moving average too."""
+    names = ("accuracy", "loss") if task == "classification" else ("loss", "mae")
+    return tuple(f"eval_{prefix}{n}" for prefix in ("", "ema_")[:1 + ema] for n in names)
 
 
 # Config keys a resumed run may change freely: how long it runs, and where (devices, data path).
@@ -80,7 +84,7 @@ HISTORY_FILE = "history.jsonl"
 
 
 def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = True,
-        allow_config_change: bool = False) -> dict:
+        allow_config_change: bool = False, writers: Sequence = ()) -> dict:
     """Trains `model` on `dataset` as `config` says; checkpoints, metrics and plot go to `workdir`.
 
     The work directory is locked while it trains (`train.workdir_lock`): a second trainer, or an
@@ -89,6 +93,10 @@ def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = Tru
     Resumes from the newest readable checkpoint in `workdir` if there is one, exactly where it
     stopped. SIGTERM or SIGINT finishes the current step, saves and raises Preempted. Returns a
     summary with the final state, the best checkpoint's step and why training stopped.
+
+    Every record (`train.writers`) goes to `<workdir>/metrics.jsonl`, to TensorBoard event files
+    under `<workdir>/tensorboard/` (unless `log.tensorboard` is off), to the console, and to
+    each of `writers`: callables, or objects with `write(record)` (on process 0 only).
     `console=False` keeps the progress bar and the per-evaluation lines off the terminal (for
     programs that train many runs and report on their own); the files are written all the same.
     Resuming with a config that differs from the saved one in more than `RESUMABLE_CHANGES` is
@@ -96,174 +104,271 @@ def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = Tru
     `<workdir>/history.jsonl`).
     """
     prepare_workdir(workdir)
-    chief_says = print if jax.process_index() == 0 and console else (lambda *a, **k: None)
+    chief_says = print if jax.process_index() == 0 and console else _silent
     with workdir_lock.hold(workdir, exclusive=True, say=chief_says):
-        return _fit(config, workdir, model, dataset, console, allow_config_change)
+        return _fit(config, workdir, model, dataset, console, allow_config_change, writers)
 
 
 def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool,
-         allow_config_change: bool) -> dict:
+         allow_config_change: bool, user_writers: Sequence) -> dict:
     # --- setup: everything that can fail on bad input fails here, before any checkpoint is touched
     chief = jax.process_index() == 0
-    say = print if chief and console else (lambda *a, **k: None)
-    batch_size = config.dataset.batch_size
-    steps_per_epoch = dataset.steps_per_epoch(batch_size)
+    say = print if chief and console else _silent
+    steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
     num_steps = total_steps(config, steps_per_epoch)
     eval_every = config.eval_every or steps_per_epoch
     checkpoint_every = config.checkpoint.every or eval_every
-    monitor = config.early_stopping.monitor
-    if monitor not in monitored(dataset.task):
-        raise ValueError(f"early_stopping.monitor={monitor!r} is not one of "
-                         f"{', '.join(monitored(dataset.task))} (what a {dataset.task} dataset "
-                         f"such as {config.dataset.name} is evaluated on)")
-    better = (lambda a, b: a < b) if checkpoint.metric_mode(monitor) == "min" else (
-        lambda a, b: a > b)
-    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
     trainer = Trainer(config, model, steps_per_epoch, dataset.task)
+    stopping = EarlyStopping(config.early_stopping, dataset.task, config.dataset.name,
+                             ema=trainer.ema_decay > 0)
+    profile = Profile(option(config, "profile.start_step", 0),
+                      option(config, "profile.num_steps", 1), workdir, num_steps, say)
+    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
     # --- resume: the newest checkpoint that reads back whole, and the data position saved with it
-    if chief:
+    manager, state, step, history = _resume(config, workdir, trainer, steps_per_epoch,
+                                            allow_config_change, say)
+    stopping.replay(history)
+    say(_starting_line(trainer, step, num_steps, steps_per_epoch, config.dataset.batch_size))
+    first_step = step + 1  # logged whatever log_every says: curves start there
+    profile.resuming_at(first_step)
+    state = trainer.place(state)
+    batches = _batches(dataset, config, step, num_steps, steps_per_epoch, shard)
+    first = next(batches, None)
+    compiled = trainer.compile(state, trainer.put(first[1])) if first else None
+    shown = Console(num_steps, step, ("loss", *trainer.task.metrics), config.eval_split,
+                    show=chief and console)
+    writers = Writers([JsonLines(workdir), shown, *user_writers] + (
+        [TensorBoard(workdir, config.eval_split, history)]
+        if chief and option(config, "log.tensorboard", True) else []))
+
+    def _write(record: dict) -> None:
+        history.append(record)
+        try:
+            writers.write(record)
+        except OSError as e:
+            checkpoint.wait(manager)
+            raise checkpoint.CheckpointWriteError(
+                f"could not write the metrics of step {record['step']} into {workdir} "
+                f"({e.strerror}); the checkpoints in {manager.directory} are intact. Free space "
+                f"or make the work directory writable, then rerun to resume") from e
+
+    # --- the loop
+    stop_reason, pending = None, []  # pending: (step, device metrics) not fetched yet
+    with stop_requests() as stop_signals, contextlib.ExitStack() as cleanup:
+        cleanup.callback(writers.close)
+        cleanup.callback(profile.close)
+        if compiled:
+            _write(_compile_record(first_step, compiled, trainer))
+            batches = itertools.chain([first], batches)
+        window_start = time.perf_counter()
+        for step, batch in batches:
+            preempted = (multihost_utils.reached_preemption_sync_point(step)
+                         if jax.process_count() > 1 else bool(stop_signals))
+            do_eval = step % eval_every == 0 or step == num_steps
+            do_save = step % checkpoint_every == 0 or step == num_steps or preempted
+            do_log = do_eval or do_save or step % config.log_every == 0 or step == first_step
+            profile.before(step)
+            state, metrics = compiled.step(state, trainer.put(batch), do_log)
+            profile.after(step, state)
+            shown.advance()
+            pending.append((step, metrics))
+            if len(pending) > MAX_STEPS_IN_FLIGHT:  # dispatch ahead, but not unboundedly
+                jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
+            if not do_log:
+                continue
+            fetched = [(s, trainer.fetch(m)) for s, m in pending]
+            pending = []
+            _stop_if_not_finite(fetched, manager)  # before anything is saved
+            record = _train_record(step, fetched, trainer, steps_per_epoch, compiled,
+                                   time.perf_counter() - window_start if step > first_step
+                                   else None)
+            canonical = trainer.gather(state) if do_eval or do_save else None
+            if do_eval:
+                record.update(_evaluate(trainer, canonical, dataset, config, shard))
+                stop_reason = stopping.update(record)
+            _write(record)
+            if do_save or stop_reason:
+                checkpoint.save(manager, step, canonical, config.to_dict(),
+                                data_position(step, steps_per_epoch, config),
+                                stopping.ranking(record))
+            if preempted:
+                checkpoint.wait(manager)
+                raise Preempted(stop_signals[0] if stop_signals else signal.SIGTERM, step,
+                                str(manager.directory))
+            if stop_reason:
+                break
+            window_start = time.perf_counter()  # evaluating and saving are not training time
+    checkpoint.wait(manager)
+
+    # --- what the run leaves behind
+    if stop_reason:
+        say(stop_reason)
+    title = f"{config.model.name} on {config.dataset.name}: {os.path.abspath(workdir)}"
+    curves = report.plot_curves(workdir, title, config.eval_split) if chief else None
+    return {"state": trainer.gather(state), "trainer": trainer, "best_step": manager.best_step(),
+            "latest_step": manager.latest_step(), "stop_reason": stop_reason or "finished",
+            "history": history, "curves": curves, "checkpoints": str(manager.directory)}
+
+
+# --- the loop's helpers, in the order it calls them
+
+class EarlyStopping:
+    """Tracks the best value of `early_stopping.monitor` and the evaluations since it; the same
+    metric ranks the checkpoints to keep."""
+
+    def __init__(self, cfg, task: str, dataset_name: str, ema: bool):
+        self.monitor, self.patience = cfg.monitor, cfg.patience
+        if self.monitor not in monitored(task, ema):
+            raise ValueError(f"early_stopping.monitor={self.monitor!r} is not one of "
+                             f"{', '.join(monitored(task, ema))} (what a {task} dataset such "
+                             f"as {dataset_name} is evaluated on"
+                             f"{'' if ema else ' without optimizer.ema_decay'})")
+        self.better = operator.lt if checkpoint.metric_mode(self.monitor) == "min" else operator.gt
+        self.best, self.bad_evals = None, 0
+
+    def replay(self, history: list[dict]) -> None:
+        for record in history:
+            if self.monitor in record:
+                self.update(record)
+
+    def update(self, record: dict) -> str | None:
+        """Takes an evaluated record; returns why training should stop, or None."""
+        value = record[self.monitor]
+        if self.best is None or self.better(value, self.best):
+            self.best, self.bad_evals = value, 0
+        else:
+            self.bad_evals += 1
+        if self.patience and self.bad_evals >= self.patience:
+            return (f"early stopping: {self.monitor} did not improve on {self.best:.4f} for "
+                    f"{self.patience} evaluations")
+        return None
+
+    def ranking(self, record: dict) -> dict | None:
+        """What a checkpoint saved with `record` is ranked by (None if it was not evaluated)."""
+        return {self.monitor: record[self.monitor]} if self.monitor in record else None
+
+
+def _starting_line(trainer: Trainer, step: int, num_steps: int, steps_per_epoch: int,
+                   batch_size: int) -> str:
+    if step >= num_steps:
+        return (f"this run is finished: its checkpoint at step {step} is the last of its "
+                f"{num_steps} steps. To train it further, raise --config.epochs (or "
+                f"--config.steps)")
+    k = trainer.accumulate_steps
+    micro = f", accumulated over {k} micro-batches of {batch_size // k}" if k > 1 else ""
+    devices = trainer.mesh.devices.flat
+    return (f"training {num_params(trainer.initial_state):,} parameters for {num_steps} steps "
+            f"({steps_per_epoch} per epoch, batch {batch_size}{micro}) on "
+            f"{trainer.mesh.devices.size} {next(iter(devices)).platform} device(s) in "
+            f"{jax.process_count()} process(es), strategy {trainer.strategy}")
+
+
+def _batches(dataset, config, step: int, num_steps: int, steps_per_epoch: int, shard: dict):
+    """(step number, this process's batch) for every step after `step`, epoch after epoch,
+    up to `num_steps` (which may end mid-epoch)."""
+    while step < num_steps:
+        epoch, offset = divmod(step, steps_per_epoch)
+        end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)
+        batches = dataset.train_batches(config.dataset.batch_size, seed=config.seed,
+                                        epoch=epoch, start=offset, **shard)
+        for batch in itertools.islice(batches, end - offset):
+            step += 1
+            yield step, batch
+
+
+def _compile_record(step: int, compiled, trainer: Trainer) -> dict:
+    """The compile time, once; XLA's FLOP count of a step (all devices) where it has one."""
+    record = {"step": step, "time": time.time(), "compile_s": compiled.seconds}
+    if compiled.flops:
+        record["flops_per_step"] = compiled.flops * trainer.mesh.devices.size
+    return record
+
+
+def _stop_if_not_finite(fetched: list[tuple[int, dict]], manager) -> None:
+    for step, metrics in fetched:
+        bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
+        if bad is None:
+            continue
+        checkpoint.wait(manager)
+        last = manager.latest_step()
+        kept = (f"the last good checkpoint (step {last}) is kept in {manager.directory}"
+                if last is not None else "no checkpoint had been saved yet")
+        raise Diverged(f"{bad} became {metrics[bad]} at step {step}; stopped, and {kept}. Try a "
+                       f"lower optimizer.learning_rate or optimizer.clip_norm", step)
+
+
+def _train_record(step: int, fetched: list[tuple[int, dict]], trainer: Trainer,
+                  steps_per_epoch: int, compiled, seconds: float | None) -> dict:
+    """One record of the steps since the last: their mean loss (and objective, and the task's
+    metrics), the learning rate and norms of the last (norms are measured at logged steps
+    only), and, over `seconds` (None for the first step, whose time holds one-off costs), the
+    throughput."""
+    last = fetched[-1][1]
+    means = ["loss", "objective", *trainer.task.metrics]
+    record = {"step": step, "epoch": step / steps_per_epoch, "time": time.time(),
+              **{f"train_{k}": float(np.mean([m[k] for _, m in fetched]))
+                 for k in means if k in last},
+              "learning_rate": float(trainer.learning_rate(step - 1)),
+              **{k: last[k] for k in sorted(last, key=lambda k: (k != "grad_norm", k))
+                 if k not in means}}
+    if seconds is not None:
+        record.update(speed(len(fetched), seconds, trainer.batch_size, compiled.flops,
+                            list(trainer.mesh.devices.flat)))
+    return record
+
+
+def _evaluate(trainer: Trainer, state, dataset, config, shard: dict) -> dict:
+    """`eval_<metric>` of the raw weights on `eval_split`; with a moving average of the weights,
+    `eval_ema_<metric>` of it as well."""
+    out = {}
+    for weights in ("raw", "ema") if trainer.ema_decay else ("raw",):
+        result = trainer.evaluate(state, dataset.eval_batches(
+            config.eval_split, config.dataset.eval_batch_size, **shard), weights)
+        prefix = "eval_ema_" if weights == "ema" else "eval_"
+        out.update({prefix + k: v for k, v in result.items() if k != "examples"})
+    return out
+
+
+def _silent(*_, **__) -> None:
+    pass
+
+
+def option(config, dotted: str, default):
+    """`config.<dotted>`, or `default` for a config saved before that field existed."""
+    node = config
+    for name in dotted.split("."):
+        if not hasattr(node, "keys") or name not in node:
+            return default
+        node = node[name]
+    return node
+
+
+def _resume(config, workdir: str, trainer: Trainer, steps_per_epoch: int,
+            allow_config_change: bool, say):
+    """(manager, state, step, history): the newest checkpoint that reads back whole (or the
+    trainer's initial state at step 0) and the metrics records up to its step."""
+    if jax.process_index() == 0:
         checkpoint.remove_incomplete(workdir, say)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("descent: checkpoints cleaned")
     manager = checkpoint.open_manager(workdir, keep=config.checkpoint.keep,
-                                      keep_best=config.checkpoint.keep_best, monitor=monitor)
-    config_dict = config.to_dict()
+                                      keep_best=config.checkpoint.keep_best,
+                                      monitor=config.early_stopping.monitor)
     state, step = trainer.initial_state, 0
     resumed = checkpoint.restore_latest_good(manager, state, say)
     if resumed is not None:
         state, step, position = resumed
-        _check_config_change(config_dict, checkpoint.saved_config(manager, step), step, workdir,
-                             allow_config_change, say)
+        _check_config_change(config.to_dict(), checkpoint.saved_config(manager, step), step,
+                             workdir, allow_config_change, say)
         say(f"resumed from the checkpoint at step {step} in {manager.directory}")
         if position != data_position(step, steps_per_epoch, config):
             say("warning: dataset.batch_size or seed differ from the run that saved this "
                 "checkpoint, so the data order differs from an uninterrupted run")
     history = [r for r in report.read_metrics(workdir) if r["step"] <= step]
-    if chief:
+    if jax.process_index() == 0:
         _rewrite_metrics(workdir, history)
-    best, bad_evals = None, 0
-    for value in (r[monitor] for r in history if monitor in r):
-        best, bad_evals = (value, 0) if best is None or better(value, best) else (best, bad_evals + 1)
-    if step >= num_steps:
-        say(f"this run is finished: its checkpoint at step {step} is the last of its {num_steps} "
-            f"steps. To train it further, raise --config.epochs (or --config.steps)")
-    else:
-        say(f"training {num_params(state):,} parameters for {num_steps} steps "
-            f"({steps_per_epoch} per epoch, batch {batch_size}) on {trainer.mesh.devices.size} "
-            f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es), "
-            f"strategy {trainer.strategy}")
-        if config.loss.get("label_smoothing", 0):
-            say(f"the train loss includes label smoothing {config.loss.label_smoothing:g}; the "
-                f"{config.eval_split} loss does not")
-    state = trainer.place(state)
-
-    # --- the loop
-    stop_reason = "finished"
-    pending = []  # (step, device metrics) not yet fetched: fetching every step would stall dispatch
-    window_start, window_steps = time.perf_counter(), 0
-    first_step = step + 1  # logged on its own: it includes compilation, and curves start there
-    bar = _progress_bar(num_steps, step, chief and console, leave=False)  # until compiled
-    with stop_requests() as stop_signals:
-        while step < num_steps and stop_reason == "finished":
-            epoch, offset = divmod(step, steps_per_epoch)
-            batches = dataset.train_batches(batch_size, seed=config.seed, epoch=epoch,
-                                            start=offset, **shard)
-            end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)  # may end mid-epoch
-            for batch in itertools.islice(batches, end - offset):
-                state, metrics = trainer.train_step(state, trainer.put(batch))
-                step += 1
-                window_steps += 1
-                pending.append((step, metrics))
-                if len(pending) > MAX_STEPS_IN_FLIGHT:
-                    jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
-                bar.update()
-                preempted = (multihost_utils.reached_preemption_sync_point(step)
-                             if jax.process_count() > 1 else bool(stop_signals))
-                do_eval = step % eval_every == 0 or step == num_steps
-                do_save = step % checkpoint_every == 0 or step == num_steps or preempted
-                if not (do_eval or do_save or step % config.log_every == 0 or step == first_step):
-                    continue
-
-                # Fetch the pending metrics; a NaN or Inf stops here, before anything is saved.
-                fetched = [(s, trainer.fetch(m)) for s, m in pending]
-                pending = []
-                for s, m in fetched:
-                    if not all(math.isfinite(v) for v in m.values()):
-                        bar.close()
-                        checkpoint.wait(manager)
-                        last = manager.latest_step()
-                        kept = (f"the last good checkpoint (step {last}) is kept in "
-                                f"{manager.directory}" if last is not None
-                                else "no checkpoint had been saved yet")
-                        what = next(k for k, v in m.items() if not math.isfinite(v))
-                        raise Diverged(f"{what} became {m[what]} at step {s}; stopped, and {kept}. "
-                                       f"Try a lower optimizer.learning_rate or optimizer.clip_norm",
-                                       s)
-                elapsed = time.perf_counter() - window_start
-                record = {"step": step, "epoch": step / steps_per_epoch,
-                          **{_train_key(k): float(np.mean([m[k] for _, m in fetched]))
-                             for k in _step_metric_order(fetched[0][1], trainer.task)},
-                          "learning_rate": float(trainer.learning_rate(step - 1))}
-                if step == first_step:  # compilation, not throughput
-                    record["first_step_s"] = elapsed
-                    bar.close()  # a new bar, whose rate and ETA count only compiled steps
-                    bar = _progress_bar(num_steps, step, chief and console)
-                else:
-                    record["examples_per_s"] = window_steps * batch_size / elapsed
-                bar.set_postfix({_SHORT.get(k, k): f"{record['train_' + k]:.4f}"
-                                 for k in ("loss", *trainer.task.metrics)})
-
-                # once, for evaluation and the checkpoint (a saved run's stop implies do_eval)
-                canonical = trainer.gather(state) if do_eval or do_save else None
-                if do_eval:
-                    result = trainer.evaluate(canonical, dataset.eval_batches(
-                        config.eval_split, config.dataset.eval_batch_size, **shard))
-                    record.update({f"eval_{k}": v for k, v in result.items() if k != "examples"})
-                    if best is None or better(record[monitor], best):
-                        best, bad_evals = record[monitor], 0
-                    else:
-                        bad_evals += 1
-                    if chief and console:
-                        names = ("loss", *trainer.task.metrics)
-                        bar.write(f"step {step:>6} epoch {record['epoch']:6.2f}  train "
-                                  + " ".join(f"{_SHORT.get(k, k)} {record['train_' + k]:.4f}"
-                                             for k in names)
-                                  + f"  {config.eval_split} "
-                                  + " ".join(f"{_SHORT.get(k, k)} {result[k]:.4f}" for k in names))
-                    patience = config.early_stopping.patience
-                    if patience and bad_evals >= patience:
-                        stop_reason = (f"early stopping: {monitor} did not improve on {best:.4f} "
-                                       f"for {patience} evaluations")
-                if chief:
-                    _append_metrics(workdir, record, manager)
-                    history.append(record)
-                if do_save or stop_reason != "finished":
-                    saved_metrics = {monitor: record[monitor]} if monitor in record else None
-                    checkpoint.save(manager, step, canonical, config_dict,
-                                    data_position(step, steps_per_epoch, config), saved_metrics)
-                if preempted:
-                    bar.close()
-                    checkpoint.wait(manager)
-                    signum = stop_signals[0] if stop_signals else signal.SIGTERM
-                    raise Preempted(signum, step, str(manager.directory))
-                if stop_reason != "finished":
-                    break
-                window_start, window_steps = time.perf_counter(), 0  # eval is not training time
-    bar.close()
-    checkpoint.wait(manager)
-
-    # --- what the run leaves behind
-    if stop_reason != "finished":
-        say(stop_reason)
-    title = f"{config.model.name} on {config.dataset.name}: {os.path.abspath(workdir)}"
-    curves = report.plot_curves(workdir, title, config.eval_split) if chief else None
-    return {"state": trainer.gather(state), "trainer": trainer, "best_step": manager.best_step(),
-            "latest_step": manager.latest_step(), "stop_reason": stop_reason,
-            "history": history, "curves": curves, "checkpoints": str(manager.directory)}
-
-
-_SHORT = {"accuracy": "acc"}  # console abbreviations
+    return manager, state, step, history
 
 
 def _check_config_change(now: dict, saved: dict, step: int, workdir: str, allowed: bool,
@@ -297,23 +402,6 @@ def _check_config_change(now: dict, saved: dict, step: int, workdir: str, allowe
             "changed": {k: list(v) for k, v in changed.items()}})
 
 
-def _progress_bar(total: int, done: int, show: bool, leave: bool = True) -> tqdm:
-    """tqdm rates (and so the ETA) from the steps since `done`, over the time since now."""
-    return tqdm(total=total, initial=done, unit="step", disable=None if show else True,
-                dynamic_ncols=True, leave=leave)
-
-
-def _step_metric_order(metrics: dict, task) -> list[str]:
-    """Loss, the task's metrics, the global norms, then per-layer norms by path."""
-    first = ["loss", *task.metrics, "grad_norm", "param_norm"]
-    return [k for k in first if k in metrics] + sorted(k for k in metrics if k not in first)
-
-
-def _train_key(metric: str) -> str:
-    """Step metrics in a record: `train_loss`, `train_accuracy`, but `grad_norm` as it is."""
-    return metric if metric.startswith(("grad_norm", "param_norm")) else f"train_{metric}"
-
-
 def data_position(step: int, steps_per_epoch: int, config) -> dict:
     """Where the data stands after `step` updates: the epoch and batch of the next batch.
 
@@ -342,17 +430,6 @@ def stop_requests():
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
-
-
-def _append_metrics(workdir: str, record: dict, manager) -> None:
-    try:
-        report.append_metrics(workdir, record)
-    except OSError as e:
-        checkpoint.wait(manager)
-        raise checkpoint.CheckpointWriteError(
-            f"could not append to {os.path.join(workdir, report.METRICS_FILE)} ({e.strerror}); "
-            f"the checkpoints in {manager.directory} are intact. Free space or make the work "
-            f"directory writable, then rerun to resume") from e
 
 
 def _rewrite_metrics(workdir: str, records: list[dict]) -> None:

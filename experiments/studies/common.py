@@ -184,7 +184,8 @@ class Study:
             raise StudyError(f"study {self.name}: run {label!r} failed: "
                              f"{type(e).__name__}: {e}") from e
         seconds = time.perf_counter() - start
-        history = report.read_metrics(workdir)
+        # the training records (the compile-time record at the start is not one)
+        history = [r for r in report.read_metrics(workdir) if "train_loss" in r]
         done = Run(label, config, workdir, history, result, summary, seconds, diverged,
                    diverged_at)
         self.say(f"run {count} {label}: {_describe(done)} ({seconds:.1f} s)")

@@ -1,0 +1,170 @@
+"""What a run writes at each logging point: JSON lines, TensorBoard, the console, the user's writers."""
+import os
+import shutil
+import types
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from experiments import run
+from train.losses import softmax_cross_entropy
+from train import report, throughput, writers
+
+from helpers import tensorboard_scalars, tiny_config, trainer_for
+
+
+def tensorboard_view(workdir) -> dict[str, dict]:
+    root = os.path.join(workdir, writers.TENSORBOARD_DIR)
+    return {name: tensorboard_scalars(os.path.join(root, name)) for name in os.listdir(root)}
+
+
+def test_tensorboard_holds_every_record_field_at_its_step(tmp_path):
+    # label smoothing makes the objective differ from the loss: both are curves
+    config = tiny_config(**{"epochs": 3, "loss.label_smoothing": 0.1})
+    run.train_and_evaluate(config, str(tmp_path), console=False)
+    records = [r for r in report.read_metrics(str(tmp_path)) if "train_loss" in r]
+    view = tensorboard_view(tmp_path)
+    assert set(view) == {"train", "validation"}
+    train, validation = view["train"], view["validation"]
+    for key, tag in [("train_loss", "loss"), ("train_objective", "objective"),
+                     ("train_accuracy", "accuracy"), ("learning_rate", "optimizer/learning_rate"),
+                     ("grad_norm", "norms/grad_norm"), ("param_norm", "norms/param_norm"),
+                     ("epoch", "progress/epoch"), ("examples_per_s", "speed/examples_per_s"),
+                     ("steps_per_s", "speed/steps_per_s")]:
+        expected = [(r["step"], r[key]) for r in records if key in r]
+        assert [s for s, _ in train[tag]] == [s for s, _ in expected], tag
+        np.testing.assert_allclose([v for _, v in train[tag]], [v for _, v in expected],
+                                   rtol=1e-6, err_msg=tag)
+    # train and validation share tags, so TensorBoard draws them in one chart
+    assert [s for s, _ in validation["loss"]] == [39, 78, 117]
+    assert [s for s, _ in validation["accuracy"]] == [39, 78, 117]
+    np.testing.assert_allclose([v for _, v in validation["accuracy"]],
+                               [r["eval_accuracy"] for r in records if "eval_accuracy" in r],
+                               rtol=1e-6)
+    # the compile time, once, at the first step
+    assert [s for s, _ in train["speed/compile_s"]] == [1]
+
+
+def test_a_resumed_run_shows_each_step_once_in_tensorboard(tmp_path):
+    config = tiny_config(**{"epochs": 2, "log_every": 5})
+    run.train_and_evaluate(config, str(tmp_path), console=False)
+    # as after a crash between the metrics of steps 40-78 and the checkpoint of step 78
+    shutil.rmtree(tmp_path / "checkpoints" / "78")
+    before = tensorboard_view(tmp_path)
+    assert any(s > 39 for s, _ in before["train"]["loss"])
+    run.train_and_evaluate(config, str(tmp_path), console=False)
+    view = tensorboard_view(tmp_path)
+    records = [r for r in report.read_metrics(str(tmp_path)) if "train_loss" in r]
+    for tags in view.values():
+        for tag, points in tags.items():
+            steps = [s for s, _ in points]
+            assert steps == sorted(set(steps)), f"{tag}: a step shows twice: {steps}"
+    # what TensorBoard shows is what the resumed run's metrics say, discarded steps gone
+    shown = view["train"]["loss"]
+    assert [s for s, _ in shown] == [r["step"] for r in records]
+    np.testing.assert_allclose([v for _, v in shown], [r["train_loss"] for r in records], rtol=1e-6)
+    assert [s for s, _ in view["train"]["speed/compile_s"]] == [1, 40]  # each start compiles
+    for run_dir in view:  # the older event files were replaced, not left beside the new ones
+        assert len(os.listdir(tmp_path / writers.TENSORBOARD_DIR / run_dir)) == 1
+
+
+def test_log_tensorboard_off_writes_no_event_files(tmp_path):
+    run.train_and_evaluate(tiny_config(**{"log.tensorboard": False}), str(tmp_path),
+                           console=False)
+    assert not os.path.exists(tmp_path / writers.TENSORBOARD_DIR)
+
+
+def test_a_users_writers_receive_every_record_the_metrics_file_holds(tmp_path):
+    seen = []
+
+    class Collector:
+        closed = False
+
+        def write(self, record):
+            seen.append(dict(record))
+
+        def close(self):
+            Collector.closed = True
+
+    calls = []
+    run.train_and_evaluate(tiny_config(), str(tmp_path), console=False,
+                           writers=[Collector(), calls.append])
+    on_disk = report.read_metrics(str(tmp_path))
+    assert seen == on_disk and calls == on_disk and Collector.closed
+    with pytest.raises(TypeError, match="a writer must be callable or have write"):
+        writers.Writers([42])
+
+
+def test_records_hold_the_plain_loss_and_the_objective_apart(tmp_path):
+    # L2 weight decay (coupled, with sgd): objective = loss + wd / 2 * |w|^2 over the kernels
+    wd = 0.01
+    config = tiny_config(**{"optimizer.name": "sgd", "optimizer.weight_decay": wd,
+                            "model.dropout": 0.0, "optimizer.schedule": "constant",
+                            "loss.label_smoothing": 0.0, "epochs": 1})
+    summary = run.train_and_evaluate(config, str(tmp_path), console=False)
+    first = next(r for r in summary["history"] if "train_loss" in r)
+    fresh, _ = trainer_for(config)  # the run's own initial state was donated to its first step
+    kernels = [x for x in jax.tree.leaves(jax.device_get(fresh.initial_state.params))
+               if x.ndim > 1]
+    l2 = 0.5 * wd * sum(float(np.sum(np.square(k.astype(np.float64)))) for k in kernels)
+    assert first["step"] == 1
+    assert first["train_objective"] - first["train_loss"] == pytest.approx(l2, rel=1e-4)
+    # nothing to tell apart: no objective field
+    plain = run.train_and_evaluate(tiny_config(**{"loss.label_smoothing": 0.0, "epochs": 1}),
+                                   str(tmp_path / "plain"), console=False)
+    assert not any("train_objective" in r for r in plain["history"])
+
+
+def test_the_train_loss_is_the_plain_loss_with_label_smoothing_on(tmp_path):
+    # the first step: the logged train loss is the evaluation's loss of the same batch, and the
+    # objective the smoothed cross-entropy that the gradient is taken of
+    config = tiny_config(**{"steps": 1, "model.dropout": 0.0, "loss.label_smoothing": 0.2})
+    summary = run.train_and_evaluate(config, str(tmp_path), console=False)
+    first = next(r for r in summary["history"] if "train_loss" in r)
+    trainer, dataset = trainer_for(config)  # a fresh initial state: the run's was donated
+    batch = next(dataset.train_batches(32, seed=config.seed, epoch=0))
+    plain = trainer.evaluate(trainer.initial_state, [{**batch, "mask": np.ones(32, bool)}])
+    model = nnx.merge(trainer.graphdef, trainer.initial_state.params,
+                      trainer.initial_state.model_state)
+    smoothed = softmax_cross_entropy(model(batch["inputs"], train=False), batch["targets"], 0.2)
+    assert first["train_loss"] == pytest.approx(plain["loss"], rel=1e-5)
+    assert first["train_objective"] == pytest.approx(float(np.mean(smoothed)), rel=1e-5)
+    assert abs(first["train_objective"] - first["train_loss"]) > 1e-3
+
+
+def test_console_says_the_compile_time_once_and_a_line_per_evaluation(tmp_path, capsys):
+    run.train_and_evaluate(tiny_config(), str(tmp_path))
+    out = capsys.readouterr().out
+    assert out.count("compiled the train step in ") == 1
+    assert "step     39 epoch   1.00  train loss" in out and "validation loss" in out
+
+
+def fake_device(kind, peak_bytes=None):
+    stats = {"peak_bytes_in_use": peak_bytes} if peak_bytes else None
+    return types.SimpleNamespace(device_kind=kind, process_index=jax.process_index(),
+                                 memory_stats=lambda: stats)
+
+
+def test_utilisation_is_against_the_devices_peak_and_omitted_for_unknown_devices():
+    h100 = [fake_device("NVIDIA H100 80GB HBM3", peak_bytes=5 << 30) for _ in range(8)]
+    out = throughput.speed(100, 2.0, 256, 1e12, h100)
+    assert out["examples_per_s"] == 100 * 256 / 2.0 and out["steps_per_s"] == 50.0
+    assert out["flops_per_s"] == 8 * 50.0 * 1e12
+    assert out["mfu"] == pytest.approx(50.0 * 1e12 / 989e12)
+    assert out["peak_memory_bytes"] == 5 << 30
+    unknown = throughput.speed(100, 2.0, 256, 1e12, [fake_device("Some Accelerator 9000")])
+    assert "mfu" not in unknown and "peak_memory_bytes" not in unknown
+    assert "flops_per_s" not in throughput.speed(100, 2.0, 256, None, h100)
+
+
+def test_a_profile_of_the_chosen_steps_lands_in_the_work_directory(tmp_path, capsys):
+    config = tiny_config(**{"profile.start_step": 3, "profile.num_steps": 2})
+    run.train_and_evaluate(config, str(tmp_path))
+    sessions = tmp_path / throughput.PROFILE_DIR / "plugins" / "profile"
+    (session,) = os.listdir(sessions)
+    files = os.listdir(sessions / session)
+    assert any(f.endswith(".xplane.pb") for f in files)  # TensorBoard's profile plugin
+    assert "perfetto_trace.json.gz" in files             # https://ui.perfetto.dev
+    assert "profiled steps 3-4 into " in capsys.readouterr().out
