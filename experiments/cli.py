@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--workdir", required=True)
     e.add_argument("--checkpoint", default="best", help="best, latest or a step (default: best)")
     e.add_argument("--split", default="test", help="dataset split (default: test)")
+    e.add_argument("--weights", choices=("raw", "ema"),
+                   help="the weights as trained (raw) or their moving average (ema, for runs "
+                        "trained with optimizer.ema_decay); default: what the run's "
+                        "early_stopping.monitor ranks, raw unless it is an eval_ema_ metric")
 
     s = sub.add_parser("sample", help="generate text from a language model's checkpoint")
     s.add_argument("--workdir", required=True)
@@ -216,11 +220,16 @@ def _run(argv: list[str]) -> int:
                                          allow_config_change=args.allow_config_change)
         test = summary["test"]
         curves = summary["curves"] and os.path.abspath(summary["curves"])
-        _say(f"workdir: {os.path.abspath(args.workdir)} (curves: {curves})")
-        _say(f"best checkpoint: step {test['step']}; {_scores(test)}")
+        _say(f"workdir: {os.path.abspath(args.workdir)} (curves: {curves}; TensorBoard: "
+             f"tensorboard --logdir {args.workdir})")
+        for other in (m for m in summary["tests"].values() if m is not test):
+            _say(f"{_WEIGHTS[other['weights']]} at the same step: {_scores(other)}")
+        _say(f"best checkpoint: step {test['step']}; {_scores(test)}"
+             + (f" ({_WEIGHTS[test['weights']]})" if len(summary["tests"]) > 1 else ""))
     elif args.command == "eval":
-        m = run.evaluate(args.workdir, args.checkpoint, args.split)
-        _say(f"checkpoint step {m['step']}: {_scores(m)}")
+        m = run.evaluate(args.workdir, args.checkpoint, args.split, args.weights)
+        _say(f"checkpoint step {m['step']}: {_scores(m)}"
+             + (f" ({_WEIGHTS['ema']})" if m["weights"] == "ema" else ""))
         if "not_saved" in m:  # the result is printed; that it was not saved is bad input
             return USAGE_EXIT
     elif args.command == "sample":
@@ -241,6 +250,9 @@ def _refuse_repeated_options(argv: list[str]) -> None:
             raise _UsageError(f"{name} is given twice ({seen[name]!r} and {value!r}); give it "
                               f"once")
         seen[name] = value
+
+
+_WEIGHTS = {"raw": "raw weights", "ema": "moving average of the weights"}
 
 
 def _scores(m: dict) -> str:

@@ -58,7 +58,9 @@ _RANGES = [
     ("optimizer.warmup_epochs", 0, True, None), ("optimizer.reference_batch_size", 0, True, None),
     ("optimizer.decay_every", 0, True, None), ("optimizer.decay_factor", 0, False, None),
     ("optimizer.clip_norm", 0, True, None), ("loss.label_smoothing", 0, True, 1),
-    ("model.dropout", 0, True, 1),
+    ("model.dropout", 0, True, 1), ("optimizer.accumulate_steps", 1, True, None),
+    ("optimizer.ema_decay", 0, True, 1), ("profile.start_step", 0, True, None),
+    ("profile.num_steps", 1, True, None),
 ]
 
 

@@ -2,6 +2,7 @@
 import json
 import os
 import sys
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import jax
@@ -58,25 +59,37 @@ def load_dataset(config: ml_collections.ConfigDict):
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
-                       console: bool = True, allow_config_change: bool = False) -> dict:
+                       console: bool = True, allow_config_change: bool = False,
+                       writers: Sequence = ()) -> dict:
     """Trains as `config` says, then evaluates the best checkpoint on the test split.
 
-    Returns the training summary from `train.loop.fit` plus `"test"`: the test metrics, also
-    written to `<workdir>/eval_<split>_<step>.json`. The evaluation reuses the run's compiled
-    steps and dataset; the best checkpoint is read back from disk unless it is the final state.
-    `console=False` keeps the progress bar and per-evaluation lines off the terminal.
+    Returns the training summary from `train.loop.fit` plus `"test"`: the test metrics of the
+    weights the run is scored by (`scored_weights`), also written to
+    `<workdir>/eval_<split>_<step>.json`; with a moving average of the weights
+    (`optimizer.ema_decay`), `"tests"` holds both `raw` and `ema`. The evaluation reuses the
+    run's compiled steps and dataset; the best checkpoint is read back from disk unless it is
+    the final state. `console=False` keeps the progress bar and per-evaluation lines off the
+    terminal; `writers` receive every record of the run (see `train.writers`).
     """
     check_values(config)
     model, dataset = build(config)
     prepare_workdir(workdir)
     say = print if console and jax.process_index() == 0 else (lambda *a, **k: None)
     with workdir_lock.hold(workdir, exclusive=True, say=say):  # through the final evaluation
-        return _train_and_test(config, workdir, model, dataset, console, allow_config_change)
+        summary = fit(config, workdir, model, dataset, console=console,
+                      allow_config_change=allow_config_change, writers=writers)
+        return _test(config, workdir, dataset, summary)
 
 
-def _train_and_test(config, workdir, model, dataset, console, allow_config_change) -> dict:
-    summary = fit(config, workdir, model, dataset, console=console,
-                  allow_config_change=allow_config_change)
+def scored_weights(config: ml_collections.ConfigDict) -> str:
+    """`ema` when the run ranks its checkpoints by the moving average of its weights
+    (`early_stopping.monitor=eval_ema_...`), else `raw`: what its test and `descent eval`
+    score unless told otherwise."""
+    return "ema" if config.early_stopping.monitor.startswith("eval_ema_") else "raw"
+
+
+def _test(config, workdir, dataset, summary: dict) -> dict:
+    """Adds the test metrics of the run's best checkpoint to `summary`."""
     trainer, best = summary["trainer"], summary["best_step"]
     if best is None or best == int(summary["state"].step):
         step, state = int(summary["state"].step), summary["state"]
@@ -85,11 +98,14 @@ def _train_and_test(config, workdir, model, dataset, console, allow_config_chang
                                           monitor=config.early_stopping.monitor)
         step, state = best, checkpoint.restore(manager, best, trainer.initial_state)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    metrics = trainer.evaluate(
-        state, dataset.eval_batches(config.test_split, config.dataset.eval_batch_size, **shard))
-    summary["test"] = _record_evaluation(workdir, {
-        "split": config.test_split, "step": step, "checkpoint": "best", **metrics,
-        "counted": counted(dataset)})
+    summary["tests"] = {}
+    for weights in ("raw", "ema") if trainer.ema_decay else ("raw",):
+        metrics = trainer.evaluate(state, dataset.eval_batches(
+            config.test_split, config.dataset.eval_batch_size, **shard), weights)
+        summary["tests"][weights] = _record_evaluation(workdir, {
+            "split": config.test_split, "step": step, "checkpoint": "best", "weights": weights,
+            **metrics, "counted": counted(dataset)})
+    summary["test"] = summary["tests"][scored_weights(config)]
     return summary
 
 
@@ -104,20 +120,31 @@ class Restored(NamedTuple):
     trainer: Trainer
     state: TrainState
     step: int
+    weights: str = "raw"  # what `evaluate` and `predict` score: raw, or ema (the moving average)
+
+
+WEIGHTS = ("raw", "ema")
 
 
 def restore(workdir: str, which: str | int = "best", *, strategy: str | None = None,
-            mesh: str = "data=-1") -> Restored:
+            mesh: str = "data=-1", weights: str | None = None) -> Restored:
     """Restores checkpoint `which` ('best', 'latest' or a step) of `workdir` onto the devices here.
 
     The state is laid out for `mesh` (default: every device present) and `strategy` (default:
-    the one it was trained with), whatever device count and strategy saved it.
+    the one it was trained with), whatever device count and strategy saved it. `weights` says
+    what `evaluate` and `predict` score: `raw`, or `ema` for a run trained with
+    `optimizer.ema_decay` (default: the run's `scored_weights`).
     """
+    if weights is not None and weights not in WEIGHTS:
+        raise ValueError(f"--weights {weights!r} is not one of {', '.join(WEIGHTS)}")
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"no checkpoints in {workdir!r}; "
                                 f"run `descent train --workdir {workdir} ...` first")
     with workdir_lock.hold(workdir, exclusive=False):
-        return _restore(workdir, which, strategy, mesh)
+        r = _restore(workdir, which, strategy, mesh)
+    weights = weights or scored_weights(r.config)
+    r.trainer.weights(r.state, weights)  # a run without a moving average is named here
+    return r._replace(weights=weights)
 
 
 def _restore(workdir: str, which, strategy, mesh) -> Restored:
@@ -156,24 +183,29 @@ def _restore(workdir: str, which, strategy, mesh) -> Restored:
         return Restored(config, dataset, trainer, state, step)
 
 
-def evaluate(workdir: str, which: str | int = "best", split: str = "test") -> dict:
-    """Evaluates checkpoint `which` of `workdir` on `split`; writes `eval_<split>_<step>.json`."""
+def evaluate(workdir: str, which: str | int = "best", split: str = "test",
+             weights: str | None = None) -> dict:
+    """Evaluates checkpoint `which` of `workdir` on `split` with `weights` (`raw` or `ema`;
+    default: the run's `scored_weights`); writes `eval_<split>_<step>[_ema].json`."""
     with workdir_lock.hold(workdir, exclusive=False):
-        r = restore(workdir, which)
+        r = restore(workdir, which, weights=weights)
         shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-        metrics = r.trainer.evaluate(
-            r.state, r.dataset.eval_batches(split, r.config.dataset.eval_batch_size, **shard))
+        metrics = r.trainer.evaluate(r.state, r.dataset.eval_batches(
+            split, r.config.dataset.eval_batch_size, **shard), r.weights)
     return _record_evaluation(workdir, {"split": split, "step": r.step, "checkpoint": str(which),
-                                        **metrics, "counted": counted(r.dataset)})
+                                        "weights": r.weights, **metrics,
+                                        "counted": counted(r.dataset)})
 
 
 def _record_evaluation(workdir: str, metrics: dict) -> dict:
-    """Writes `metrics` to `<workdir>/eval_<split>_<step>.json` (process 0) and returns them.
+    """Writes `metrics` to `<workdir>/eval_<split>_<step>.json` (`..._ema.json` for the moving
+    average of the weights) on process 0 and returns them.
 
     A work directory that cannot be written loses no result: the metrics come back with
     `"not_saved"` saying why, and the reason goes to stderr."""
     if jax.process_index() == 0:
-        path = os.path.join(workdir, f"eval_{metrics['split']}_{metrics['step']}.json")
+        suffix = "_ema" if metrics.get("weights") == "ema" else ""
+        path = os.path.join(workdir, f"eval_{metrics['split']}_{metrics['step']}{suffix}.json")
         try:
             report.write_atomically(path, json.dumps(metrics, indent=2))
         except OSError as e:
@@ -201,7 +233,8 @@ def sample(workdir: str, prompt: str, length: int = 500, temperature: float = 1.
         raise ValueError(f"{workdir} holds a {r.config.model.name} trained on "
                          f"{r.config.dataset.name}, which is not text; sample from a language "
                          f"model's run, e.g. experiments/configs/shakespeare_gpt.py")
-    model = nnx.merge(r.trainer.graphdef, r.state.params, r.state.model_state)
+    state = r.trainer.weights(r.state, r.weights)
+    model = nnx.merge(r.trainer.graphdef, state.params, state.model_state)
     ids = generate(model, r.dataset.encode(prompt), length, r.dataset.context, temperature,
                    jax.random.PRNGKey(seed), progress=progress)
     return prompt + r.dataset.decode(ids)
@@ -246,9 +279,9 @@ def generate(model: nnx.Module, prompt_ids: np.ndarray, length: int, context: in
 
 def predict(restored: Restored, images) -> np.ndarray:
     """Class probabilities, (batch, classes), for a numpy batch of inputs from a restored run;
-    for a regression run, the predicted values, (batch, outputs)."""
-    model = nnx.merge(restored.trainer.graphdef, restored.state.params,
-                      restored.state.model_state)
+    for a regression run, the predicted values, (batch, outputs). Scores `restored.weights`."""
+    state = restored.trainer.weights(restored.state, restored.weights)
+    model = nnx.merge(restored.trainer.graphdef, state.params, state.model_state)
     outputs = model(jnp.asarray(images), train=False)
     if restored.dataset.task == "regression":
         return np.asarray(outputs)

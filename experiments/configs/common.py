@@ -32,6 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.decay_every = 0      # schedule=step: multiply by decay_factor every N steps
     c.optimizer.decay_factor = 0.1
     c.optimizer.clip_norm = 0.0      # global-norm gradient clipping; 0 turns it off
+    c.optimizer.accumulate_steps = 1  # k > 1: each update averages the gradients of k
+                                      # micro-batches of batch_size / k, one at a time
+    c.optimizer.ema_decay = 0.0      # d > 0: also keep a moving average of the weights (e.g.
+                                     # 0.999), evaluated beside them
 
     c.loss = ml_collections.ConfigDict()
     c.loss.name = "cross_entropy"    # cross_entropy | binary_cross_entropy | mse (regression: mse)
@@ -46,10 +50,17 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.log = ml_collections.ConfigDict()
     c.log.layer_grad_norms = False   # also record the gradient norm of every parameter array
+    c.log.tensorboard = True         # TensorBoard event files in <workdir>/tensorboard/
+
+    c.profile = ml_collections.ConfigDict()
+    c.profile.start_step = 0         # N > 0: a jax.profiler trace of steps N .. N+num_steps-1
+    c.profile.num_steps = 3          # into <workdir>/profile
 
     c.early_stopping = ml_collections.ConfigDict()
     c.early_stopping.patience = 0    # evaluations without improvement; 0 turns it off
-    c.early_stopping.monitor = "eval_accuracy"  # or eval_loss; also ranks the best checkpoints
+    c.early_stopping.monitor = "eval_accuracy"  # or eval_loss (eval_ema_* for the moving
+                                     # average); also ranks the best checkpoints and picks the
+                                     # weights the test scores
 
     c.checkpoint = ml_collections.ConfigDict()
     c.checkpoint.every = 0           # steps; 0 = at every evaluation
