@@ -32,6 +32,15 @@ COMMANDS = {
     "descent eval --workdir runs/digits_mlp --checkpoint 663": {},
     "descent train --config experiments/configs/function_mlp.py --workdir runs/function": {
         "quote": "best checkpoint: step 2100; test mse 0.0004907, mae 0.009579 (400 examples)"},
+    "descent train --config experiments/configs/digits_mlp.py:tiny --workdir runs/profiled "
+    "--config.profile.start_step=10 --config.profile.num_steps=5": {},
+    "descent train --config experiments/configs/digits_mlp.py --workdir runs/accumulated "
+    "--config.dataset.batch_size=128 --config.optimizer.accumulate_steps=4": {},
+    "descent train --config experiments/configs/digits_mlp.py --workdir runs/ema "
+    "--config.optimizer.ema_decay=0.99 --config.early_stopping.monitor=eval_ema_accuracy": {
+        "quote": "best checkpoint: step 1560; test accuracy 0.9833 (360 examples), loss "
+                 "0.1716 (moving average of the weights)"},
+    "descent eval --workdir runs/ema --weights raw": {},
     "descent study list": {},
     "descent study activations --quick": {
         "skip": "tests/test_study_activations.py runs this study at --quick size"},
