@@ -169,12 +169,12 @@ def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool,
             do_save = step % checkpoint_every == 0 or step == num_steps or preempted
             do_log = do_eval or do_save or step % config.log_every == 0 or step == first_step
             profile.before(step)
-            state, metrics = compiled.step(state, trainer.put(batch), do_log)
+            state, metrics = compiled.step(state, trainer.put(batch))
             profile.after(step, state)
             shown.advance()
             pending.append((step, metrics))
             if len(pending) > MAX_STEPS_IN_FLIGHT:  # dispatch ahead, but not unboundedly
-                jax.block_until_ready(pending[-MAX_STEPS_IN_FLIGHT - 1][1])
+                pending[-MAX_STEPS_IN_FLIGHT - 1][1]["loss"].block_until_ready()  # one is all
             if not do_log:
                 continue
             fetched = [(s, trainer.fetch(m)) for s, m in pending]
@@ -301,9 +301,8 @@ def _stop_if_not_finite(fetched: list[tuple[int, dict]], manager) -> None:
 def _train_record(step: int, fetched: list[tuple[int, dict]], trainer: Trainer,
                   steps_per_epoch: int, compiled, seconds: float | None) -> dict:
     """One record of the steps since the last: their mean loss (and objective, and the task's
-    metrics), the learning rate and norms of the last (norms are measured at logged steps
-    only), and, over `seconds` (None for the first step, whose time holds one-off costs), the
-    throughput."""
+    metrics), the learning rate and norms at the last, and, over `seconds` (None for the
+    first step, whose time holds one-off costs), the throughput."""
     last = fetched[-1][1]
     means = ["loss", "objective", *trainer.task.metrics]
     record = {"step": step, "epoch": step / steps_per_epoch, "time": time.time(),

@@ -68,8 +68,7 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, tx: optax.GradientTransf
                     axis_name: str | None = None, layer_grad_norms: bool = False, *,
                     accumulate_steps: int = 1, ema_decay: float = 0.0, l2: float = 0.0,
                     report_objective: bool = False):
-    """Returns `train_step(state, batch, with_norms=True) -> (state, metrics)`; jit it with the
-    state donated.
+    """Returns `train_step(state, batch) -> (state, metrics)`; jit it with the state donated.
 
     The metrics are the plain loss (`loss`, what evaluation reports), the task's metrics
     (accuracy, or mean absolute error), and the global norms of the gradient and the updated
@@ -116,19 +115,8 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, tx: optax.GradientTransf
         return (jax.tree.map(lambda g: g / accumulate_steps, grads_sum), model_state,
                 jax.tree.map(jnp.mean, measured_K))
 
-    def norms(grads, params) -> dict:
-        out = {"grad_norm": optax.tree.norm(grads), "param_norm": optax.tree.norm(params)}
-        if layer_grad_norms:
-            out.update({f"grad_norm/{k}": v for k, v in layer_norms(grads).items()})
-        return out
-
-    def no_norms(grads, params) -> dict:
-        return {k: jnp.zeros(v.shape, v.dtype)
-                for k, v in jax.eval_shape(norms, grads, params).items()}
-
-    def train_step(state: TrainState, batch, with_norms=True) -> tuple[TrainState, dict]:
-        """`batch["inputs"]` goes into the model, whose logits are scored on `batch["targets"]`.
-        `with_norms` False (a traced bool) skips the norms; they are then 0."""
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        """`batch["inputs"]` goes into the model, whose logits are scored on `batch["targets"]`."""
         dropout_key = jax.random.fold_in(state.rng, state.step)
         if axis_name is not None:  # each device's share of the batch gets its own masks
             dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis_name))
@@ -143,9 +131,13 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, tx: optax.GradientTransf
             measured["objective"] += 0.5 * l2 * sum(jnp.sum(jnp.square(p)) for p in decayed)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        # Only where asked: on a small net the norms cost a tenth of the step. The parameter
-        # norm is the NaN check of the parameters, and every step the loop logs asks for it.
-        metrics = {**measured, **jax.lax.cond(with_norms, norms, no_norms, grads, params)}
+        metrics = {
+            **measured,
+            "grad_norm": optax.tree.norm(grads),
+            "param_norm": optax.tree.norm(params),  # non-finite params are caught before a save
+        }
+        if layer_grad_norms:
+            metrics.update({f"grad_norm/{k}": v for k, v in layer_norms(grads).items()})
         step = state.step + 1
         ema_params = state.ema_params
         if ema_decay:

@@ -1,5 +1,4 @@
 """The compiled steps and shardings for one model, optimizer, mesh and strategy."""
-import functools
 import time
 from collections.abc import Callable
 from typing import NamedTuple
@@ -50,8 +49,9 @@ class Trainer:
         num_steps = total_steps(config, steps_per_epoch)
         self.tx = make_optimizer(config.optimizer, num_steps, steps_per_epoch,
                                  config.dataset.batch_size)
-        self.learning_rate = learning_rate_schedule(config.optimizer, num_steps, steps_per_epoch,
-                                                    config.dataset.batch_size)
+        # jitted: one dispatch per logged step instead of the schedule's eager ops one by one
+        self.learning_rate = jax.jit(learning_rate_schedule(
+            config.optimizer, num_steps, steps_per_epoch, config.dataset.batch_size))
         # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
         self.task = make_task(task, config.loss.name, config.loss.label_smoothing)
         axis_name = None
@@ -75,20 +75,13 @@ class Trainer:
             config.get("log", {}).get("layer_grad_norms", False),
             accumulate_steps=self.accumulate_steps, ema_decay=self.ema_decay, l2=l2,
             report_objective=bool(config.loss.label_smoothing or l2))
-        # `train_step(state, batch)` always measures the norms; the loop runs `_step`, whose
-        # third argument says whether to (see `compile`).
-        always = functools.partial(step, with_norms=True)
         if self.strategy == "pmap":
-            devices = list(self.mesh.devices.flat)
-            self.train_step = jax.pmap(always, axis_name=axis_name, donate_argnums=0,
-                                       devices=devices)
-            self._step = jax.pmap(step, axis_name=axis_name, in_axes=(0, 0, None),
-                                  donate_argnums=0, devices=devices)
+            self.train_step = jax.pmap(step, axis_name=axis_name, donate_argnums=0,
+                                       devices=list(self.mesh.devices.flat))
         else:
-            self.train_step, self._step = (jax.jit(
-                fn, in_shardings=(self.state_sharding, self.batch_sharding, replicated)[:arity],
+            self.train_step = jax.jit(
+                step, in_shardings=(self.state_sharding, self.batch_sharding),
                 out_shardings=(self.state_sharding, replicated), donate_argnums=0)
-                for fn, arity in ((always, 2), (step, 3)))
         self.eval_step = jax.jit(
             make_eval_step(self.graphdef, self.task),
             in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
@@ -130,11 +123,11 @@ class Trainer:
         return self._gradients(state, sharding.put_batch(batch, self.batch_sharding))
 
     def compile(self, state: TrainState, batch: dict) -> Compiled:
-        """Compiles the train step ahead of time for `state` (running layout) and a global
-        `batch` like the ones to come, as `step(state, batch, with_norms)`; it runs only on
-        arrays of exactly those shapes, so a later step never recompiles silently."""
+        """Compiles `train_step` ahead of time for `state` (running layout) and a global `batch`
+        like the ones to come; it runs only on arrays of exactly those shapes, so a later step
+        never recompiles silently."""
         start = time.perf_counter()
-        executable = self._step.lower(state, batch, True).compile()
+        executable = self.train_step.lower(state, batch).compile()
         seconds = time.perf_counter() - start
         try:  # per device: the partitioned program one device runs
             flops = float(executable.cost_analysis()["flops"])
