@@ -10,7 +10,9 @@ interleaved `--repeats` times, each in a fresh work directory:
   (loss, accuracy, objective, learning rate, norms, throughput), metrics.jsonl, TensorBoard,
   the progress bar, the lock; evaluation and checkpoints only after the timed steps.
 - `bare`: `jax.jit` of value_and_grad + optax update + apply_updates, batches `jax.device_put`
-  one by one, nothing else.
+  one by one, nothing else; and `bare + norms`, the same step also returning the gradient's and
+  the parameters' global norms, which fit's step computes at every step: the two apart show
+  what the norms cost and what the rest of the loop costs.
 
 Timed: from the end of step 1 (compiled, its one-off costs paid) to the end of the last step
 before the final evaluation, reported per epoch of `steps_per_epoch` steps. One CPU device;
@@ -63,8 +65,9 @@ def time_fit(config, dataset, timed_end: int) -> float:
     return (at[timed_end] - at[1]) / (timed_end - 1)
 
 
-def time_bare(config, dataset, timed_end: int) -> float:
-    """Seconds per step of a hand-written jit + optax loop over the same model and batches."""
+def time_bare(config, dataset, timed_end: int, norms: bool = False) -> float:
+    """Seconds per step of a hand-written jit + optax loop over the same model and batches
+    (with `norms`, its step also returns the global norms of the gradient and parameters)."""
     from train.trainer import Trainer
 
     model, _ = run.build(config)
@@ -81,7 +84,10 @@ def time_bare(config, dataset, timed_end: int) -> float:
                         targets).mean()
         value, grads = jax.value_and_grad(loss_of)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, value
+        params = optax.apply_updates(params, updates)
+        if norms:
+            value = (value, optax.tree.norm(grads), optax.tree.norm(params))
+        return params, opt_state, value
 
     step = jax.jit(step, donate_argnums=(0, 1))
     params, opt_state = jax.tree.map(np.copy, jax.device_get((params, tx.init(params))))
@@ -100,6 +106,10 @@ def time_bare(config, dataset, timed_end: int) -> float:
                 jax.block_until_ready(params)
                 return (time.perf_counter() - start) / (timed_end - 1)
     raise AssertionError("unreachable: timed_end is within the epochs run")
+
+
+VARIANTS = {"bare": time_bare, "bare + norms": lambda *a: time_bare(*a, norms=True),
+            "fit": time_fit}
 
 
 def main(argv=None) -> int:
@@ -121,22 +131,27 @@ def main(argv=None) -> int:
         except (ValueError, OSError) as e:
             print(f"{name}: skipped ({e})", file=sys.stderr)
             continue
-        times = {"bare": [], "fit": []}
+        times = {v: [] for v in VARIANTS}
         for _ in range(args.repeats):
-            for variant, timer in (("bare", time_bare), ("fit", time_fit)):
+            for variant, timer in VARIANTS.items():
                 times[variant].append(timer(config, dataset, timed_end) * steps_per_epoch)
         bare, full = (statistics.median(times[v]) for v in ("bare", "fit"))
         ratios = sorted(f / b for f, b in zip(times["fit"], times["bare"]))
         rows.append((name, steps_per_epoch, config.dataset.batch_size, times, full / bare,
                      ratios))
-        print(f"{name} ({steps_per_epoch} steps of {config.dataset.batch_size}): bare "
-              f"{_cell(times['bare'])}, fit {_cell(times['fit'])}: {full / bare:.3f}x "
-              f"(paired ratios {ratios[0]:.3f}-{ratios[-1]:.3f})", flush=True)
-    print("\n| net | steps/epoch x batch | bare jit + optax, s/epoch | fit, s/epoch | fit / bare |")
-    print("|---|---|---|---|---|")
+        with_norms = statistics.median(times["bare + norms"]) / bare
+        print(f"{name} ({steps_per_epoch} steps of {config.dataset.batch_size}): "
+              + ", ".join(f"{v} {_cell(times[v])}" for v in VARIANTS)
+              + f"; fit / bare {full / bare:.3f}x (paired {ratios[0]:.3f}-{ratios[-1]:.3f}), "
+              f"bare + norms / bare {with_norms:.3f}x", flush=True)
+    print("\n| net | steps/epoch x batch | bare jit + optax, s/epoch | bare + norms | fit | "
+          "fit / bare | (bare + norms) / bare |")
+    print("|---|---|---|---|---|---|---|")
     for name, steps, batch, times, ratio, ratios in rows:
-        print(f"| {name} | {steps} x {batch} | {_cell(times['bare'])} | {_cell(times['fit'])} "
-              f"| {ratio:.3f}x (pairs {ratios[0]:.2f}-{ratios[-1]:.2f}) |")
+        norms = statistics.median(times["bare + norms"]) / statistics.median(times["bare"])
+        print(f"| {name} | {steps} x {batch} | {_cell(times['bare'])} | "
+              f"{_cell(times['bare + norms'])} | {_cell(times['fit'])} | {ratio:.3f}x (pairs "
+              f"{ratios[0]:.2f}-{ratios[-1]:.2f}) | {norms:.3f}x |")
     return 0
 
 
