@@ -9,6 +9,9 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 
+from data.batching import (full_batches, local_batch_size, padded_eval_indices,  # noqa: F401
+                           train_rows)
+
 Batch = dict[str, np.ndarray]
 
 
@@ -19,12 +22,15 @@ Augment = Callable[[Batch, np.random.Generator, slice, int], Batch]
 class ArrayDataset:
     """Named splits of equal-length arrays, e.g. {"train": {"inputs": ..., "targets": ...}}.
 
-    `task` is "classification" (integer `targets`, `num_classes` of them) or "regression"
-    (float32 `targets` of shape (N, outputs); `num_classes` is 0).
-    `normalize` turns every stored batch into model input (e.g. uint8 -> scaled float32);
-    `augment(batch, rng, rows, global_batch_size)` randomises training batches: `rng` is seeded
-    by (seed, epoch, step) for the whole global batch and `rows` are this process's rows of it,
-    so an example gets the same augmentation whatever the process count.
+    `task` is "classification" (integer `targets`, `num_classes` of them, named by
+    `class_names` where they have names) or "regression" (float32 `targets` of shape
+    (N, outputs); `num_classes` is 0). The splits hold inputs as they were read (uint8 pixels,
+    raw table values); `normalize` turns them into model input (e.g. uint8 -> scaled float32,
+    standardised columns), for every batch and for `model_inputs`. `augment(batch, rng, rows,
+    global_batch_size)` randomises training batches: `rng` is seeded by (seed, epoch, step) for
+    the whole global batch and `rows` are this process's rows of it, so an example gets the
+    same augmentation whatever the process count. `about` is what a checkpoint records of the
+    dataset (see `description`).
     """
 
     name: str
@@ -33,6 +39,8 @@ class ArrayDataset:
     normalize: Callable[[Batch], Batch] | None = None
     augment: Augment | None = None
     task: str = "classification"
+    class_names: tuple[str, ...] = ()
+    about: dict = dataclasses.field(default_factory=dict)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -44,6 +52,21 @@ class ArrayDataset:
         if self.task == "regression":
             return next(iter(self.splits.values()))["targets"].shape[-1]
         return self.num_classes
+
+    def description(self) -> dict:
+        """JSON: the name and options that rebuild this dataset (`data.from_description`), the
+        class names, the preprocessing and whatever identifies the exact data it holds."""
+        return {"name": self.name, "task": self.task, "input_shape": list(self.input_shape),
+                "classes": list(self.class_names), **self.about,
+                "examples": {s: self.num_examples(s) for s in self.splits}}
+
+    def summary(self) -> str:
+        """One line for the start of a run: what was read, the splits and the preprocessing."""
+        return summary_line(self, {s: self.num_examples(s) for s in self.splits})
+
+    def model_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """Inputs as the splits hold them (raw pixels, raw columns) -> what the model reads."""
+        return self._normalized({"inputs": np.asarray(inputs)})["inputs"]
 
     def subset(self, split: str, n: int, seed: int) -> "ArrayDataset":
         """The same dataset with only `n` examples of `split`, drawn by `seed` (stratified by
@@ -64,20 +87,16 @@ class ArrayDataset:
             picked = rng.permutation(total)[:n]
         picked = np.sort(picked)
         return dataclasses.replace(
-            self, splits={**self.splits, split: {k: v[picked] for k, v in arrays.items()}})
+            self, splits={**self.splits, split: {k: v[picked] for k, v in arrays.items()}},
+            about={**self.about, "train_examples": n, "train_examples_seed": seed})
 
     def num_examples(self, split: str) -> int:
         return len(self._split(split)["targets"])
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
         """Full global batches per epoch; the remainder is dropped in training."""
-        steps = self.num_examples(split) // batch_size
-        if steps == 0:
-            raise ValueError(
-                f"dataset.batch_size={batch_size} exceeds the {self.num_examples(split)} "
-                f"{split!r} examples of {self.name}; use a smaller batch size"
-            )
-        return steps
+        return full_batches(self.num_examples(split), batch_size, f"{split!r} examples of "
+                                                                  f"{self.name}")
 
     def train_batches(self, batch_size: int, *, seed: int, epoch: int, split: str = "train",
                       process_index: int = 0, process_count: int = 1, start: int = 0
@@ -85,11 +104,12 @@ class ArrayDataset:
         """One epoch of shuffled global batches of `batch_size`, this process's slice of each,
         from batch `start` on."""
         arrays = self._split(split)
-        local = _local_batch_size(batch_size, process_count)
+        local = local_batch_size(batch_size, process_count)
         rows = slice(process_index * local, (process_index + 1) * local)
         order = np.random.default_rng([seed, epoch]).permutation(self.num_examples(split))
-        for step in range(start, self.steps_per_epoch(batch_size, split)):
-            idx = order[step * batch_size:(step + 1) * batch_size][rows]
+        for step, idx in train_rows(order, batch_size, self.steps_per_epoch(batch_size, split),
+                                    start=start, process_index=process_index,
+                                    process_count=process_count):
             batch = {k: v[idx] for k, v in arrays.items()}
             if self.augment is not None:
                 batch = self.augment(batch, np.random.default_rng([seed, epoch, step]), rows,
@@ -115,21 +135,17 @@ class ArrayDataset:
         return self.splits[split]
 
 
-def padded_eval_indices(n: int, batch_size: int, process_index: int, process_count: int
-                        ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-    """(indices, mask) of this process's rows of every global evaluation batch over `n` items;
-    past the end the index is 0 and the mask False, so every batch has the same shape."""
-    local = _local_batch_size(batch_size, process_count)
-    for start in range(0, n, batch_size):
-        idx = np.arange(start + process_index * local, start + (process_index + 1) * local)
-        mask = idx < n
-        yield np.where(mask, idx, 0), mask
-
-
-def _local_batch_size(batch_size: int, process_count: int) -> int:
-    if batch_size % process_count:
-        lower = batch_size // process_count * process_count
-        nearest = " or ".join(str(b) for b in (lower, lower + process_count) if b > 0)
-        raise ValueError(f"dataset.batch_size={batch_size} does not divide over "
-                         f"{process_count} processes; use {nearest}")
-    return batch_size // process_count
+def summary_line(dataset, counts: dict[str, int]) -> str:
+    """'data: SOURCE: 10 classes (a, b, ...), inputs 28x28x1; 54,000 train, ...; PREPROCESSING'
+    for a dataset with `task`, `num_outputs`, `class_names`, `input_shape` and `about`."""
+    if dataset.task == "regression":
+        what = f"regression of {dataset.num_outputs} value(s)"
+    else:
+        names = ", ".join(dataset.class_names[:5]) + (
+            ", ..." if len(dataset.class_names) > 5 else "")
+        what = f"{dataset.num_outputs} classes" + (f" ({names})" if dataset.class_names else "")
+    shape = "x".join(map(str, dataset.input_shape))
+    listed = ", ".join(f"{n:,} {s}" for s, n in counts.items())
+    prepared = dataset.about.get("preprocessing")
+    return (f"data: {dataset.about.get('source', dataset.name)}: {what}, inputs {shape}; "
+            f"{listed}" + (f"; {prepared}" if prepared else ""))

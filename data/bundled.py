@@ -5,9 +5,9 @@ measurements each, and a measure of disease progression one year later (regressi
 """
 import numpy as np
 from sklearn.datasets import load_diabetes, load_digits
-from sklearn.model_selection import train_test_split
 
 from data.arrays import ArrayDataset
+from data.batching import seeded_split
 
 TEST_FRACTION = 0.2
 VALIDATION_FRACTION = 0.1
@@ -17,21 +17,13 @@ def split_70_10_20(inputs: np.ndarray, targets: np.ndarray, split_seed: int,
                    stratify: bool) -> dict:
     """Train / validation / test splits (70 / 10 / 20 %), fixed by `split_seed`, stratified by
     class if `stratify`; each split keeps the examples' original order."""
-    idx = np.arange(len(targets))
-    labels = targets if stratify else None
-    rest, test = train_test_split(idx, test_size=TEST_FRACTION, stratify=labels,
-                                  random_state=split_seed)
-    train, validation = train_test_split(
-        rest, test_size=VALIDATION_FRACTION / (1 - TEST_FRACTION),
-        stratify=None if labels is None else labels[rest], random_state=split_seed)
-    return {name: {"inputs": inputs[np.sort(part)], "targets": targets[np.sort(part)]}
-            for name, part in (("train", train), ("validation", validation), ("test", test))}
+    parts = seeded_split(targets, VALIDATION_FRACTION, TEST_FRACTION, split_seed, stratify)
+    return {name: {"inputs": inputs[parts[name]], "targets": targets[parts[name]]}
+            for name in ("train", "validation", "test")}
 
 
-def digits(split_seed: int = 0, data_dir: str | None = None) -> ArrayDataset:
+def digits(split_seed: int = 0) -> ArrayDataset:
     """Stratified train / validation / test splits (70 / 10 / 20 %), fixed by `split_seed`.
-
-    The data ships inside scikit-learn, so `data_dir` is not used.
 
     Pixels are scaled from 0..16 to 0..1; images are (8, 8, 1) float32, labels int32.
     """
@@ -39,15 +31,18 @@ def digits(split_seed: int = 0, data_dir: str | None = None) -> ArrayDataset:
     images = (raw.images / 16.0).astype(np.float32)[..., None]
     labels = raw.target.astype(np.int32)
     return ArrayDataset("digits", split_70_10_20(images, labels, split_seed, stratify=True),
-                        num_classes=10)
+                        num_classes=10, class_names=tuple(map(str, range(10))),
+                        about={"source": "scikit-learn's digits",
+                               "preprocessing": "pixels 0..16 scaled to [0, 1]; a stratified "
+                                                f"70/10/20 split by split_seed {split_seed}"})
 
 
-def diabetes(split_seed: int = 0, data_dir: str | None = None) -> ArrayDataset:
+def diabetes(split_seed: int = 0) -> ArrayDataset:
     """Regression: 10 standardised measurements (age, sex, body-mass index, blood pressure, six
     blood serum values) -> disease progression after one year, in its own units (25-346).
 
-    Train / validation / test splits of 70 / 10 / 20 %, fixed by `split_seed`; `data_dir` is
-    not used. The targets are left in their units, so MSE and MAE read in them.
+    Train / validation / test splits of 70 / 10 / 20 %, fixed by `split_seed`. The targets are
+    left in their units, so MSE and MAE read in them.
     """
     raw = load_diabetes()
     splits = split_70_10_20(raw.data.astype(np.float32), raw.target.astype(np.float32)[:, None],
@@ -56,4 +51,8 @@ def diabetes(split_seed: int = 0, data_dir: str | None = None) -> ArrayDataset:
     mean, std = train.mean(0), train.std(0)
     for arrays in splits.values():
         arrays["inputs"] = (arrays["inputs"] - mean) / std
-    return ArrayDataset("diabetes", splits, num_classes=0, task="regression")
+    return ArrayDataset("diabetes", splits, num_classes=0, task="regression",
+                        about={"source": "scikit-learn's diabetes",
+                               "preprocessing": "measurements standardised by the training "
+                                                f"split's statistics; a 70/10/20 split by "
+                                                f"split_seed {split_seed}"})

@@ -15,7 +15,10 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
-from data.arrays import Batch, _local_batch_size
+from data.arrays import Batch, summary_line
+from data.batching import full_batches, global_position, local_batch_size
+from data.images import class_names
+from data.local import read_image
 from data.tfds_source import corrupt_record_error, data_source
 
 MEAN = np.array([0.485, 0.456, 0.406], np.float32)
@@ -62,6 +65,8 @@ class GrainImages:
     image_size: int = 224
     worker_count: int = 0       # grain worker processes decoding and augmenting; 0 = in-process
     prefetch: int = 8           # batches read ahead
+    class_names: tuple[str, ...] = ()
+    about: dict = dataclasses.field(default_factory=dict)
     task = "classification"
 
     @property
@@ -76,22 +81,19 @@ class GrainImages:
         return len(self._source(split))
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
-        steps = self.num_examples(split) // batch_size
-        if steps == 0:
-            raise ValueError(f"dataset.batch_size={batch_size} exceeds the "
-                             f"{self.num_examples(split)} {split!r} examples of {self.name}")
-        return steps
+        return full_batches(self.num_examples(split), batch_size,
+                            f"{split!r} examples of {self.name}")
 
     def train_batches(self, batch_size: int, *, seed: int, epoch: int, split: str = "train",
                       process_index: int = 0, process_count: int = 1, start: int = 0
                       ) -> Iterator[Batch]:
         source = self._source(split)
-        local = _local_batch_size(batch_size, process_count)
+        local = local_batch_size(batch_size, process_count)
         order = np.random.default_rng([seed, epoch]).permutation(len(source))
         size = self.image_size
 
         def read(j):  # j: this process's j-th example of the epoch
-            position = (j // local) * batch_size + process_index * local + j % local
+            position = global_position(j, batch_size, process_index, process_count)
             example = self._read(source, int(order[position]))
             rng = np.random.default_rng([seed, epoch, position])
             image = random_resized_crop(np.asarray(example["image"]), rng, size)
@@ -108,11 +110,11 @@ class GrainImages:
         """Resize to 256/224 of the size, centre crop; the last batch padded, mask 0 there."""
         source = self._source(split)
         n = len(source)
-        local = _local_batch_size(batch_size, process_count)
+        local = local_batch_size(batch_size, process_count)
         size = self.image_size
 
         def read(j):
-            position = (j // local) * batch_size + process_index * local + j % local
+            position = global_position(j, batch_size, process_index, process_count)
             example = self._read(source, position if position < n else 0)
             image = center_crop(np.asarray(example["image"]), round(size * 256 / 224), size)
             return {"inputs": image, "targets": np.int32(example["label"]),
@@ -122,14 +124,26 @@ class GrainImages:
         yield from self._iterate(dataset)
 
     def _iterate(self, dataset) -> Iterator[Batch]:
-        it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0 if self.worker_count else 8,
-                                                       prefetch_buffer_size=self.prefetch))
-        if self.worker_count:
-            if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (DESIGN.md 6)
-                flags.FLAGS([sys.argv[0]], known_only=True)
-            it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=self.worker_count))
-        for batch in it:
+        for batch in grain_batches(dataset, self.worker_count, self.prefetch):
             yield {**batch, "inputs": _normalize(batch["inputs"])}
+
+    def description(self) -> dict:
+        return {"name": self.name, "task": self.task, "input_shape": list(self.input_shape),
+                "classes": list(self.class_names), **self.about,
+                "examples": {s: len(src) for s, src in self.sources.items()}}
+
+    def summary(self) -> str:
+        return summary_line(self, {s: len(src) for s, src in self.sources.items()})
+
+    def model_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        """uint8 images of `image_size` (e.g. `center_crop`ped) -> normalised model input."""
+        return _normalize(np.asarray(inputs))
+
+    def read_image_files(self, paths: list[str]) -> np.ndarray:
+        """Image files as evaluation sees them: resized to 256/224 of the size, centre crop."""
+        size = self.image_size
+        return np.stack([center_crop(read_image(p, None), round(size * 256 / 224), size)
+                         for p in paths])
 
     def _read(self, source, index: int):
         try:
@@ -144,8 +158,28 @@ class GrainImages:
         return self.sources[split]
 
 
-def grain_images(name: str, data_dir: str | None = None, split_seed: int = 0,
-                 image_size: int = 224, worker_count: int = 0, prefetch: int = 8) -> GrainImages:
+def grain_batches(dataset, worker_count: int = 0, prefetch: int = 8) -> Iterator[Batch]:
+    """The batches of a grain MapDataset, read ahead by threads, or by `worker_count` worker
+    processes."""
+    it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0 if worker_count else 8,
+                                                   prefetch_buffer_size=prefetch))
+    if worker_count:
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (DESIGN.md 6)
+            flags.FLAGS([sys.argv[0]], known_only=True)
+        it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
+    yield from it
+
+
+def grain_images(name: str, data_dir: str | None = None, image_size: int = 224,
+                 worker_count: int = 0, prefetch: int = 8) -> GrainImages:
+    """ImageNet's (or Imagenette's) train and validation splits, read per example;
+    `image_size` 0 means 224."""
+    image_size = image_size or 224
     splits = {"train": "train", "validation": "validation"}
     sources = {ours: data_source(name, theirs, data_dir) for ours, theirs in splits.items()}
-    return GrainImages(name, sources, NUM_CLASSES[name], image_size, worker_count, prefetch)
+    return GrainImages(name, sources, NUM_CLASSES[name], image_size, worker_count, prefetch,
+                       class_names=class_names(sources["train"], NUM_CLASSES[name]),
+                       about={"source": f"tensorflow-datasets {name}",
+                              "preprocessing": f"training: random resized crop to {image_size}, "
+                                               f"flip; evaluation: resize, centre crop; mean/std "
+                                               f"per channel"})

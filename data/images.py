@@ -10,6 +10,7 @@ import functools
 import numpy as np
 
 from data.arrays import ArrayDataset, Batch
+from data.batching import seeded_split
 from data.tfds_source import data_source, read_all
 
 
@@ -53,14 +54,41 @@ SPECS = {
 }
 
 
-def tfds_images(name: str, data_dir: str | None = None, split_seed: int = 0) -> ArrayDataset:
-    """`name`'s train and test splits in memory; `split_seed` is unused (the splits are fixed)."""
+def tfds_images(name: str, data_dir: str | None = None, split_seed: int = 0,
+                validation_fraction: float = 0.1) -> ArrayDataset:
+    """`name`'s train and test splits in memory, and a validation split of
+    `validation_fraction` of train (stratified, drawn by `split_seed`) for choosing the best
+    checkpoint, so that the test split is scored once, at the end."""
     spec = SPECS[name]
-    splits = {}
+    splits, names = {}, None
     for split in ("train", "test"):
-        arrays = read_all(data_source(name, split, data_dir), ("image", "label"))
+        source = data_source(name, split, data_dir)
+        arrays = read_all(source, ("image", "label"))
         splits[split] = {"inputs": arrays["image"].astype(np.uint8),
                          "targets": arrays["label"].astype(np.int32)}
+        names = names or class_names(source, spec.num_classes)
+    if validation_fraction:
+        train = splits["train"]
+        parts = seeded_split(train["targets"], validation_fraction, 0.0, split_seed, True)
+        splits = {"train": {k: v[parts["train"]] for k, v in train.items()},
+                  "validation": {k: v[parts["validation"]] for k, v in train.items()},
+                  "test": splits["test"]}
+    scaled = "pixels scaled to [0, 1]" + (
+        "; per channel minus mean, over std; training: 4-pixel pad, random crop, flip"
+        if spec.mean else "")
+    held = (f"; validation: {validation_fraction:g} of train, stratified by split_seed "
+            f"{split_seed}" if validation_fraction else "")
     return ArrayDataset(name, splits, spec.num_classes,
                         normalize=functools.partial(scale, mean=spec.mean, std=spec.std),
-                        augment=pad_crop_flip if spec.augment else None)
+                        augment=pad_crop_flip if spec.augment else None, class_names=names,
+                        about={"source": f"tensorflow-datasets {name}",
+                               "preprocessing": scaled + held})
+
+
+def class_names(source, num_classes: int) -> tuple[str, ...]:
+    """The label names tfds records for a prepared dataset, or "0", "1", ... without them."""
+    try:
+        names = tuple(source.dataset_info.features["label"].names)
+    except Exception:  # noqa: BLE001 - mock data and older preparations carry none
+        names = ()
+    return names if len(names) == num_classes else tuple(map(str, range(num_classes)))

@@ -27,11 +27,11 @@ def _split(inputs: np.ndarray, targets: np.ndarray) -> dict:
 
 
 def function(function: str = "wave", num_examples: int = 2000, noise: float = 0.0,
-             split_seed: int = 0, data_dir: str | None = None) -> ArrayDataset:
+             split_seed: int = 0) -> ArrayDataset:
     """Regression of the function called `function` (`FUNCTIONS`) at `num_examples` points drawn
     uniformly from [-1, 1]^dims, split 70 / 10 / 20 %. `noise` adds Gaussian noise of that
     standard deviation to the training targets only: validation and test measure the distance
-    to the function itself. `data_dir` is not used."""
+    to the function itself."""
     if function not in FUNCTIONS:
         raise ValueError(f"unknown dataset.function {function!r}; known: {', '.join(FUNCTIONS)}")
     if num_examples < 10 or noise < 0:
@@ -47,13 +47,13 @@ def function(function: str = "wave", num_examples: int = 2000, noise: float = 0.
     return ArrayDataset(f"function:{function}", splits, num_classes=0, task="regression")
 
 
-def recall(distance: int = 10, vocab: int = 8, num_examples: int = 6000, split_seed: int = 0,
-           data_dir: str | None = None) -> ArrayDataset:
+def recall(distance: int = 10, vocab: int = 8, num_examples: int = 6000, split_seed: int = 0
+           ) -> ArrayDataset:
     """Memory: a sequence of `distance` + 1 random tokens (one-hot, `vocab` of them) whose
     label is its first token, `distance` steps before the last. Everything after the first
     token is a distractor, so a net must carry the first token's identity across the whole
     sequence; chance is 1/vocab. Inputs are (distance + 1, vocab) float32, read one row per
-    time step by a recurrent net. Split 70 / 10 / 20 %; `data_dir` is not used."""
+    time step by a recurrent net. Split 70 / 10 / 20 %."""
     if distance < 1 or vocab < 2 or num_examples < 10:
         raise ValueError(f"dataset.distance must be >= 1, dataset.vocab >= 2 and "
                          f"dataset.num_examples >= 10, got {distance}, {vocab}, {num_examples}")

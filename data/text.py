@@ -8,7 +8,8 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from data.arrays import Batch, _local_batch_size, padded_eval_indices
+from data.arrays import Batch
+from data.batching import full_batches, padded_eval_indices, train_rows
 from data.tfds_source import data_source
 
 # tfds splits Tiny Shakespeare 90/5/5 by position; the 10 % after the training text is one
@@ -22,6 +23,7 @@ class CharText:
     vocab: str
     splits: dict[str, np.ndarray]  # split -> int32 character ids
     context: int = 256
+    about: dict = dataclasses.field(default_factory=dict)
 
     task = "classification"  # of the next character, at every position
 
@@ -53,25 +55,33 @@ class CharText:
         return (len(self._split(split)) - 1) // self.context
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
-        steps = (len(self._split(split)) - 1 - self.context) // self.context // batch_size
-        if steps == 0:
-            raise ValueError(f"dataset.batch_size={batch_size} windows of {self.context} exceed "
-                             f"the {split!r} text of {self.name}; use a smaller batch size")
-        return steps
+        windows = (len(self._split(split)) - 1 - self.context) // self.context
+        return full_batches(windows, batch_size, f"windows of {self.context} characters in the "
+                                                 f"{split!r} text of {self.name}")
+
+    def description(self) -> dict:
+        """JSON: what rebuilds this dataset (see `ArrayDataset.description`)."""
+        return {"name": self.name, "task": self.task, "input_shape": [self.context],
+                "classes": list(self.vocab), **self.about,
+                "examples": {s: self.num_examples(s) for s in self.splits}}
+
+    def summary(self) -> str:
+        counts = ", ".join(f"{len(ids):,} {s}" for s, ids in self.splits.items())
+        return (f"data: {self.name}: characters ({counts}), a vocabulary of "
+                f"{len(self.vocab)} from the training text, windows of {self.context}")
 
     def train_batches(self, batch_size: int, *, seed: int, epoch: int, split: str = "train",
                       process_index: int = 0, process_count: int = 1, start: int = 0
                       ) -> Iterator[Batch]:
         """Windows on a grid shifted by a random offset each epoch, in a shuffled order."""
         ids = self._split(split)
-        local = _local_batch_size(batch_size, process_count)
-        rows = slice(process_index * local, (process_index + 1) * local)
         rng = np.random.default_rng([seed, epoch])
         offset = int(rng.integers(self.context))
         order = rng.permutation((len(ids) - 1 - offset) // self.context)
-        for step in range(start, self.steps_per_epoch(batch_size, split)):
-            starts = offset + order[step * batch_size:(step + 1) * batch_size][rows] * self.context
-            yield self._windows(ids, starts)
+        for _, idx in train_rows(order, batch_size, self.steps_per_epoch(batch_size, split),
+                                 start=start, process_index=process_index,
+                                 process_count=process_count):
+            yield self._windows(ids, offset + idx * self.context)
 
     def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
                      process_count: int = 1) -> Iterator[Batch]:
@@ -93,8 +103,7 @@ class CharText:
         return self.splits[split]
 
 
-def tiny_shakespeare(data_dir: str | None = None, split_seed: int = 0,
-                     context: int = 256) -> CharText:
+def tiny_shakespeare(data_dir: str | None = None, context: int = 256) -> CharText:
     texts = {}
     for split, parts in SPLITS.items():
         texts[split] = "".join(_text(data_source("tiny_shakespeare", p, data_dir)) for p in parts)

@@ -261,7 +261,8 @@ def test_language_models_learn_tiny_shakespeare(prepared, name, fields, learning
 # --- the zoo's configs and commands, end to end
 
 
-@pytest.mark.parametrize("name, steps", [("cifar10_resnet.py", 2), ("imagenet_resnet50.py", 2)])
+# CIFAR's 32 mock training images lose a tenth to the validation split: one batch of 16 is left
+@pytest.mark.parametrize("name, steps", [("cifar10_resnet.py", 1), ("imagenet_resnet50.py", 2)])
 def test_image_configs_train_and_evaluate_on_mock_data(name, steps, tmp_path):
     from experiments import run
 
