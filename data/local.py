@@ -1,0 +1,480 @@
+"""Your own data: numpy arrays (an .npz, or a dict from Python), a folder of images with a folder
+per class, or a CSV table.
+
+Each is read from `path`; where the files carry no split, one is drawn from `split_seed`
+(`validation_fraction`, `test_fraction`; stratified for classes). Class names, shapes and the
+normalisation are decided from the files (statistics from the training split only) and go into
+the dataset's description, which every checkpoint stores with a fingerprint of the data, so a
+later process rebuilds exactly the same examples or says what changed.
+"""
+import csv
+import dataclasses
+import functools
+import hashlib
+import math
+import os
+from collections.abc import Iterator
+
+import numpy as np
+
+from data.arrays import ArrayDataset, Batch, summary_line
+from data.batching import (full_batches, global_position, local_batch_size, padded_eval_indices,
+                           seeded_split)
+from data.images import scale
+
+SPLITS = ("train", "validation", "test")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+# --- numpy arrays
+
+def arrays(path: str = "", arrays: dict | None = None, split_seed: int = 0,
+           validation_fraction: float = 0.1, test_fraction: float = 0.2) -> ArrayDataset:
+    """An .npz at `path` (or, from Python, a dict `arrays`) with Keras's keys: `x_train`,
+    `y_train`, and optionally `x_test`, `y_test`, `x_validation`, `y_validation` and
+    `class_names`. Missing validation or test splits are drawn from train.
+
+    Integer targets (or strings) are classes; float targets are regression. uint8 inputs are
+    pixels, scaled to [0, 1]; (N, H, W) images get a channel axis; float inputs are used as
+    they are.
+    """
+    source = f"arrays from {path}" if arrays is None else "arrays passed from Python"
+    if arrays is None:
+        arrays = _read_npz(path)
+    given = {s: (arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in SPLITS
+             if f"x_{s}" in arrays or f"y_{s}" in arrays}
+    if "train" not in given:
+        raise ValueError(f"{source} have no x_train and y_train; give at least those (and "
+                         f"x_test, y_test, x_validation, y_validation if you have them)")
+    for split, (x, y) in given.items():
+        if len(x) != len(y):
+            raise ValueError(f"{source}: x_{split} has {len(x)} rows but y_{split} {len(y)}")
+    names = arrays.get("class_names")
+    x_all = np.concatenate([np.asarray(x) for x, _ in given.values()])
+    y_all = np.concatenate([np.asarray(y) for _, y in given.values()])
+    task, targets, class_names = _targets(y_all, source, names)
+    inputs, preprocessing = _inputs(x_all, source)
+    bounds = np.cumsum([0] + [len(y) for _, y in given.values()])
+    splits = {s: {"inputs": inputs[a:b], "targets": targets[a:b]}
+              for s, a, b in zip(given, bounds[:-1], bounds[1:])}
+    splits, drawn = _draw_missing(splits, task, split_seed, validation_fraction, test_fraction)
+    return _dataset("arrays", splits, task, class_names, source,
+                    preprocessing + drawn, _fingerprint_arrays(arrays),
+                    normalize=scale if inputs.dtype == np.uint8 else None)
+
+
+def _read_npz(path: str) -> dict:
+    if not path:
+        raise ValueError("dataset 'arrays' needs --config.dataset.path=FILE.npz (with x_train, "
+                         "y_train, ...), or from Python data.load('arrays', arrays={...})")
+    try:
+        with np.load(_existing(path, "an .npz file"), allow_pickle=False) as f:
+            return {k: f[k] for k in f.files}
+    except (ValueError, OSError) as e:
+        raise ValueError(f"{path} is not a readable .npz of numpy arrays ({e}); save it with "
+                         f"numpy.savez(path, x_train=..., y_train=...)") from None
+
+
+def _inputs(x: np.ndarray, source: str) -> tuple[np.ndarray, str]:
+    if x.dtype.kind in "iu" and x.dtype != np.uint8:
+        if x.min() < 0 or x.max() > 255:
+            raise ValueError(f"{source}: integer inputs must be pixels in 0..255 (got "
+                             f"{x.min()}..{x.max()}); pass floats for other values")
+        x = x.astype(np.uint8)
+    if x.dtype.kind not in "uf":
+        raise ValueError(f"{source}: inputs of dtype {x.dtype} are neither pixels nor numbers")
+    if x.ndim == 3:  # (N, H, W): grey images, the layout Keras's MNIST arrays have
+        x = x[..., None]
+    if x.dtype == np.uint8:
+        return x, "uint8 pixels scaled to [0, 1]"
+    return x.astype(np.float32), "float inputs used as they are"
+
+
+def _targets(y: np.ndarray, source: str, names=None) -> tuple[str, np.ndarray, tuple[str, ...]]:
+    """(task, targets, class names) of raw target values."""
+    if y.dtype.kind == "f":
+        return "regression", y.astype(np.float32).reshape(len(y), -1), ()
+    if y.dtype.kind in "iub":
+        y = y.astype(np.int64).reshape(-1)
+        if y.min() < 0:
+            raise ValueError(f"{source}: integer targets are class ids and must be >= 0 (got "
+                             f"{y.min()})")
+        count = int(y.max()) + 1
+        given = tuple(str(n) for n in names) if names is not None else ()
+        if given and len(given) < count:
+            raise ValueError(f"{source}: class_names has {len(given)} names but the targets "
+                             f"go up to class {count - 1}")
+        return "classification", y.astype(np.int32), given or tuple(map(str, range(count)))
+    labels = np.asarray(y).astype(str).reshape(-1)
+    classes = tuple(sorted(set(labels)))
+    return ("classification", np.searchsorted(classes, labels).astype(np.int32), classes)
+
+
+def _draw_missing(splits: dict, task: str, seed: int, validation_fraction: float,
+                  test_fraction: float) -> tuple[dict, str]:
+    """Draws the validation and test splits the files do not have from train."""
+    missing = {s: f for s, f in (("validation", validation_fraction), ("test", test_fraction))
+               if s not in splits and f}
+    if not missing:
+        return splits, ""
+    train = splits["train"]
+    parts = seeded_split(train["targets"], missing.get("validation", 0.0),
+                         missing.get("test", 0.0), seed, stratify=task == "classification")
+    out = {**splits, **{s: {k: v[idx] for k, v in train.items()} for s, idx in parts.items()}}
+    said = " and ".join(f"{s} {f:g}" for s, f in missing.items())
+    return ({s: out[s] for s in SPLITS if s in out},
+            f"; {said} of {'train' if len(splits) > 1 else 'the examples'} held out by "
+            f"split_seed {seed}")
+
+
+def _fingerprint_arrays(arrays: dict) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(arrays):
+        value = np.ascontiguousarray(arrays[key])
+        digest.update(f"{key}:{value.dtype}:{value.shape};".encode())
+        digest.update(value.tobytes() if value.dtype.kind != "O" else repr(value.tolist()).encode())
+    return digest.hexdigest()
+
+
+def _dataset(name, splits, task, class_names, source, preprocessing, fingerprint, normalize=None):
+    return ArrayDataset(name, splits, len(class_names) if task == "classification" else 0,
+                        normalize=normalize, task=task, class_names=class_names,
+                        about={"source": source, "preprocessing": preprocessing.lstrip("; "),
+                               "fingerprint": fingerprint})
+
+
+def _existing(path: str, what: str) -> str:
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"dataset.path {path!r} does not exist; point it at {what}")
+    return path
+
+
+# --- a folder of images
+
+def image_folder(path: str = "", image_size: int = 0, grayscale: bool = False,
+                 split_seed: int = 0, validation_fraction: float = 0.1,
+                 test_fraction: float = 0.2, max_in_memory_mb: int = 1024):
+    """Images in a folder per class under `path` (PNG, JPEG, ...), or under `path/train/`,
+    `path/validation/`, `path/test/` where the split is given; a split the folder lacks is
+    drawn from train. Images are decoded with Pillow as RGB (grey with `grayscale`) and resized
+    to `image_size` x `image_size` (0: as they are, which must then be one size).
+
+    Folders whose decoded images fit in `max_in_memory_mb` are decoded once into memory; larger
+    ones are read one image at a time through grain, each process only its rows.
+    """
+    if not path:
+        raise ValueError("dataset 'image_folder' needs --config.dataset.path=FOLDER, with a "
+                         "folder of images per class in it")
+    if not os.path.isdir(_existing(path, "a folder with a folder of images per class")):
+        raise ValueError(f"dataset.path {path!r} is a file; image_folder reads a folder with a "
+                         f"folder of images per class")
+    files, classes = _image_files(path)
+    channels = 1 if grayscale else 3
+    size = (image_size, image_size) if image_size else _common_size(files, path)
+    shape = (*size, channels)
+    labels = {s: np.array([c for _, c in pairs], np.int32) for s, pairs in files.items()}
+    paths = {s: [p for p, _ in pairs] for s, pairs in files.items()}
+    if "train" not in paths:
+        raise ValueError(f"{path} has validation or test folders but no train/ folder")
+    missing = {"validation": validation_fraction, "test": test_fraction}
+    drawn = {s: f for s, f in missing.items() if s not in paths and f}
+    if drawn:
+        parts = seeded_split(labels["train"], drawn.get("validation", 0.0),
+                             drawn.get("test", 0.0), split_seed, stratify=True)
+        every_path, every_label = paths["train"], labels["train"]
+        for split, idx in parts.items():
+            paths[split], labels[split] = [every_path[i] for i in idx], every_label[idx]
+    held = " and ".join(f"{s} {f:g}" for s, f in drawn.items())
+    about = {"source": f"images in {path}",
+             "preprocessing": f"decoded as {'grey' if grayscale else 'RGB'}, "
+                              f"{'resized to ' if image_size else ''}{size[0]}x{size[1]}, "
+                              f"pixels scaled to [0, 1]"
+                              + (f"; {held} of {'train' if len(files) > 1 else 'the images'}"
+                                 f" held out by split_seed {split_seed}" if held else ""),
+             "fingerprint": _fingerprint_files(path, files)}
+    order = [s for s in SPLITS if s in paths]
+    decoded_mb = sum(len(p) for p in paths.values()) * math.prod(shape) / 2**20
+    if decoded_mb <= max_in_memory_mb:
+        splits = {s: {"inputs": read_images(paths[s], shape), "targets": labels[s]}
+                  for s in order}
+        return ArrayDataset("image_folder", splits, len(classes), normalize=scale,
+                            class_names=classes, about={**about, "read": "in memory"})
+    return FolderImages("image_folder", {s: paths[s] for s in order},
+                        {s: labels[s] for s in order}, classes, shape,
+                        about={**about, "read": "per example through grain"})
+
+
+def _image_files(root: str) -> tuple[dict[str, list[tuple[str, int]]], tuple[str, ...]]:
+    """{split: [(file, class id), ...]} and the class names (sorted folder names)."""
+    given = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
+    tops = {s: os.path.join(root, s) for s in given} if given else {"train": root}
+    classes = sorted({d for top in tops.values() for d in _subfolders(top)})
+    if len(classes) < 2:
+        raise ValueError(f"{root} holds {len(classes)} class folder(s): put each class's images "
+                         f"in a folder of its own, at least two, e.g. "
+                         f"{os.path.join(root, 'cat', '1.png')} and "
+                         f"{os.path.join(root, 'dog', '1.png')}")
+    files = {}
+    for split, top in tops.items():
+        pairs = []
+        for c, name in enumerate(classes):
+            folder = os.path.join(top, name)
+            found = sorted(os.path.join(folder, f) for f in
+                           (os.listdir(folder) if os.path.isdir(folder) else [])
+                           if f.lower().endswith(IMAGE_SUFFIXES))
+            if not found and (split == "train" or os.path.isdir(folder)):
+                raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
+                                 f"every class folder needs its images directly inside it")
+            pairs += [(f, c) for f in found]
+        files[split] = pairs
+    return files, tuple(classes)
+
+
+def _subfolders(folder: str) -> list[str]:
+    return [d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d))]
+
+
+def _common_size(files: dict, root: str) -> tuple[int, int]:
+    from PIL import Image
+
+    sizes = {}
+    for pairs in files.values():
+        for path, _ in pairs:
+            with Image.open(path) as image:
+                sizes.setdefault(image.size, path)
+            if len(sizes) > 1:
+                (a, pa), (b, pb) = list(sizes.items())[:2]
+                raise ValueError(f"the images in {root} have different sizes ({a[0]}x{a[1]} "
+                                 f"in {pa}, {b[0]}x{b[1]} in {pb}); set "
+                                 f"--config.dataset.image_size=N to resize them all to N x N")
+    (width, height), = sizes
+    return height, width
+
+
+def read_images(paths: list[str], shape: tuple[int, int, int]) -> np.ndarray:
+    """uint8 images of `shape` (height, width, channels) decoded from `paths` with Pillow."""
+    return np.stack([read_image(p, shape) for p in paths]) if paths else np.zeros(
+        (0, *shape), np.uint8)
+
+
+def read_image(path: str, shape: tuple[int, int, int] | None) -> np.ndarray:
+    """uint8 (height, width, channels) pixels of the image file at `path`, resized to `shape`
+    (1 channel: grey, else RGB); `shape` None: RGB at the file's own size."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("L" if shape and shape[2] == 1 else "RGB")
+            if shape and image.size != (shape[1], shape[0]):
+                image = image.resize((shape[1], shape[0]), Image.BILINEAR)
+            pixels = np.asarray(image, np.uint8)
+    except (OSError, UnidentifiedImageError) as e:
+        raise ValueError(f"{path} cannot be read as an image ({e})") from None
+    return pixels.reshape(*pixels.shape[:2], -1)
+
+
+def _fingerprint_files(root: str, files: dict) -> str:
+    digest = hashlib.sha256()
+    for split in sorted(files):
+        for path, label in files[split]:
+            digest.update(f"{split}:{os.path.relpath(path, root)}:{label}:"
+                          f"{os.path.getsize(path)};".encode())
+    return digest.hexdigest()
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderImages:
+    """Image files read one at a time through grain: this process's rows of every batch,
+    decoded and resized on the host (optionally in `worker_count` processes)."""
+
+    name: str
+    paths: dict[str, list[str]]
+    labels: dict[str, np.ndarray]
+    class_names: tuple[str, ...]
+    input_shape: tuple[int, int, int]
+    about: dict = dataclasses.field(default_factory=dict)
+    worker_count: int = 0
+    task = "classification"
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    @property
+    def num_outputs(self) -> int:
+        return self.num_classes
+
+    def num_examples(self, split: str) -> int:
+        return len(self._split(split))
+
+    def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
+        return full_batches(self.num_examples(split), batch_size, f"{split!r} images")
+
+    def description(self) -> dict:
+        return {"name": self.name, "task": self.task, "input_shape": list(self.input_shape),
+                "classes": list(self.class_names), **self.about,
+                "examples": {s: len(p) for s, p in self.paths.items()}}
+
+    def summary(self) -> str:
+        return summary_line(self, {s: len(p) for s, p in self.paths.items()})
+
+    def model_inputs(self, inputs: np.ndarray) -> np.ndarray:
+        return scale({"inputs": np.asarray(inputs)})["inputs"]
+
+    def train_batches(self, batch_size: int, *, seed: int, epoch: int, split: str = "train",
+                      process_index: int = 0, process_count: int = 1, start: int = 0
+                      ) -> Iterator[Batch]:
+        import grain
+
+        paths, labels = self._split(split), self.labels[split]
+        local = local_batch_size(batch_size, process_count)
+        order = np.random.default_rng([seed, epoch]).permutation(len(paths))
+
+        def read(j):
+            i = int(order[global_position(j, batch_size, process_index, process_count)])
+            return {"inputs": read_image(paths[i], self.input_shape), "targets": labels[i]}
+
+        steps = self.steps_per_epoch(batch_size, split)
+        yield from self._batches(grain.MapDataset.range(steps * local).map(read).batch(local)[
+            start:])
+
+    def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
+                     process_count: int = 1) -> Iterator[Batch]:
+        paths, labels = self._split(split), self.labels[split]
+        for idx, mask in padded_eval_indices(len(paths), batch_size, process_index,
+                                             process_count):
+            yield {"inputs": self.model_inputs(read_images([paths[i] for i in idx],
+                                                           self.input_shape)),
+                   "targets": labels[idx], "mask": mask}
+
+    def _batches(self, dataset) -> Iterator[Batch]:
+        from data.imagenet import grain_batches
+        for batch in grain_batches(dataset, self.worker_count):
+            yield {**batch, "inputs": self.model_inputs(batch["inputs"])}
+
+    def _split(self, split: str) -> list[str]:
+        if split not in self.paths:
+            raise ValueError(f"{self.name} has no split {split!r}; its splits: "
+                             f"{', '.join(self.paths)}")
+        return self.paths[split]
+
+
+# --- a CSV table
+
+def csv_table(path: str = "", target: str = "", split_seed: int = 0,
+              validation_fraction: float = 0.1, test_fraction: float = 0.2) -> ArrayDataset:
+    """A table with a header row. `target` names the column to predict (default: the last);
+    integer or text targets are classes (names sorted, mapped to ids), other numbers are
+    regression, in their own units (train with loss.name=mse). Every other column is a
+    numeric feature, standardised with the training split's mean and standard deviation.
+    """
+    if not path:
+        raise ValueError("dataset 'csv' needs --config.dataset.path=FILE.csv (a header row, then "
+                         "one row per example)")
+    header, rows = _read_table(_existing(path, "a CSV file with a header row"))
+    target = target or header[-1]
+    if target not in header:
+        raise ValueError(f"dataset.target={target!r} is not a column of {path}; its columns: "
+                         f"{', '.join(header)}")
+    t = header.index(target)
+    features = [c for i, c in enumerate(header) if i != t]
+    if not features:
+        raise ValueError(f"{path} has only the target column {target!r}; it needs features too")
+    task, targets, classes = _table_targets([r[t] for r in rows], path, target)
+    inputs = feature_matrix(rows, [i for i in range(len(header)) if i != t], header, path)
+    parts = seeded_split(targets if task == "classification" else np.zeros(len(rows)),
+                         validation_fraction, test_fraction, split_seed,
+                         stratify=task == "classification")
+    splits = {s: {"inputs": inputs[idx], "targets": targets[idx]} for s, idx in parts.items()}
+    train = splits["train"]["inputs"]
+    mean, std = train.mean(0), train.std(0)
+    std = np.where(std > 0, std, 1.0).astype(np.float32)  # a constant column stays 0
+    with open(path, "rb") as f:
+        fingerprint = hashlib.sha256(f.read()).hexdigest()
+    dataset = _dataset(
+        "csv", splits, task, classes, f"the table {path} (target {target!r})",
+        f"{len(features)} feature columns standardised by the training split's mean and "
+        f"standard deviation; validation {validation_fraction:g} and test {test_fraction:g} "
+        f"held out by split_seed {split_seed}", fingerprint,
+        normalize=functools.partial(standardize, mean=mean.astype(np.float32), std=std))
+    return dataclasses.replace(dataset, about={
+        **dataset.about, "target": target, "features": features,
+        "mean": mean.astype(float).tolist(), "std": std.astype(float).tolist()})
+
+
+def standardize(batch: Batch, mean: np.ndarray, std: np.ndarray) -> Batch:
+    return {**batch, "inputs": (batch["inputs"] - mean) / std}
+
+
+def _read_table(path: str) -> tuple[list[str], list[list[str]]]:
+    with open(path, newline="") as f:
+        try:
+            table = [row for row in csv.reader(f) if row]
+        except (csv.Error, UnicodeDecodeError) as e:
+            raise ValueError(f"{path} is not a readable CSV file ({e})") from None
+    if len(table) < 2:
+        raise ValueError(f"{path} needs a header row and at least one row of data")
+    header = [c.strip() for c in table[0]]
+    for number, row in enumerate(table[1:], 2):
+        if len(row) != len(header):
+            raise ValueError(f"{path} line {number} has {len(row)} fields but the header has "
+                             f"{len(header)}")
+    return header, table[1:]
+
+
+def _table_targets(values: list[str], path: str, column: str):
+    values = [v.strip() for v in values]
+    empty = next((i for i, v in enumerate(values) if not v), None)
+    if empty is not None:
+        raise ValueError(f"{path} line {empty + 2}: the target {column!r} is empty")
+    if all(_is_int(v) for v in values):
+        ids = sorted({int(v) for v in values})
+        names = tuple(map(str, ids))
+        return "classification", np.searchsorted(ids, [int(v) for v in values]).astype(
+            np.int32), names
+    if all(_is_float(v) for v in values):
+        return "regression", np.array(values, np.float32)[:, None], ()
+    names = tuple(sorted(set(values)))
+    return "classification", np.searchsorted(names, values).astype(np.int32), names
+
+
+def feature_matrix(rows: list[list[str]], columns: list[int], header: list[str],
+                   path: str) -> np.ndarray:
+    """The named numeric columns of `rows` as float32; a cell that is not a number is named."""
+    out = np.empty((len(rows), len(columns)), np.float32)
+    for r, row in enumerate(rows):
+        for j, c in enumerate(columns):
+            try:
+                out[r, j] = float(row[c])
+            except ValueError:
+                raise ValueError(f"{path} line {r + 2}, column {header[c]!r}: {row[c]!r} is "
+                                 f"not a number; feature columns must be numeric (drop the "
+                                 f"column or encode it as numbers)") from None
+    return out
+
+
+def read_table_features(dataset, path: str) -> np.ndarray:
+    """The feature columns a CSV run trained on, by name, from another CSV (its target column
+    may be there or not), raw: `dataset.model_inputs` standardises them."""
+    header, rows = _read_table(path)
+    names = dataset.about["features"]
+    missing = [n for n in names if n not in header]
+    if missing:
+        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} the run was trained "
+                         f"on")
+    return feature_matrix(rows, [header.index(n) for n in names], header, path)
+
+
+def _is_int(text: str) -> bool:
+    try:
+        int(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _is_float(text: str) -> bool:
+    try:
+        return math.isfinite(float(text))
+    except ValueError:
+        return False
