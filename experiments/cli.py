@@ -68,6 +68,20 @@ def _parser() -> argparse.ArgumentParser:
                         "trained with optimizer.ema_decay); default: what the run's "
                         "early_stopping.monitor ranks, raw unless it is an eval_ema_ metric")
 
+    pr = sub.add_parser("predict", help="classify image files or CSV rows with a trained run",
+                        description="Print the top classes with their probabilities for each "
+                                    "image file (folders are searched for images), each row of "
+                                    "a CSV file, or each row of a .npy array, read and "
+                                    "preprocessed as the run's dataset was; for a regression "
+                                    "run, the predicted values.")
+    pr.add_argument("paths", nargs="+", metavar="FILE_OR_FOLDER")
+    pr.add_argument("--workdir", required=True)
+    pr.add_argument("--top-k", type=int, default=3, help="classes to show (default 3)")
+    pr.add_argument("--checkpoint", default="best", help="best, latest or a step (default: best)")
+    pr.add_argument("--weights", choices=("raw", "ema"),
+                    help="raw weights or their moving average (default: what the run ranks)")
+    pr.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+
     s = sub.add_parser("sample", help="generate text from a language model's checkpoint")
     s.add_argument("--workdir", required=True)
     s.add_argument("--prompt", required=True, help="the text to continue, e.g. 'ROMEO:'")
@@ -117,9 +131,11 @@ def _parser() -> argparse.ArgumentParser:
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     prep = dsub.add_parser(
         "prepare", help="build a tensorflow-datasets dataset from raw files on disk",
-        description="Build NAME from the raw files tfds would download (e.g. the four MNIST "
-                    "IDX .gz files, or Tiny Shakespeare's input.txt) found in --manual-dir. "
-                    "Needs TensorFlow: pip install -e '.[tf]'.")
+        description="Build NAME (mnist, fashion_mnist, cifar10, cifar100, imagenette, "
+                    "imagenet2012, tiny_shakespeare) with tfds's own builder from the raw "
+                    "files tfds would download (e.g. the four MNIST IDX .gz files, "
+                    "cifar-10-binary.tar.gz, ILSVRC2012_img_train.tar and ..._val.tar) found "
+                    "in --manual-dir. Needs TensorFlow: pip install -e '.[tf]'.")
     prep.add_argument("name")
     prep.add_argument("--manual-dir", required=True, help="folder holding the raw files")
     prep.add_argument("--data-dir", help="tfds data directory (default: ~/tensorflow_datasets)")
@@ -139,6 +155,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in argv
+    if verbose:  # other libraries' reasons too, where descent's messages can carry them
+        os.environ["DESCENT_VERBOSE"] = "1"
     if not verbose:
         from absl import logging  # orbax logs routine decisions as warnings, and the failures
         logging.set_verbosity(logging.FATAL)  # it raises as errors too: we report those once
@@ -216,6 +234,7 @@ def _run(argv: list[str]) -> int:
     from experiments import run  # imports JAX: only once the arguments are known good
 
     if args.command == "train":
+        run.check_named_options(config, [key for key, _ in overrides])
         summary = run.train_and_evaluate(config, args.workdir,
                                          allow_config_change=args.allow_config_change)
         test = summary["test"]
@@ -232,6 +251,13 @@ def _run(argv: list[str]) -> int:
              + (f" ({_WEIGHTS['ema']})" if m["weights"] == "ema" else ""))
         if "not_saved" in m:  # the result is printed; that it was not saved is bad input
             return USAGE_EXIT
+    elif args.command == "predict":
+        if args.top_k < 1:
+            raise _UsageError(f"--top-k must be at least 1, got {args.top_k}")
+        restored = run.restore(args.workdir, args.checkpoint, mesh="data=1",
+                               weights=args.weights)
+        for what, prediction in run.predict_files(restored, args.paths):
+            _say(f"{what}: {_prediction(restored.dataset, prediction, args.top_k)}")
     elif args.command == "sample":
         _say(run.sample(args.workdir, args.prompt, args.length, args.temperature,
                         args.checkpoint, args.seed, progress=True))
@@ -253,6 +279,17 @@ def _refuse_repeated_options(argv: list[str]) -> None:
 
 
 _WEIGHTS = {"raw": "raw weights", "ema": "moving average of the weights"}
+
+
+def _prediction(dataset, prediction, top_k: int) -> str:
+    """'cat 0.912, dog 0.071, bird 0.010', or for regression the values."""
+    import numpy as np
+
+    if dataset.task == "regression":
+        return ", ".join(f"{v:.6g}" for v in prediction)
+    names = getattr(dataset, "class_names", ()) or [str(i) for i in range(len(prediction))]
+    top = np.argsort(-prediction, kind="stable")[:top_k]
+    return ", ".join(f"{names[i]} {prediction[i]:.3f}" for i in top)
 
 
 def _scores(m: dict) -> str:

@@ -60,7 +60,9 @@ _RANGES = [
     ("optimizer.clip_norm", 0, True, None), ("loss.label_smoothing", 0, True, 1),
     ("model.dropout", 0, True, 1), ("optimizer.accumulate_steps", 1, True, None),
     ("optimizer.ema_decay", 0, True, 1), ("profile.start_step", 0, True, None),
-    ("profile.num_steps", 1, True, None),
+    ("profile.num_steps", 1, True, None), ("dataset.validation_fraction", 0, True, 1),
+    ("dataset.test_fraction", 0, True, 1), ("dataset.image_size", 0, True, None),
+    ("dataset.max_in_memory_mb", 0, True, None),
 ]
 
 

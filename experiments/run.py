@@ -23,13 +23,10 @@ from train.state import TrainState
 
 LANGUAGE_MODELS = ("gpt", "lstm", "gru", "rnn")  # the nets with logits at every position
 
-# dataset fields that shape batches or the split rather than being the loader's own options
-_NOT_LOADER_OPTIONS = ("name", "batch_size", "eval_batch_size", "train_examples")
-
-
-def build(config: ml_collections.ConfigDict):
-    """The model, freshly initialised, and the dataset that `config` names."""
-    dataset = load_dataset(config)
+def build(config: ml_collections.ConfigDict, dataset=None):
+    """The model, freshly initialised, and the dataset that `config` names (or `dataset`, one
+    made in Python, e.g. `data.load("arrays", arrays={...})`)."""
+    dataset = dataset if dataset is not None else load_dataset(config)
     if counted(dataset) == "characters" and config.model.name not in LANGUAGE_MODELS:
         raise ValueError(f"model.name={config.model.name} reads images or feature vectors, but "
                          f"{config.dataset.name} is text (character ids): use one of "
@@ -41,26 +38,42 @@ def build(config: ml_collections.ConfigDict):
 
 
 def load_dataset(config: ml_collections.ConfigDict):
-    """The dataset `config` names, with its options.
+    """The dataset `config` names, given the fields of `config.dataset` that it takes as options
+    (`data.options`); the others are not its business and are left alone.
 
     `dataset.train_examples` > 0 keeps that many training examples (stratified by class, drawn
     by `dataset.split_seed`): the small-data regime, e.g. for studies of overfitting.
     """
-    options = {k: v for k, v in config.dataset.items() if k not in _NOT_LOADER_OPTIONS}
-    options["data_dir"] = options.get("data_dir") or None
+    takes = data.options(config.dataset.name)
+    options = {k: v for k, v in config.dataset.items() if k in takes}
+    if "data_dir" in options:
+        options["data_dir"] = options["data_dir"] or None
     dataset = data.load(config.dataset.name, **options)
     train_examples = config.dataset.get("train_examples", 0)
     if train_examples:
         if not hasattr(dataset, "subset"):
             raise ValueError(f"dataset.train_examples applies to in-memory datasets, not to "
                              f"{config.dataset.name}; set it to 0")
-        dataset = dataset.subset("train", train_examples, config.dataset.split_seed)
+        dataset = dataset.subset("train", train_examples, config.dataset.get("split_seed", 0))
     return dataset
+
+
+def check_named_options(config: ml_collections.ConfigDict, named: list[str]) -> None:
+    """Refuses a `dataset.*` field named on the command line that the chosen dataset does not
+    take (`--config.dataset.image_size=64` for digits), listing the ones it does; fields a
+    config merely carries for other datasets are fine."""
+    takes = data.options(config.dataset.name)
+    for key in named:
+        field = key.split(".", 1)[1] if key.startswith("dataset.") else None
+        if field and field not in takes and field not in data.EVERY_DATASET:
+            raise ValueError(f"dataset {config.dataset.name!r} takes no option {field!r}; its "
+                             f"options: {', '.join(takes) or 'none'} (and, for every dataset, "
+                             f"{', '.join(data.EVERY_DATASET[1:])})")
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        console: bool = True, allow_config_change: bool = False,
-                       writers: Sequence = ()) -> dict:
+                       writers: Sequence = (), dataset=None) -> dict:
     """Trains as `config` says, then evaluates the best checkpoint on the test split.
 
     Returns the training summary from `train.loop.fit` plus `"test"`: the test metrics of the
@@ -69,10 +82,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     (`optimizer.ema_decay`), `"tests"` holds both `raw` and `ema`. The evaluation reuses the
     run's compiled steps and dataset; the best checkpoint is read back from disk unless it is
     the final state. `console=False` keeps the progress bar and per-evaluation lines off the
-    terminal; `writers` receive every record of the run (see `train.writers`).
+    terminal; `writers` receive every record of the run (see `train.writers`). `dataset`
+    trains on a dataset made in Python instead of the one `config.dataset` names.
     """
     check_values(config)
-    model, dataset = build(config)
+    model, dataset = build(config, dataset)
+    dataset.num_examples(config.test_split)  # a split the dataset lacks is named before training
     prepare_workdir(workdir)
     say = print if console and jax.process_index() == 0 else (lambda *a, **k: None)
     with workdir_lock.hold(workdir, exclusive=True, say=say):  # through the final evaluation
@@ -127,13 +142,17 @@ WEIGHTS = ("raw", "ema")
 
 
 def restore(workdir: str, which: str | int = "best", *, strategy: str | None = None,
-            mesh: str = "data=-1", weights: str | None = None) -> Restored:
+            mesh: str = "data=-1", weights: str | None = None, dataset=None) -> Restored:
     """Restores checkpoint `which` ('best', 'latest' or a step) of `workdir` onto the devices here.
 
     The state is laid out for `mesh` (default: every device present) and `strategy` (default:
     the one it was trained with), whatever device count and strategy saved it. `weights` says
     what `evaluate` and `predict` score: `raw`, or `ema` for a run trained with
     `optimizer.ema_decay` (default: the run's `scored_weights`).
+
+    The dataset is rebuilt from the description its checkpoint holds (name, options, classes,
+    normalisation): no registry lookup, and files that moved or changed since training are
+    named. `dataset` passes one made in Python (arrays, which a checkpoint does not hold).
     """
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"--weights {weights!r} is not one of {', '.join(WEIGHTS)}")
@@ -141,13 +160,13 @@ def restore(workdir: str, which: str | int = "best", *, strategy: str | None = N
         raise FileNotFoundError(f"no checkpoints in {workdir!r}; "
                                 f"run `descent train --workdir {workdir} ...` first")
     with workdir_lock.hold(workdir, exclusive=False):
-        r = _restore(workdir, which, strategy, mesh)
+        r = _restore(workdir, which, strategy, mesh, dataset)
     weights = weights or scored_weights(r.config)
     r.trainer.weights(r.state, weights)  # a run without a moving average is named here
     return r._replace(weights=weights)
 
 
-def _restore(workdir: str, which, strategy, mesh) -> Restored:
+def _restore(workdir: str, which, strategy, mesh, given=None) -> Restored:
     """As `restore`; a checkpoint that cannot be read is set aside (never deleted) and, for
     'latest' or 'best', the next one is used, as a resumed run does."""
     def warn(line):
@@ -166,7 +185,17 @@ def _restore(workdir: str, which, strategy, mesh) -> Restored:
         step = checkpoint.resolve_step(manager, which)
         config.parallel.mesh = mesh
         config.parallel.strategy = strategy or config.parallel.strategy
-        model, dataset = build(config)
+        try:
+            described = checkpoint.saved_dataset(manager, step)
+        except Exception as e:  # noqa: BLE001 - unreadable: this checkpoint is damaged
+            checkpoint.set_aside(manager, step, e, warn)
+            continue
+        dataset = given
+        if given is not None and described is not None:
+            data.check_same(given, described)
+        elif given is None and described is not None:
+            dataset = data.from_description(described)
+        model, dataset = build(config, dataset)  # a checkpoint without a description: by config
         trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size),
                           dataset.task)
         try:
@@ -277,12 +306,67 @@ def generate(model: nnx.Module, prompt_ids: np.ndarray, length: int, context: in
     return np.array(out, np.int32)
 
 
-def predict(restored: Restored, images) -> np.ndarray:
-    """Class probabilities, (batch, classes), for a numpy batch of inputs from a restored run;
-    for a regression run, the predicted values, (batch, outputs). Scores `restored.weights`."""
+def predict(restored: Restored, inputs, batch_size: int = 256) -> np.ndarray:
+    """Class probabilities, (batch, classes), for inputs as the run's dataset holds them (raw
+    pixels, raw table columns: the preprocessing the dataset applied in training is applied
+    here); for a regression run, the predicted values, (batch, outputs), in the targets' units.
+    Scores `restored.weights`."""
     state = restored.trainer.weights(restored.state, restored.weights)
     model = nnx.merge(restored.trainer.graphdef, state.params, state.model_state)
-    outputs = model(jnp.asarray(images), train=False)
+    prepare = getattr(restored.dataset, "model_inputs", np.asarray)
+    inputs = np.asarray(inputs)
+    outputs = [np.asarray(model(jnp.asarray(prepare(inputs[i:i + batch_size])), train=False))
+               for i in range(0, len(inputs), batch_size)]
+    outputs = np.concatenate(outputs) if outputs else np.zeros((0, restored.dataset.num_outputs))
     if restored.dataset.task == "regression":
-        return np.asarray(outputs)
+        return outputs
     return np.asarray(jax.nn.softmax(outputs))
+
+
+IMAGE_FILES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+
+
+def predict_files(restored: Restored, paths: list[str]) -> list[tuple[str, np.ndarray]]:
+    """(what, prediction) for files a user has: image files (or folders of them) for a run on
+    images, CSV files (a row each) for a run on a table, .npy arrays (a row each) for a run on
+    arrays. Each is read as the run's dataset reads its own."""
+    from data.local import read_image, read_table_features
+
+    dataset = restored.dataset
+    if dataset.description().get("name") == "csv":
+        labels, rows = [], []
+        for path in paths:
+            features = read_table_features(dataset, _existing_file(path))
+            labels += [f"{path} row {i}" for i in range(1, len(features) + 1)]
+            rows.append(features)
+        return list(zip(labels, predict(restored, np.concatenate(rows))))
+    if all(p.endswith(".npy") for p in paths):
+        arrays = [np.load(_existing_file(p), allow_pickle=False) for p in paths]
+        labels = [f"{p} row {i}" for p, a in zip(paths, arrays) for i in range(1, len(a) + 1)]
+        return list(zip(labels, predict(restored, np.concatenate(arrays))))
+    if len(dataset.input_shape) != 3:
+        raise ValueError(f"this run's dataset ({dataset.name}) is not images, a table or "
+                         f"arrays; predict reads image files, CSV rows or .npy arrays")
+    files = []
+    for path in paths:
+        if os.path.isdir(path):
+            files += sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names
+                            if f.lower().endswith(IMAGE_FILES))
+        else:
+            files.append(_existing_file(path))
+    if not files:
+        raise ValueError(f"no image files ({', '.join(IMAGE_FILES)}) in {', '.join(paths)}")
+    if hasattr(dataset, "read_image_files"):  # ImageNet-style: resize and centre-crop
+        pixels = dataset.read_image_files(files)
+    else:
+        pixels = np.stack([read_image(f, dataset.input_shape) for f in files])
+        stored = getattr(dataset, "splits", None)
+        if stored and next(iter(stored.values()))["inputs"].dtype != np.uint8:
+            pixels = pixels.astype(np.float32) / 255.0  # a dataset that holds floats in [0, 1]
+    return list(zip(files, predict(restored, pixels)))
+
+
+def _existing_file(path: str) -> str:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is not a file")
+    return path

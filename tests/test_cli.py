@@ -162,7 +162,10 @@ def checkpoint_bytes(workdir) -> dict:
     ("sample --workdir W --prompt x --length ten", "argument --length: invalid int value"),
     ("study nope", "unknown study 'nope'"),
     ("study activations --seeds 0", "--seeds must be at least 1, got 0"),
-    ("data prepare imagenet2013 --manual-dir W", "builds mnist, tiny_shakespeare"),
+    ("data prepare imagenet2013 --manual-dir W", "builds mnist, fashion_mnist, cifar10, cifar100, "
+     "imagenette, imagenet2012, tiny_shakespeare from local files, not 'imagenet2013'"),
+    ("data prepare imagenet2012 --manual-dir W", "ILSVRC2012_img_train.tar is missing: "
+     "--manual-dir must hold ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar"),
     ("data prepare mnist --manual-dir W/nowhere", "is not a directory"),
     ("launch-local --num-processes 0 -- train --config CONFIG --workdir W",
      "--num-processes and --devices-per-process must be at least 1"),

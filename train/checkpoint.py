@@ -2,7 +2,7 @@
 that rank it.
 
 Each checkpoint is a directory `<workdir>/checkpoints/<step>/` with the items `state`
-(StandardSave), `config` and `data` (JSON). Orbax writes into a temporary directory and renames
+(StandardSave), `config`, `data` (the data position) and `dataset` (its description), JSON. Orbax writes into a temporary directory and renames
 it when complete, so a failed or interrupted save never replaces a good checkpoint. Nothing is
 pickled. A checkpoint that cannot be read is moved to `<workdir>/checkpoints-damaged/`, never
 deleted.
@@ -91,11 +91,12 @@ def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
             os.path.join(os.path.abspath(workdir), "checkpoints"), options=options,
             item_handlers={"state": ocp.StandardCheckpointHandler(),
                            "config": ocp.JsonCheckpointHandler(),
-                           "data": ocp.JsonCheckpointHandler()})
+                           "data": ocp.JsonCheckpointHandler(),
+                           "dataset": ocp.JsonCheckpointHandler()})
 
 
 def save(manager: ocp.CheckpointManager, step: int, state: TrainState, config: dict,
-         data_position: dict, metrics: dict | None = None) -> None:
+         data_position: dict, metrics: dict | None = None, dataset: dict | None = None) -> None:
     """Starts an asynchronous save; the training loop goes on while orbax writes. The save
     before it is finished first (orbax would wait for it too), and its files are checksummed
     in a thread, behind training, while this one is written."""
@@ -107,9 +108,11 @@ def save(manager: ocp.CheckpointManager, step: int, state: TrainState, config: d
         raise _write_error(manager, pending, e) from e
     manager._descent_checksums = _CHECKSUMMER.submit(record_checksums, manager)  # noqa: SLF001
     try:
-        manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
-            data=ocp.args.JsonSave(data_position)), metrics=metrics)
+        items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
+                     data=ocp.args.JsonSave(data_position))
+        if dataset is not None:  # what rebuilds the dataset: name, options, classes, statistics
+            items["dataset"] = ocp.args.JsonSave(dataset)
+        manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
         manager._descent_saving = step  # noqa: SLF001 - what a failing wait() will name
     except Exception as e:  # noqa: BLE001
         raise _write_error(manager, step, e) from e
@@ -280,6 +283,15 @@ def _restore_state(manager: ocp.CheckpointManager, step: int, like: TrainState) 
 def saved_config(manager: ocp.CheckpointManager, step: int) -> dict:
     """The config saved with the checkpoint at `step`."""
     return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
+
+
+def saved_dataset(manager: ocp.CheckpointManager, step: int) -> dict | None:
+    """The description of the dataset saved with the checkpoint at `step`; None for a
+    checkpoint saved before descent stored one (its config names the dataset)."""
+    directory = os.path.join(str(manager.directory), str(step), "dataset")
+    if not os.path.isdir(directory):
+        return None
+    return manager.restore(step, args=ocp.args.Composite(dataset=ocp.args.JsonRestore())).dataset
 
 
 def saved_data_position(manager: ocp.CheckpointManager, step: int) -> dict:

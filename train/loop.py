@@ -124,11 +124,14 @@ def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool,
     profile = Profile(option(config, "profile.start_step", 0),
                       option(config, "profile.num_steps", 1), workdir, num_steps, say)
     shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    dataset.num_examples(config.eval_split)  # a split the dataset lacks is named now
+    described = dataset.description()
 
     # --- resume: the newest checkpoint that reads back whole, and the data position saved with it
     manager, state, step, history = _resume(config, workdir, trainer, steps_per_epoch,
-                                            allow_config_change, say)
+                                            described, allow_config_change, say)
     stopping.replay(history)
+    say(dataset.summary())
     say(_starting_line(trainer, step, num_steps, steps_per_epoch, config.dataset.batch_size))
     first_step = step + 1  # logged whatever log_every says: curves start there
     profile.resuming_at(first_step)
@@ -191,7 +194,7 @@ def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool,
             if do_save or stop_reason:
                 checkpoint.save(manager, step, canonical, config.to_dict(),
                                 data_position(step, steps_per_epoch, config),
-                                stopping.ranking(record))
+                                stopping.ranking(record), described)
             if preempted:
                 checkpoint.wait(manager)
                 raise Preempted(stop_signals[0] if stop_signals else signal.SIGTERM, step,
@@ -343,7 +346,7 @@ def option(config, dotted: str, default):
     return node
 
 
-def _resume(config, workdir: str, trainer: Trainer, steps_per_epoch: int,
+def _resume(config, workdir: str, trainer: Trainer, steps_per_epoch: int, described: dict,
             allow_config_change: bool, say):
     """(manager, state, step, history): the newest checkpoint that reads back whole (or the
     trainer's initial state at step 0) and the metrics records up to its step."""
@@ -360,6 +363,8 @@ def _resume(config, workdir: str, trainer: Trainer, steps_per_epoch: int,
         state, step, position = resumed
         _check_config_change(config.to_dict(), checkpoint.saved_config(manager, step), step,
                              workdir, allow_config_change, say)
+        _check_data_change(checkpoint.saved_dataset(manager, step), described, step, workdir,
+                           allow_config_change)
         say(f"resumed from the checkpoint at step {step} in {manager.directory}")
         if position != data_position(step, steps_per_epoch, config):
             say("warning: dataset.batch_size or seed differ from the run that saved this "
@@ -399,6 +404,20 @@ def _check_config_change(now: dict, saved: dict, step: int, workdir: str, allowe
         report.append_line(os.path.join(workdir, HISTORY_FILE), {
             "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "changed": {k: list(v) for k, v in changed.items()}})
+
+
+def _check_data_change(saved: dict | None, now: dict, step: int, workdir: str,
+                       allowed: bool) -> None:
+    """Refuses to resume on other data than the checkpoint's (other files, other classes),
+    unless `allowed`."""
+    if saved is None or allowed:
+        return
+    changed = [k for k in ("fingerprint", "classes", "examples") if saved.get(k) != now.get(k)]
+    if changed:
+        raise ValueError(f"the checkpoint at step {step} in {workdir} was trained on other data "
+                         f"than {now.get('source', now['name'])} is now ({', '.join(changed)} "
+                         f"differ); resume on the data it was trained on, use another "
+                         f"--workdir, or pass --allow-config-change to go on")
 
 
 def data_position(step: int, steps_per_epoch: int, config) -> dict:

@@ -13,6 +13,15 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.batch_size = 128       # global, over all devices and processes
     c.dataset.eval_batch_size = 256
     c.dataset.train_examples = 0     # if > 0, train on this many (stratified, by split_seed)
+    # Each dataset takes the fields it uses (`data.options(name)`) and
+    # ignores the rest; one named on the command line that it does not take is an error.
+    c.dataset.path = ""              # arrays (.npz), image_folder (a folder), csv (a file)
+    c.dataset.target = ""            # csv: the column to predict ("" = the last)
+    c.dataset.image_size = 0         # image_folder: resize to N x N (0 = as the images are)
+    c.dataset.grayscale = False      # image_folder: decode as grey instead of RGB
+    c.dataset.max_in_memory_mb = 1024  # image_folder: larger folders are read per example
+    c.dataset.validation_fraction = 0.1  # of train, held out where the data has no such split
+    c.dataset.test_fraction = 0.2    # of all, held out where the data has no test split
 
     c.model = ml_collections.ConfigDict()
     c.model.name = ""                # the net's own fields are added by each experiment
