@@ -12,17 +12,43 @@ import io
 import os
 import shutil
 import sys
+import tarfile
+import zlib
 
 from data.tfds_source import PREPARABLE, default_data_dir
 
-# MD5 of the decompressed official files: the check when an archive's own checksum differs
-# (a re-compressed copy holds the same bytes inside another gzip wrapper).
+# MD5 of the decompressed official files, per dataset: what a re-compressed copy is accepted by
+# when its archive differs from the one tfds registered (Debian's dataset-fashion-mnist, for
+# one, re-gzips the four files). Fashion-MNIST's: its labels from the official repository's own
+# files (whose archive MD5s match the repository's README), the images as published with them.
 KNOWN_CONTENT_MD5 = {
-    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
-    "input.txt": "6fb458f1232090904fb40fe944165e91",
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "fashion_mnist": {
+        "train-images-idx3-ubyte.gz": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte.gz": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte.gz": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte.gz": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
+    "tiny_shakespeare": {"input.txt": "6fb458f1232090904fb40fe944165e91"},
+}
+
+# Datasets whose files tfds never downloads (a licence to accept first): its builder reads them
+# from --manual-dir itself, and registers no checksum for them.
+MANUAL_FILES = {"imagenet2012": ("ILSVRC2012_img_train.tar", "ILSVRC2012_img_val.tar")}
+
+WHAT_TO_PUT = {
+    "mnist": "the four MNIST IDX .gz files",
+    "fashion_mnist": "the four Fashion-MNIST IDX .gz files (train-images-idx3-ubyte.gz, ...)",
+    "cifar10": "cifar-10-binary.tar.gz",
+    "cifar100": "cifar-100-binary.tar.gz",
+    "imagenette": "imagenette2.tgz (the full-size-v2 config)",
+    "imagenet2012": "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar",
+    "tiny_shakespeare": "input.txt",
 }
 
 
@@ -41,6 +67,10 @@ def prepare(name: str, manual_dir: str, data_dir: str | None = None, log=print, 
                          f"files, not {name!r}")
     if not os.path.isdir(manual_dir):
         raise FileNotFoundError(f"--manual-dir {manual_dir!r} is not a directory")
+    for filename in MANUAL_FILES.get(name, ()):
+        if not os.path.exists(os.path.join(manual_dir, filename)):
+            raise FileNotFoundError(f"{os.path.join(manual_dir, filename)} is missing: "
+                                    f"--manual-dir must hold {WHAT_TO_PUT[name]}")
     try:
         with _silenced(quiet):  # TensorFlow's C++ start-up lines go straight to file descriptor 2
             import tensorflow  # noqa: F401 - tfds's builders read their raw files through it
@@ -51,26 +81,35 @@ def prepare(name: str, manual_dir: str, data_dir: str | None = None, log=print, 
     data_dir = default_data_dir(data_dir)
     builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():
-        log(f"{name} is already prepared in {builder.data_dir}")
+        log(f"{name} is already prepared in {builder.data_dir}; train with "
+            f"--config.dataset.data_dir={data_dir}")
         return str(builder.data_dir)
-    served = {url: _checked(url, info, manual_dir, log)
-              for url, info in (builder.url_infos or {}).items()}
     extract_dir = os.path.join(data_dir, "downloads", f"descent-{name}")
     os.makedirs(extract_dir, exist_ok=True)
-    manager = _local_files_manager(served, extract_dir, download_dir=os.path.join(
-        data_dir, "downloads"), dataset_name=name)
+    said = []  # the checks' warnings, said once tfds's output is no longer silenced
+    manager = _local_files_manager(name, builder.url_infos or {}, os.path.abspath(manual_dir),
+                                   extract_dir, said.append, download_dir=os.path.join(
+                                       data_dir, "downloads"), dataset_name=name,
+                                   **({"manual_dir": os.path.abspath(manual_dir),
+                                       "manual_dir_instructions":
+                                           builder.MANUAL_DOWNLOAD_INSTRUCTIONS}
+                                      if name in MANUAL_FILES else {}))
     # The one private hook used: the builder asks this method for its download manager.
     builder._make_download_manager = lambda download_dir, download_config: manager  # noqa: SLF001
     log(f"preparing {name} from {os.path.abspath(manual_dir)} ...")
     if quiet:
         tfds.disable_progress_bar()
-    with _silenced(quiet):
-        builder.download_and_prepare(file_format="array_record")
-    shutil.rmtree(extract_dir, ignore_errors=True)
-    for empty in ("downloads/extracted", "downloads"):  # made by tfds, unused: nothing downloads
-        with contextlib.suppress(OSError):  # not empty: someone's files, left alone
-            os.rmdir(os.path.join(data_dir, empty))
-    log(f"prepared {name} in {builder.data_dir}")
+    try:
+        with _silenced(quiet):
+            builder.download_and_prepare(file_format="array_record")
+    finally:
+        for line in said:
+            log(line)
+        shutil.rmtree(extract_dir, ignore_errors=True)
+        for empty in ("downloads/extracted", "downloads"):  # made by tfds, unused: nothing
+            with contextlib.suppress(OSError):             # downloads; not empty: left alone
+                os.rmdir(os.path.join(data_dir, empty))
+    log(f"prepared {name} in {builder.data_dir}; train with --config.dataset.data_dir={data_dir}")
     return str(builder.data_dir)
 
 
@@ -98,31 +137,44 @@ def _silenced(quiet: bool):
             os.close(fd)
 
 
-def _checked(url: str, info, manual_dir: str, log) -> str:
-    """The local copy of `url`'s file, verified: by tfds's checksum, or by its content."""
+def checked(name: str, url: str, info, manual_dir: str, log) -> str:
+    """The local copy of the file dataset `name`'s builder downloads from `url`, verified: by
+    the checksum tfds registered for it, or by the MD5 of its decompressed content."""
     filename = info.filename or url.rsplit("/", 1)[-1]
     path = os.path.join(manual_dir, filename)
     if not os.path.exists(path):
-        raise FileNotFoundError(f"{path} is missing: --manual-dir must hold {filename}")
-    with open(path, "rb") as f:
-        if hashlib.sha256(f.read()).hexdigest() == info.checksum:
-            return path
-    opener = gzip.open if filename.endswith(".gz") else open
+        raise FileNotFoundError(f"{path} is missing: --manual-dir must hold "
+                                f"{WHAT_TO_PUT.get(name, filename)} ({filename} from {url})")
+    found = _digest(path, hashlib.sha256)
+    if found == info.checksum:
+        return path
+    expected = KNOWN_CONTENT_MD5.get(name, {}).get(filename)
     try:
-        with opener(path, "rb") as f:
-            content = f.read()
-    except (OSError, EOFError) as e:
-        raise ValueError(f"{path} cannot be read ({e}); fetch it again") from None
-    if hashlib.md5(content).hexdigest() != KNOWN_CONTENT_MD5.get(filename):
-        raise ValueError(f"{path} matches neither the checksum tfds registered for it nor the "
-                         f"known content of {filename}; fetch it again")
-    log(f"warning: {filename} differs from the archive tfds registered (another compression "
-        f"of it), but its decompressed content matches the official file; using it")
-    return path
+        content = _digest(path, hashlib.md5, gzip.open if filename.endswith((".gz", ".tgz"))
+                          else open)
+    except (OSError, EOFError, zlib.error) as e:  # gzip.BadGzipFile is an OSError
+        raise ValueError(f"{path} cannot be decompressed ({e}): it is cut short or not the "
+                         f"{filename} of {name}; fetch it again") from None
+    if content == expected:
+        log(f"warning: {filename} differs from the archive tfds registered (another compression "
+            f"of it), but its decompressed content matches the official file; using it")
+        return path
+    known = f" or content MD5 {expected}" if expected else ""
+    raise ValueError(f"{path} is not {name}'s {filename}: expected SHA-256 {info.checksum}"
+                     f"{known}, found SHA-256 {found} (content MD5 {content})")
 
 
-def _local_files_manager(served: dict, extract_dir: str, **kwargs):
-    """tfds's download manager, serving the checked local files for their urls."""
+def _digest(path: str, algorithm, opener=open) -> str:
+    digest = algorithm()
+    with opener(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _local_files_manager(name: str, url_infos: dict, files_dir: str, extract_dir: str, log,
+                         **kwargs):
+    """tfds's download manager, serving each checked local file for its url."""
     import tensorflow_datasets as tfds
     from etils import epath
 
@@ -133,19 +185,25 @@ def _local_files_manager(served: dict, extract_dir: str, **kwargs):
         def download_and_extract(self, url_or_urls):
             return tfds.core.utils.map_nested(self._extracted, url_or_urls)
 
-        def _local(self, url):
-            if url not in served:
-                raise ValueError(f"the {self._dataset_name} builder asks for {url}, for which "
-                                 f"`descent data prepare` has no local file")
-            return epath.Path(served[url])
+        @staticmethod
+        def _local(url):
+            if url not in url_infos:
+                raise ValueError(f"the {name} builder asks for {url}, for which `descent data "
+                                 f"prepare` knows no checksum")
+            return epath.Path(checked(name, url, url_infos[url], files_dir, log))
 
         def _extracted(self, url):
             path = self._local(url)
-            if path.suffix != ".gz":
-                return path
-            target = epath.Path(extract_dir) / path.stem
-            with gzip.open(path, "rb") as src, open(target, "wb") as dst:
-                shutil.copyfileobj(src, dst)
-            return target
+            if path.name.endswith((".tar.gz", ".tgz", ".tar")):
+                target = epath.Path(extract_dir) / path.name.split(".")[0]
+                with tarfile.open(path) as archive:
+                    archive.extractall(target, filter="data")  # nothing outside `target`
+                return target
+            if path.suffix == ".gz":
+                target = epath.Path(extract_dir) / path.stem
+                with gzip.open(path, "rb") as src, open(target, "wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                return target
+            return path
 
     return LocalFiles(**kwargs)

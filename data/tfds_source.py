@@ -1,9 +1,13 @@
 """Reading prepared tensorflow-datasets datasets without TensorFlow: `tfds.data_source`."""
+import glob
 import os
 
 import numpy as np
 
-PREPARABLE = ("mnist", "tiny_shakespeare")  # what `descent data prepare` builds from local files
+# what `descent data prepare` builds from the files tfds would download (or, for ImageNet, the
+# files its builder reads from a manual directory)
+PREPARABLE = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenette", "imagenet2012",
+              "tiny_shakespeare")
 
 
 def default_data_dir(data_dir: str | None) -> str:
@@ -11,22 +15,30 @@ def default_data_dir(data_dir: str | None) -> str:
 
 
 def data_source(name: str, split: str, data_dir: str | None):
-    """Random access to a prepared split; a dataset that is not prepared names the fix."""
+    """Random access to a prepared split; a dataset that is not prepared names the command that
+    prepares it (and, with DESCENT_VERBOSE=1 or --verbose, what tfds said)."""
     import tensorflow_datasets as tfds
 
     try:
         return tfds.data_source(name, split=split, data_dir=data_dir, download=False)
     except Exception as e:  # noqa: BLE001 - tfds raises several kinds for "not there"
         where = default_data_dir(data_dir)
-        if name in PREPARABLE:
-            fix = (f"prepare it from its raw files with `descent data prepare {name} "
-                   f"--manual-dir DIR --data-dir {where}`")
+        if any(glob.glob(os.path.join(where, name, *["*"] * depth, "*.tfrecord*"))
+               for depth in (1, 2)):  # name/version/ or name/config/version/
+            state = (f"is prepared in {where} as TFRecord files, which descent reads only as "
+                     f"ArrayRecord (without TensorFlow)")
+            fix = (f"build it again: tfds build {name} --data_dir {where} "
+                   f"--file_format=array_record --overwrite")
         else:
-            fix = (f"prepare it with tensorflow-datasets on a machine that can download it "
-                   f"(`pip install -e '.[tf]'` then `tfds build {name} --data_dir {where}`) and "
-                   f"copy {os.path.join(where, name)} here")
-        raise ValueError(f"dataset {name!r} (split {split!r}) is not prepared in {where} "
-                         f"({type(e).__name__}); {fix}") from None
+            state = f"(split {split!r}) is not prepared in {where}"
+            fix = (f"prepare it with `descent data prepare {name} --manual-dir DIR --data-dir "
+                   f"{where}`, DIR holding the files tfds would download" if name in PREPARABLE
+                   else f"prepare it on a machine that can download it, with TensorFlow "
+                        f"installed: tfds build {name} --data_dir {where} "
+                        f"--file_format=array_record, then copy {os.path.join(where, name)} here")
+        reason = (f" [tfds: {type(e).__name__}: {e}]" if os.environ.get("DESCENT_VERBOSE") == "1"
+                  else "")
+        raise ValueError(f"dataset {name!r} {state}; {fix}{reason}") from None
 
 
 def read_all(source, keys: tuple[str, ...], chunk: int = 2048) -> dict[str, np.ndarray]:
