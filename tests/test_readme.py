@@ -13,6 +13,9 @@ from conftest import ROOT
 README = os.path.join(ROOT, "README.md")
 BIN = os.path.dirname(sys.executable)
 
+OWN = ("the reader's own files; tests/test_own_data.py trains, evaluates and predicts the same "
+       "way on an .npz, a folder of PNGs and CSV tables it writes")
+
 # Every `descent ...` command in the README's sh blocks, in order (comments stripped). Each one
 # is run as written, with `runs/` inside a temporary folder and one CPU device as on a user's
 # machine, unless it is changed ("as": a variant the README names, e.g. :tiny for a 12-minute
@@ -54,8 +57,27 @@ COMMANDS = {
         "data": "needs"},
     "descent data prepare mnist --manual-dir /data/mnist-raw": {
         "skip": "/data is a placeholder; the `prepared` fixture runs this with ../shared/data"},
+    "descent data prepare fashion_mnist --manual-dir /usr/share/datasets/fashion-mnist": {
+        "skip": "needs Debian's package installed; tests/test_prepare.py prepares its files"},
+    "descent data prepare cifar10 --manual-dir /data/cifar": {
+        "skip": "/data is a placeholder; tests/test_prepare.py prepares a CIFAR-format archive"},
+    "descent data prepare imagenet2012 --manual-dir /data/imagenet": {
+        "skip": "/data is a placeholder; tests/test_prepare.py prepares ImageNet-format tars"},
     "descent data prepare tiny_shakespeare --manual-dir /data/shakespeare": {
         "skip": "/data is a placeholder; the `prepared` fixture runs this with ../shared/data"},
+    "descent train --config experiments/configs/digits_cnn.py --workdir runs/mine "
+    "--config.dataset.name=arrays --config.dataset.path=mnist.npz": {"skip": OWN},
+    "descent train --config experiments/configs/digits_cnn.py --workdir runs/pets "
+    "--config.dataset.name=image_folder --config.dataset.path=photos "
+    "--config.dataset.image_size=64": {"skip": OWN},
+    "descent train --config experiments/configs/digits_mlp.py --workdir runs/iris "
+    "--config.dataset.name=csv --config.dataset.path=iris.csv "
+    "--config.dataset.target=species": {"skip": OWN},
+    "descent train --config experiments/configs/diabetes_mlp.py --workdir runs/houses "
+    "--config.dataset.name=csv --config.dataset.path=houses.csv "
+    "--config.dataset.target=price": {"skip": OWN},
+    "descent predict --workdir runs/pets photos/unsorted --top-k 3": {"skip": OWN},
+    "descent predict --workdir runs/iris new_flowers.csv": {"skip": OWN},
     "descent eval --workdir runs/cnn": {},
     "descent eval --workdir runs/cnn --checkpoint latest --split validation": {},
     'gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command "cd descent && '
