@@ -154,6 +154,12 @@ def checkpoint_bytes(workdir) -> dict:
     ("eval --workdir W --weights ema", "this run keeps no moving average of its weights (it was "
      "trained with optimizer.ema_decay=0); evaluate its raw weights"),
     ("eval --workdir W --weights average", "argument --weights: invalid choice: 'average'"),
+    ("predict --workdir W W/x.png --top-k 0", "--top-k must be at least 1, got 0"),
+    ("predict --workdir W W/nowhere.png", "nowhere.png is not a file"),
+    ("predict --workdir W W/checkpoints", "no image files (.png, .jpg, .jpeg, .bmp, .gif, .webp) "
+     "in "),
+    ("predict --workdir W/nowhere W/x.png", "no checkpoints in"),
+    ("predict --workdir W", "the following arguments are required: FILE_OR_FOLDER"),
     ("eval --workdir W/nowhere", "no checkpoints in"),
     ("sample --workdir W --prompt x", "which is not text; sample from a language model's run"),
     ("sample --workdir W --prompt x --length 0", "need --length >= 1 and --temperature >= 0"),
