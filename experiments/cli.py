@@ -155,8 +155,19 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in argv
-    if verbose:  # other libraries' reasons too, where descent's messages can carry them
-        os.environ["DESCENT_VERBOSE"] = "1"
+    before = os.environ.get("DESCENT_VERBOSE")
+    if verbose:  # other libraries' reasons too, where descent's messages can carry them,
+        os.environ["DESCENT_VERBOSE"] = "1"  # for this command only: main may be called again
+    try:
+        return _main(argv, verbose)
+    finally:
+        if before is None:
+            os.environ.pop("DESCENT_VERBOSE", None)
+        else:
+            os.environ["DESCENT_VERBOSE"] = before
+
+
+def _main(argv: list[str], verbose: bool) -> int:
     if not verbose:
         from absl import logging  # orbax logs routine decisions as warnings, and the failures
         logging.set_verbosity(logging.FATAL)  # it raises as errors too: we report those once

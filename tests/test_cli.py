@@ -283,6 +283,7 @@ def test_verbose_shows_the_traceback(tmp_path):
     with pytest.raises(ValueError, match="unknown model"):
         main(["train", "--config", TINY, "--workdir", str(tmp_path), "--verbose",
               "--config.model.name=resnet9"])
+    assert "DESCENT_VERBOSE" not in os.environ  # the next command in this process is quiet again
 
 
 def test_failed_run_leaves_existing_checkpoints_untouched(capsys, tmp_path):
