@@ -40,7 +40,7 @@ DATASETS = {
 }
 
 # Config fields every dataset takes: they shape batches, not what is read.
-EVERY_DATASET = ("name", "batch_size", "eval_batch_size", "train_examples")
+EVERY_DATASET = ("name", "batch_size", "eval_batch_size", "train_examples", "on_device")
 
 
 def options(name: str) -> dict:

@@ -6,6 +6,7 @@ any number of processes see the same global batches.
 """
 import dataclasses
 from collections.abc import Callable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 
@@ -15,7 +16,13 @@ from data.batching import (full_batches, local_batch_size, padded_eval_indices, 
 Batch = dict[str, np.ndarray]
 
 
-Augment = Callable[[Batch, np.random.Generator, slice, int], Batch]
+class Augmentation(NamedTuple):
+    """Random augmentation of training batches in two parts: `draw(rng, global_batch_size)`
+    picks the random choices for a whole global batch on the host (a few numbers per example),
+    and `apply(batch, draws, xp)` applies them with numpy or jax.numpy (`xp`): on the host, or
+    inside the compiled step for data kept on the device, with the same result."""
+    draw: Callable[[np.random.Generator, int], dict]
+    apply: Callable[..., Batch]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,18 +33,19 @@ class ArrayDataset:
     `class_names` where they have names) or "regression" (float32 `targets` of shape
     (N, outputs); `num_classes` is 0). The splits hold inputs as they were read (uint8 pixels,
     raw table values); `normalize` turns them into model input (e.g. uint8 -> scaled float32,
-    standardised columns), for every batch and for `model_inputs`. `augment(batch, rng, rows,
-    global_batch_size)` randomises training batches: `rng` is seeded by (seed, epoch, step) for
-    the whole global batch and `rows` are this process's rows of it, so an example gets the
-    same augmentation whatever the process count. `about` is what a checkpoint records of the
-    dataset (see `description`).
+    standardised columns), for every batch and for `model_inputs`; it is written with array
+    methods and operators only, so it also runs on jax arrays inside a compiled step.
+    `augment` randomises training batches: its draws are seeded by (seed, epoch, step) for the
+    whole global batch, and a process applies its rows of them, so an example gets the same
+    augmentation whatever the process count, on the host or on the device. `about` is what a
+    checkpoint records of the dataset (see `description`).
     """
 
     name: str
     splits: dict[str, Batch]
     num_classes: int
     normalize: Callable[[Batch], Batch] | None = None
-    augment: Augment | None = None
+    augment: Augmentation | None = None
     task: str = "classification"
     class_names: tuple[str, ...] = ()
     about: dict = dataclasses.field(default_factory=dict)
@@ -104,17 +112,48 @@ class ArrayDataset:
         """One epoch of shuffled global batches of `batch_size`, this process's slice of each,
         from batch `start` on."""
         arrays = self._split(split)
-        local = local_batch_size(batch_size, process_count)
-        rows = slice(process_index * local, (process_index + 1) * local)
-        order = np.random.default_rng([seed, epoch]).permutation(self.num_examples(split))
-        for step, idx in train_rows(order, batch_size, self.steps_per_epoch(batch_size, split),
-                                    start=start, process_index=process_index,
-                                    process_count=process_count):
+        rows = _process_rows(batch_size, process_index, process_count)
+        for step, idx in self._epoch(batch_size, seed, epoch, split, start, process_index,
+                                     process_count):
             batch = {k: v[idx] for k, v in arrays.items()}
             if self.augment is not None:
-                batch = self.augment(batch, np.random.default_rng([seed, epoch, step]), rows,
-                                     batch_size)
+                draws = self.augment.draw(np.random.default_rng([seed, epoch, step]), batch_size)
+                batch = self.augment.apply(batch, {k: v[rows] for k, v in draws.items()}, np)
             yield self._normalized(batch)
+
+    # --- data kept on the device: the host sends a few numbers per example, the device reads
+
+    def device_arrays(self, split: str = "train") -> Batch:
+        """The arrays of `split` as the splits hold them, to be placed on the devices once."""
+        return self._split(split)
+
+    def train_plans(self, batch_size: int, *, seed: int, epoch: int, split: str = "train",
+                    start: int = 0) -> Iterator[dict]:
+        """For every global batch that `train_batches` yields, the same batch as a plan:
+        `index` (its rows of `device_arrays`) and the augmentation's draws for the whole global
+        batch. `device_batch(arrays, plan)` turns it into exactly that batch."""
+        for step, idx in self._epoch(batch_size, seed, epoch, split, start, 0, 1):
+            plan = {"index": idx.astype(np.int32)}
+            if self.augment is not None:
+                plan.update(self.augment.draw(np.random.default_rng([seed, epoch, step]),
+                                              batch_size))
+            yield plan
+
+    def device_batch(self, arrays: Batch, plan: dict) -> Batch:
+        """The global batch `plan` names, from `arrays` on the device (traced: call it inside
+        `jax.jit`), augmented and normalised as `train_batches` does on the host."""
+        import jax.numpy as jnp
+
+        batch = {k: v[plan["index"]] for k, v in arrays.items()}
+        if self.augment is not None:
+            batch = self.augment.apply(batch, {k: v for k, v in plan.items() if k != "index"},
+                                       jnp)
+        return self._normalized(batch)
+
+    def _epoch(self, batch_size, seed, epoch, split, start, process_index, process_count):
+        order = np.random.default_rng([seed, epoch]).permutation(self.num_examples(split))
+        return train_rows(order, batch_size, self.steps_per_epoch(batch_size, split),
+                          start=start, process_index=process_index, process_count=process_count)
 
     def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
                      process_count: int = 1) -> Iterator[Batch]:
@@ -133,6 +172,11 @@ class ArrayDataset:
                 f"{self.name} has no split {split!r}; its splits: {', '.join(self.splits)}"
             )
         return self.splits[split]
+
+
+def _process_rows(batch_size: int, process_index: int, process_count: int) -> slice:
+    local = local_batch_size(batch_size, process_count)
+    return slice(process_index * local, (process_index + 1) * local)
 
 
 def summary_line(dataset, counts: dict[str, int]) -> str:

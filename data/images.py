@@ -2,40 +2,65 @@
 
 MNIST, Fashion-MNIST and CIFAR are tens to hundreds of MB: decoding them once and batching from
 arrays keeps an accelerator fed (DESIGN.md section 6). Pixels stay uint8 in memory and are
-normalised per batch on the host.
+normalised (and CIFAR's augmented) per batch: inside the compiled step when the training split
+is kept on the device (`dataset.on_device`, the default), else on the host.
 """
 import dataclasses
 import functools
 
 import numpy as np
 
-from data.arrays import ArrayDataset, Batch
+from data.arrays import ArrayDataset, Augmentation, Batch
 from data.batching import seeded_split
 from data.tfds_source import data_source, read_all
 
 
-def pad_crop_flip(batch: Batch, rng: np.random.Generator, rows: slice, global_size: int,
-                  pad: int = 4) -> Batch:
-    """CIFAR's augmentation: a random crop of the image padded by `pad` zeros, then a random
-    horizontal flip. Drawn for the whole global batch; `rows` are this process's."""
+def crop_flip_draws(rng: np.random.Generator, global_size: int, pad: int = 4) -> dict:
+    """The random part of CIFAR's augmentation for a whole global batch: each image's crop
+    offsets into the image padded by `pad` zeros, and whether it is mirrored."""
+    dy, dx = (rng.integers(0, 2 * pad + 1, size=global_size) for _ in range(2))
+    return {"dy": dy.astype(np.int32), "dx": dx.astype(np.int32),
+            "flip": rng.random(global_size) < 0.5}
+
+
+def crop_flip(batch: Batch, draws: dict, xp=np, pad: int = 4) -> Batch:
+    """Applies `draws` (`crop_flip_draws`, one row per image of `batch`): the crop of each image
+    padded by `pad` zeros, then its mirror where drawn. One gather, written for numpy and
+    jax.numpy alike (`xp`), so the host and the device produce the same pixels."""
     images = batch["inputs"]
     n, h, w, _ = images.shape
-    dy, dx = (rng.integers(0, 2 * pad + 1, size=global_size)[rows] for _ in range(2))
-    flip = rng.random(global_size)[rows] < 0.5
-    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
-    out = np.empty_like(images)
-    for i in range(n):
-        crop = padded[i, dy[i]:dy[i] + h, dx[i]:dx[i] + w]
-        out[i] = crop[:, ::-1] if flip[i] else crop
+    padded = xp.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)))
+    rows_NxH = draws["dy"][:, None] + xp.arange(h)
+    cols_NxW = draws["dx"][:, None] + xp.arange(w)
+    cols_NxW = xp.where(draws["flip"][:, None], cols_NxW[:, ::-1], cols_NxW)
+    out = padded[xp.arange(n)[:, None, None], rows_NxH[:, :, None], cols_NxW[:, None, :]]
     return {**batch, "inputs": out}
 
 
+CROP_FLIP = Augmentation(crop_flip_draws, crop_flip)
+
+
 def scale(batch: Batch, mean=None, std=None) -> Batch:
-    """uint8 pixels -> float32 in [0, 1], then per-channel (x - mean) / std if given."""
-    x = batch["inputs"].astype(np.float32) / 255.0
+    """uint8 pixels -> float32 in [0, 1], then per-channel (x - mean) / std if given.
+
+    Looked up in a table of the 256 pixel values per channel rather than computed: the host
+    and a compiled step on the device (whose arithmetic fuses and rounds differently) then
+    produce the very same numbers."""
+    x = batch["inputs"]
+    table_256xC = _scale_table(x.shape[-1], None if mean is None else tuple(mean),
+                               None if std is None else tuple(std))
+    if not isinstance(x, np.ndarray):  # a jax array: inside a compiled step
+        import jax.numpy as jnp
+        table_256xC = jnp.asarray(table_256xC)
+    return {**batch, "inputs": table_256xC[x.astype(np.int32), np.arange(x.shape[-1])]}
+
+
+@functools.lru_cache(maxsize=16)
+def _scale_table(channels: int, mean, std) -> np.ndarray:
+    values = np.repeat(np.arange(256, dtype=np.float32)[:, None], channels, axis=1) / 255.0
     if mean is not None:
-        x = (x - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return {**batch, "inputs": x}
+        values = (values - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return values.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +105,7 @@ def tfds_images(name: str, data_dir: str | None = None, split_seed: int = 0,
             f"{split_seed}" if validation_fraction else "")
     return ArrayDataset(name, splits, spec.num_classes,
                         normalize=functools.partial(scale, mean=spec.mean, std=spec.std),
-                        augment=pad_crop_flip if spec.augment else None, class_names=names,
+                        augment=CROP_FLIP if spec.augment else None, class_names=names,
                         about={"source": f"tensorflow-datasets {name}",
                                "preprocessing": scaled + held})
 

@@ -117,6 +117,7 @@ def error_of(capsys, *argv):
     ("--config.profile.num_steps=0", "config.profile.num_steps=0 must be at least 1"),
     ("--config.profile.start_step=500", "profile.start_step=500 is after the run's last step 78"),
     ("--config.log.tensorboard=maybe", "config.log.tensorboard='maybe' is not a bool"),
+    ("--config.dataset.on_device=maybe", "config.dataset.on_device='maybe' is not a bool"),
     ("--config.model.width=7 --config.model.width=9",
      "--config.model.width is given twice ('7' and '9'); give it once"),
 ])

@@ -79,7 +79,8 @@ def monitored(task: str, ema: bool = False) -> tuple[str, ...]:
 
 
 # Config keys a resumed run may change freely: how long it runs, and where (devices, data path).
-RESUMABLE_CHANGES = ("epochs", "steps", "parallel.strategy", "parallel.mesh", "dataset.data_dir")
+RESUMABLE_CHANGES = ("epochs", "steps", "parallel.strategy", "parallel.mesh", "dataset.data_dir",
+                     "dataset.on_device")
 HISTORY_FILE = "history.jsonl"
 
 
@@ -136,9 +137,13 @@ def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool,
     first_step = step + 1  # logged whatever log_every says: curves start there
     profile.resuming_at(first_step)
     state = trainer.place(state)
-    batches = _batches(dataset, config, step, num_steps, steps_per_epoch, shard)
+    # in-memory data is kept on the devices: each step is sent its batch's row numbers only
+    feed = (trainer.device_feed(dataset)
+            if step < num_steps and option(config, "dataset.on_device", True) else None)
+    put = feed.put if feed else trainer.put
+    batches = _batches(dataset, config, step, num_steps, steps_per_epoch, shard, feed)
     first = next(batches, None)
-    compiled = trainer.compile(state, trainer.put(first[1])) if first else None
+    compiled = trainer.compile(state, put(first[1]), feed) if first else None
     shown = Console(num_steps, step, ("loss", *trainer.task.metrics), config.eval_split,
                     show=chief and console)
     writers = Writers([JsonLines(workdir), shown, *user_writers] + (
@@ -172,7 +177,7 @@ def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool,
             do_save = step % checkpoint_every == 0 or step == num_steps or preempted
             do_log = do_eval or do_save or step % config.log_every == 0 or step == first_step
             profile.before(step)
-            state, metrics = compiled.step(state, trainer.put(batch))
+            state, metrics = compiled.step(state, put(batch))
             profile.after(step, state)
             shown.advance()
             pending.append((step, metrics))
@@ -267,14 +272,20 @@ def _starting_line(trainer: Trainer, step: int, num_steps: int, steps_per_epoch:
             f"{jax.process_count()} process(es), strategy {trainer.strategy}")
 
 
-def _batches(dataset, config, step: int, num_steps: int, steps_per_epoch: int, shard: dict):
+def _batches(dataset, config, step: int, num_steps: int, steps_per_epoch: int, shard: dict,
+             feed=None):
     """(step number, this process's batch) for every step after `step`, epoch after epoch,
-    up to `num_steps` (which may end mid-epoch)."""
+    up to `num_steps` (which may end mid-epoch); with a device `feed`, (step number, the
+    global batch's plan) instead."""
     while step < num_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)
-        batches = dataset.train_batches(config.dataset.batch_size, seed=config.seed,
-                                        epoch=epoch, start=offset, **shard)
+        if feed is None:
+            batches = dataset.train_batches(config.dataset.batch_size, seed=config.seed,
+                                            epoch=epoch, start=offset, **shard)
+        else:
+            batches = dataset.train_plans(config.dataset.batch_size, seed=config.seed,
+                                          epoch=epoch, start=offset)
         for batch in itertools.islice(batches, end - offset):
             step += 1
             yield step, batch

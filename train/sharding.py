@@ -123,6 +123,13 @@ def put_batch(batch: dict, sharding: NamedSharding) -> dict:
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+def put_replicated(arrays: dict, sharding: NamedSharding) -> dict:
+    """Numpy arrays every process holds whole -> global arrays with a copy on every device."""
+    if jax.process_count() == 1:
+        return jax.device_put(arrays, sharding)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
+
+
 def put_per_device_batch(batch: dict, sharding: NamedSharding, local_devices: int) -> dict:
     """For pmap: this process's batch reshaped to (local devices, per-device batch, ...)."""
     return {k: jax.make_array_from_process_local_data(

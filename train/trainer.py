@@ -20,6 +20,14 @@ def total_steps(config, steps_per_epoch: int) -> int:
     return config.steps or config.epochs * steps_per_epoch
 
 
+class DeviceFeed(NamedTuple):
+    """A training split kept on the devices: each step is sent a plan (the batch's row numbers
+    and its augmentation draws, a few numbers per example) and reads its batch there."""
+    arrays: dict            # the split's arrays, replicated on every device of the mesh
+    step: Callable          # jitted (state, arrays, plan) -> (state, metrics)
+    put: Callable           # a host plan -> global arrays on the mesh
+
+
 class Compiled(NamedTuple):
     step: Callable          # the compiled train step: (state, batch) -> (state, metrics)
     seconds: float          # how long compiling it took
@@ -75,6 +83,7 @@ class Trainer:
             config.get("log", {}).get("layer_grad_norms", False),
             accumulate_steps=self.accumulate_steps, ema_decay=self.ema_decay, l2=l2,
             report_objective=bool(config.loss.label_smoothing or l2))
+        self._step = step
         if self.strategy == "pmap":
             self.train_step = jax.pmap(step, axis_name=axis_name, donate_argnums=0,
                                        devices=list(self.mesh.devices.flat))
@@ -122,18 +131,45 @@ class Trainer:
         numpy `batch`, without applying it: a pytree shaped like `state.params`."""
         return self._gradients(state, sharding.put_batch(batch, self.batch_sharding))
 
-    def compile(self, state: TrainState, batch: dict) -> Compiled:
+    def device_feed(self, dataset) -> DeviceFeed | None:
+        """Places `dataset`'s training split on every device of the mesh once, for a step that
+        reads its batch there (`dataset.device_batch`: gather, augment, normalise, compiled
+        into the step) instead of receiving it from the host; None where that cannot be done:
+        a dataset that is not held in memory (no `device_batch`), or the `pmap` strategy."""
+        if self.strategy == "pmap" or not hasattr(dataset, "device_batch"):
+            return None
+        replicated = sharding.replicated(self.mesh)
+        arrays = sharding.put_replicated(dataset.device_arrays("train"), replicated)
+
+        def step_on_device(state, arrays, plan):
+            batch = jax.lax.with_sharding_constraint(dataset.device_batch(arrays, plan),
+                                                     self.batch_sharding)
+            return self._step(state, batch)
+
+        step = jax.jit(step_on_device, in_shardings=(self.state_sharding, replicated, replicated),
+                       out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+        return DeviceFeed(arrays, step, lambda plan: sharding.put_replicated(plan, replicated))
+
+    def compile(self, state: TrainState, batch: dict, feed: DeviceFeed | None = None
+                ) -> Compiled:
         """Compiles `train_step` ahead of time for `state` (running layout) and a global `batch`
         like the ones to come; it runs only on arrays of exactly those shapes, so a later step
-        never recompiles silently."""
+        never recompiles silently. With a `feed`, `batch` is a placed plan and the step reads
+        the batch from the feed's arrays."""
         start = time.perf_counter()
-        executable = self.train_step.lower(state, batch).compile()
+        if feed is None:
+            executable = step = self.train_step.lower(state, batch).compile()
+        else:
+            executable = feed.step.lower(state, feed.arrays, batch).compile()
+
+            def step(state, plan):
+                return executable(state, feed.arrays, plan)
         seconds = time.perf_counter() - start
         try:  # per device: the partitioned program one device runs
             flops = float(executable.cost_analysis()["flops"])
         except Exception:  # noqa: BLE001 - a backend without cost analysis: no FLOP/s, no MFU
             flops = None
-        return Compiled(executable, seconds, flops)
+        return Compiled(step, seconds, flops)
 
     def weights(self, state: TrainState, which: str = "raw") -> TrainState:
         """`state` with the parameters `which` names: `raw` (as trained) or `ema` (their moving

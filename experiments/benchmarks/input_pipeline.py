@@ -18,7 +18,7 @@ from absl import logging
 
 import nets
 from data.arrays import ArrayDataset
-from data.images import SPECS, pad_crop_flip, scale
+from data.images import CROP_FLIP, SPECS, scale
 from experiments.configs.mnist_cnn import get_config
 from train.trainer import Trainer
 
@@ -30,7 +30,7 @@ def fake(name: str, shape, n: int = 10_000) -> ArrayDataset:
               "targets": rng.integers(0, 10, n).astype(np.int32)}
     return ArrayDataset(name, {"train": arrays}, 10,
                         normalize=functools.partial(scale, mean=spec.mean, std=spec.std),
-                        augment=pad_crop_flip if spec.augment else None)
+                        augment=CROP_FLIP if spec.augment else None)
 
 
 def pipeline_rate(dataset, batch: int, batches: int, epoch: int) -> float:

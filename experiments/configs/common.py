@@ -13,6 +13,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.dataset.batch_size = 128       # global, over all devices and processes
     c.dataset.eval_batch_size = 256
     c.dataset.train_examples = 0     # if > 0, train on this many (stratified, by split_seed)
+    c.dataset.on_device = True       # in-memory data: kept on the devices, batches read there
     # Each dataset takes the fields it uses (`data.options(name)`) and
     # ignores the rest; one named on the command line that it does not take is an error.
     c.dataset.path = ""              # arrays (.npz), image_folder (a folder), csv (a file)
