@@ -43,10 +43,13 @@ class Trainer:
     stacked on a leading axis. `place` and `gather` convert between them.
     """
 
-    def __init__(self, config, model: nnx.Module, steps_per_epoch: int,
-                 task: str = "classification"):
-        """`task` is what the dataset asks of the model: `classification` (integer labels) or
-        `regression` (float targets); it decides the metrics beside the loss."""
+    def __init__(self, config, model: nnx.Module | Callable[[], nnx.Module],
+                 steps_per_epoch: int, task: str = "classification"):
+        """`model` is a built model, or a function that builds it: then the state is never
+        built eagerly, array by array, but traced for its shapes and created by one compiled
+        program directly in its place on the mesh (each device makes only its share of an
+        `fsdp` state). `task` is what the dataset asks of the model: `classification` (integer
+        labels) or `regression` (float targets); it decides the metrics beside the loss."""
         self.strategy = config.parallel.strategy
         sharding.check_strategy(self.strategy)
         self.mesh = sharding.make_mesh(config.parallel.mesh)
@@ -62,20 +65,30 @@ class Trainer:
             config.optimizer, num_steps, steps_per_epoch, config.dataset.batch_size))
         # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
         self.task = make_task(task, config.loss.name, config.loss.label_smoothing)
-        axis_name = None
-        if self.strategy == "pmap":
-            axis_name = "data"
-            for _, module in nnx.iter_modules(model):  # batch statistics over every device's batch
-                if isinstance(module, nnx.BatchNorm):
-                    module.axis_name = axis_name
+        axis_name = "data" if self.strategy == "pmap" else None
         opt = config.optimizer
         self.accumulate_steps = opt.get("accumulate_steps", 1)
         check_accumulation(config.dataset.batch_size, self.accumulate_steps, self.mesh)
         self.ema_decay = opt.get("ema_decay", 0.0)
-        self.graphdef, state = create_state(model, self.tx, config.seed, ema=self.ema_decay > 0)
-        self.state_sharding = sharding.state_sharding(state, self.mesh, self.strategy)
+
+        def fresh_state(model):
+            if axis_name:  # pmap: batch statistics over every device's batch
+                for _, module in nnx.iter_modules(model):
+                    if isinstance(module, nnx.BatchNorm):
+                        module.axis_name = axis_name
+            return create_state(model, self.tx, config.seed, ema=self.ema_decay > 0)
+
         self.batch_sharding = sharding.batch_sharding(self.mesh)
-        self.initial_state = jax.device_put(state, self.state_sharding)
+        if isinstance(model, nnx.Module):
+            self.graphdef, state = fresh_state(model)
+            self.state_sharding = sharding.state_sharding(state, self.mesh, self.strategy)
+            self.initial_state = jax.device_put(state, self.state_sharding)
+        else:
+            self.graphdef, abstract_state = nnx.eval_shape(lambda: fresh_state(model()))
+            self.state_sharding = sharding.state_sharding(abstract_state, self.mesh,
+                                                          self.strategy)
+            self.initial_state = jax.jit(lambda: fresh_state(model())[1],
+                                         out_shardings=self.state_sharding)()
         replicated = sharding.replicated(self.mesh)
         l2 = opt.weight_decay if opt.name != "adamw" else 0.0  # adamw's decay is decoupled
         step = make_train_step(
