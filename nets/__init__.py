@@ -19,6 +19,7 @@ from nets.dtypes import DTYPES
 from nets.mlp import MLP
 from nets.recurrent import CELLS, Recurrent
 from nets.resnet import DEPTHS, ResNet
+from nets.speednet import SpeedNet
 from nets.transformer import GPT, Encoder
 
 
@@ -40,6 +41,8 @@ NETS = {
     **{cell: Net(functools.partial(Recurrent, cell=cell), (256,), 65,
                  f"{cell.upper()} character language model (sequence classifier on images)")
        for cell in CELLS},
+    "speednet": Net(SpeedNet, (32, 32, 3), 10,
+                    "airbench94-style CIFAR net: conv-pool-BN-GELU blocks, flip TTA in evaluation"),
 }
 
 
