@@ -54,6 +54,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--config", required=True,
                    help="config file, e.g. experiments/configs/digits_mlp.py[:tiny]")
     t.add_argument("--workdir", required=True, help="where checkpoints, metrics and plots go")
+    t.add_argument("--seeds", metavar="LIST",
+                   help="train one run per seed as one compiled program (jax.vmap), each in "
+                        "WORKDIR/seed_N: ranges and lists, e.g. 0-4 or 0,3,7-9")
+    t.add_argument("--sweep", metavar="optimizer.learning_rate=V1,V2,...",
+                   help="train one run per learning rate as one compiled program, each in "
+                        "WORKDIR/learning_rate_V (with --seeds: every seed at every rate)")
     t.add_argument("--allow-config-change", action="store_true",
                    help="resume although the config differs from the saved one in more than "
                         "epochs, steps, devices or data_dir; the change is recorded in "
@@ -244,6 +250,9 @@ def _run(argv: list[str]) -> int:
         _join_processes(args)
     from experiments import run  # imports JAX: only once the arguments are known good
 
+    if args.command == "train" and (args.seeds is not None or args.sweep is not None):
+        run.check_named_options(config, [key for key, _ in overrides])
+        return train_many(run, config, args, [key for key, _ in overrides])
     if args.command == "train":
         run.check_named_options(config, [key for key, _ in overrides])
         summary = run.train_and_evaluate(config, args.workdir,
@@ -273,6 +282,76 @@ def _run(argv: list[str]) -> int:
         _say(run.sample(args.workdir, args.prompt, args.length, args.temperature,
                         args.checkpoint, args.seed, progress=True))
     return 0
+
+
+SWEEPABLE = ("optimizer.learning_rate",)
+
+
+def parse_seeds(text: str) -> list[int]:
+    """'0-4' -> [0, 1, 2, 3, 4]; '0,3,7-9' -> [0, 3, 7, 8, 9]; anything else is refused."""
+    seeds = []
+    for part in text.split(","):
+        first, dash, last = part.strip().partition("-")
+        try:
+            low, high = int(first), int(last if dash else first)
+        except ValueError:
+            raise _UsageError(f"--seeds {text!r}: {part.strip()!r} is not a seed or a range of "
+                              f"seeds; write e.g. 0-4 or 0,3,7-9") from None
+        if low < 0 or high < low:
+            raise _UsageError(f"--seeds {text!r}: {part.strip()!r} is not a range from a lower "
+                              f"to a higher seed, both at least 0; write e.g. 0-4")
+        seeds += range(low, high + 1)
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise _UsageError(f"--seeds {text!r} names seed {', '.join(map(str, repeated))} more "
+                          f"than once")
+    return seeds
+
+
+def parse_sweep(text: str, overrides: list[str]) -> list[float]:
+    """'optimizer.learning_rate=0.01,0.03' -> [0.01, 0.03]."""
+    key, eq, values = text.partition("=")
+    key = key.removeprefix("config.")
+    if key not in SWEEPABLE or not eq:
+        raise _UsageError(f"--sweep {text!r}: sweep {' or '.join(SWEEPABLE)}, e.g. --sweep "
+                          f"optimizer.learning_rate=0.001,0.003,0.01 (runs trained as one "
+                          f"program may differ only in it and the seed)")
+    if key in overrides:
+        raise _UsageError(f"--sweep sets {key}, which --config.{key} sets too; give it once")
+    try:
+        rates = [float(v) for v in values.split(",")]
+    except ValueError:
+        raise _UsageError(f"--sweep {text!r}: the values are not numbers; write e.g. "
+                          f"optimizer.learning_rate=0.001,0.003,0.01") from None
+    if any(not r > 0 for r in rates) or len(set(rates)) < len(rates):
+        raise _UsageError(f"--sweep {text!r}: learning rates must be above 0, each once")
+    return rates
+
+
+def train_many(run, config, args, overrides: list[str]) -> int:
+    """`descent train --seeds ... / --sweep ...`: the runs as one program, a line for each."""
+    seeds = parse_seeds(args.seeds) if args.seeds is not None else []
+    rates = parse_sweep(args.sweep, overrides) if args.sweep is not None else []
+    if seeds and "seed" in overrides:
+        raise _UsageError("--seeds sets the seed, which --config.seed sets too; give it once")
+    if args.allow_config_change:
+        raise _UsageError("--allow-config-change applies to single runs, not to --seeds or "
+                          "--sweep")
+    named = run.variants(config, seeds, rates)
+    workdirs = [os.path.join(args.workdir, name) for name in named]
+    summaries = run.train_many(list(named.values()), workdirs)
+    _say(f"workdirs: {os.path.join(os.path.abspath(args.workdir), '<run>')} for the "
+         f"{len(named)} runs below (curves.png in each; TensorBoard: tensorboard --logdir "
+         f"{args.workdir})")
+    width = max(map(len, named))
+    for name, summary in zip(named, summaries):
+        if summary["diverged"]:
+            _say(f"{name:<{width}}  diverged: {summary['diverged']}")
+            continue
+        test = summary["test"]
+        _say(f"{name:<{width}}  best checkpoint: step {test['step']}; {_scores(test)}"
+             + (f" ({_WEIGHTS[test['weights']]})" if len(summary["tests"]) > 1 else ""))
+    return STOPPED_EXIT if any(s["diverged"] for s in summaries) else 0
 
 
 def _refuse_repeated_options(argv: list[str]) -> None:

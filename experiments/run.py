@@ -1,4 +1,6 @@
 """The only place that knows nets, data and train at once: build them from a config and run."""
+import contextlib
+import copy
 import json
 import os
 import sys
@@ -15,7 +17,7 @@ from tqdm import tqdm
 import data
 import nets
 from experiments.config import check_values
-from train import checkpoint, report, workdir_lock
+from train import checkpoint, many, report, workdir_lock
 from train.loop import fit, prepare_workdir
 from train.trainer import Trainer
 from train.state import TrainState
@@ -94,6 +96,51 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
         summary = fit(config, workdir, model, dataset, console=console,
                       allow_config_change=allow_config_change, writers=writers)
         return _test(config, workdir, dataset, summary)
+
+
+def variants(config: ml_collections.ConfigDict, seeds: Sequence[int] = (),
+             learning_rates: Sequence[float] = ()) -> dict[str, ml_collections.ConfigDict]:
+    """{name: config} of `config` for every seed crossed with every learning rate (either may
+    be empty: then `config`'s own), named for their work directories: `seed_3`,
+    `learning_rate_0.01`, or `seed_3-learning_rate_0.01` when both vary."""
+    out = {}
+    for seed in seeds or (config.seed,):
+        for rate in learning_rates or (config.optimizer.learning_rate,):
+            c = copy.deepcopy(config)
+            c.seed, c.optimizer.learning_rate = int(seed), float(rate)
+            name = "-".join(([f"seed_{seed}"] if seeds else [])
+                            + ([f"learning_rate_{rate:g}"] if learning_rates else []))
+            out[name or "run"] = c
+    return out
+
+
+def train_many(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str], *,
+               console: bool = True, writers: Sequence = (), dataset=None) -> list[dict]:
+    """Trains every config as one compiled program (`train.many`: `jax.vmap` over the runs'
+    states), each into its own workdir, then evaluates each run's best checkpoint on the test
+    split: what `train_and_evaluate` returns, once per run, and exactly its numbers.
+
+    The configs may differ only in `seed` and `optimizer.learning_rate` (`variants` makes
+    such a group); anything else is refused up front, naming the keys. A run whose loss
+    becomes NaN or infinite stops there (its summary's `diverged` says where) and the others
+    go on; it gets no test. The runs train on one device, whatever `parallel` says.
+    """
+    configs = [copy.deepcopy(c) for c in configs]
+    for c in configs:
+        check_values(c)
+    many.check_group(configs)
+    dataset = dataset if dataset is not None else load_dataset(configs[0])
+    models = [build(c, dataset)[0] for c in configs]
+    dataset.num_examples(configs[0].test_split)
+    say = print if console else (lambda *a, **k: None)
+    with contextlib.ExitStack() as locks:  # through the final evaluations
+        for w in workdirs:
+            prepare_workdir(w)
+            locks.enter_context(workdir_lock.hold(w, exclusive=True, say=say))
+        summaries = many.fit_many(configs, workdirs, models, dataset, console=console,
+                                  writers=writers)
+        return [s if s["diverged"] else _test(c, w, dataset, s)
+                for c, w, s in zip(configs, workdirs, summaries)]
 
 
 def scored_weights(config: ml_collections.ConfigDict) -> str:
