@@ -168,3 +168,17 @@ def test_a_profile_of_the_chosen_steps_lands_in_the_work_directory(tmp_path, cap
     assert any(f.endswith(".xplane.pb") for f in files)  # TensorBoard's profile plugin
     assert "perfetto_trace.json.gz" in files             # https://ui.perfetto.dev
     assert "profiled steps 3-4 into " in capsys.readouterr().out
+
+
+def test_the_flop_count_is_the_whole_steps_whatever_the_device_count(tmp_path):
+    counted = {}
+    for mesh in ("data=1", "data=8"):
+        config = tiny_config(**{"parallel.mesh": mesh, "steps": 2})
+        run.train_and_evaluate(config, str(tmp_path / mesh), console=False)
+        counted[mesh] = next(r["flops_per_step"] for r in report.read_metrics(str(tmp_path / mesh))
+                             if "compile_s" in r)
+    assert counted["data=8"] == pytest.approx(counted["data=1"], rel=1e-6)
+    # the tiny MLP, 64-64-64-10 at batch 32: a multiply-add per weight per example forward,
+    # two backward (6 FLOPs), plus the optimizer's and activations' elementwise work
+    weights = 64 * 64 + 64 * 64 + 64 * 10
+    assert 6 * 32 * weights <= counted["data=1"] <= 1.5 * 6 * 32 * weights

@@ -44,7 +44,7 @@ def speed(steps: int, seconds: float, batch_size: int, flops_per_device: float |
           devices) -> dict:
     """examples/s and steps/s over `steps` that took `seconds`; with XLA's FLOP count of one
     step on one device, the FLOP/s of all `devices` together and, where the device's peak is
-    known, its utilisation (`mfu`: the compiled step's FLOPs, backward and optimizer included,
+    known, its utilisation (`mfu`: the step's FLOPs, backward and optimizer included,
     over the peak dense bfloat16 FLOP/s)."""
     out = {"examples_per_s": steps * batch_size / seconds, "steps_per_s": steps / seconds}
     if flops_per_device:

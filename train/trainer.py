@@ -31,7 +31,7 @@ class DeviceFeed(NamedTuple):
 class Compiled(NamedTuple):
     step: Callable          # the compiled train step: (state, batch) -> (state, metrics)
     seconds: float          # how long compiling it took
-    flops: float | None     # XLA's count of one step's FLOPs on one device, where it has one
+    flops: float | None     # XLA's count of one step's FLOPs, per device, where it has one
 
 
 class Trainer:
@@ -171,15 +171,21 @@ class Trainer:
         the batch from the feed's arrays."""
         start = time.perf_counter()
         if feed is None:
-            executable = step = self.train_step.lower(state, batch).compile()
+            lowered = self.train_step.lower(state, batch)
+            executable = step = lowered.compile()
         else:
-            executable = feed.step.lower(state, feed.arrays, batch).compile()
+            lowered = feed.step.lower(state, feed.arrays, batch)
+            executable = lowered.compile()
 
             def step(state, plan):
                 return executable(state, feed.arrays, plan)
         seconds = time.perf_counter() - start
-        try:  # per device: the partitioned program one device runs
-            flops = float(executable.cost_analysis()["flops"])
+        # Counted on the program as traced, before the backend rewrites it: a GPU's compiled
+        # program hides its convolutions in cuDNN calls that XLA's count leaves out. The traced
+        # program is the whole global step (pmap's: one device's).
+        try:
+            flops = float(lowered.cost_analysis()["flops"])
+            flops /= 1 if self.strategy == "pmap" else self.mesh.devices.size
         except Exception:  # noqa: BLE001 - a backend without cost analysis: no FLOP/s, no MFU
             flops = None
         return Compiled(step, seconds, flops)

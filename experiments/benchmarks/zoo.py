@@ -6,8 +6,9 @@
                                                               # GPT-2 small, with MFU
 
 A step is the whole compiled `train_step`: forward, backward and the AdamW update, on one
-device. FLOPs come from XLA's cost analysis of that compiled step, so they count what the
-compiler actually emits (the backward pass and optimizer included). Timings are medians of
+device. FLOPs come from XLA's cost analysis of that step as traced, before the backend
+rewrites it (the backward pass and optimizer included; on a GPU the compiled program's
+convolutions are cuDNN calls that XLA's count of it leaves out). Timings are medians of
 `--repeats` steps after one warm-up (compile) step; min and max are printed beside them.
 With `--accelerator`, utilisation is FLOP/s over the device's peak dense bfloat16 FLOP/s: for
 the GPT the model FLOPs (MFU: 6 per parameter per token plus attention, PaLM's accounting);
@@ -73,8 +74,11 @@ def compiled_step(name: str, batch: int, fields: dict):
         inputs = rng.normal(size=(batch, *net.input_shape)).astype(np.float32)
         targets = rng.integers(0, net.num_classes, batch).astype(np.int32)
     batch_arrays = {"inputs": jnp.asarray(inputs), "targets": jnp.asarray(targets)}
-    compiled = step.lower(state, batch_arrays).compile()
-    cost = compiled.cost_analysis()
+    lowered = step.lower(state, batch_arrays)
+    compiled = lowered.compile()
+    # counted before the backend rewrites the program: on a GPU the compiled program's
+    # convolutions are cuDNN calls that XLA's count leaves out (ResNet-50: 0.41 of 24 GFLOP)
+    cost = lowered.cost_analysis()
     cost = cost[0] if isinstance(cost, list) else cost
     return compiled, state, batch_arrays, float(cost.get("flops", float("nan")))
 
