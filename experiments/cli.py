@@ -496,6 +496,12 @@ def _say(line: str) -> None:
         print(line)
 
 
+def gloo_chatter(line: str) -> bool:
+    """The collective library's connection lines. Its threads write them into one another, so
+    one may sit inside another line, or a line's tail stand alone."""
+    return "[Gloo]" in line or line.startswith("Expected number of connected peer ranks")
+
+
 def launch_local(num_processes: int, devices_per_process: int, command: list[str], *,
                  verbose: bool = False) -> int:
     """Runs `descent COMMAND` as `num_processes` CPU processes joined on localhost.
@@ -522,7 +528,7 @@ def launch_local(num_processes: int, devices_per_process: int, command: list[str
 
     def relay(stream):
         for line in stream:
-            if verbose or not line.startswith("[Gloo]"):
+            if verbose or not gloo_chatter(line):
                 with lock:
                     sys.stdout.write(line)
                     sys.stdout.flush()

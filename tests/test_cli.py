@@ -498,3 +498,18 @@ def test_a_cnn_resumes_under_its_own_config(capsys, tmp_path):
     assert main(["train", "--config", cnn, "--workdir", str(tmp_path), "--config.epochs=1"]) == 0
     assert main(["train", "--config", cnn, "--workdir", str(tmp_path), "--config.epochs=2"]) == 0
     assert "resumed from the checkpoint at step 39" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("line,chatter", [
+    ("[Gloo] Rank 1 is connected to 7 peer ranks. Expected number of connected peer ranks is : 7\n",
+     True),
+    # two of gloo's threads writing at once, as seen in a launch-local run
+    ("[Gloo] Rank 6 is connected to 7 peer ranks. [Gloo] Rank 7 is connected to 7 peer ranks. "
+     "Expected number of connected peer ranks is : 7\n", True),
+    ("Expected number of connected peer ranks is : 7\n", True),
+    ("step     20 epoch   0.51  train loss 1.0881 acc 0.7156  validation loss 1.0063\n", False),
+    ("best checkpoint: step 20; test accuracy 0.7889 (360 examples), loss 1.0028\n", False),
+])
+def test_launch_local_drops_gloos_lines_even_when_its_threads_interleave(line, chatter):
+    from experiments.cli import gloo_chatter
+    assert gloo_chatter(line) is chatter
