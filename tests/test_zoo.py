@@ -44,6 +44,7 @@ SMALL = {
     "lstm": ((16,), 20, dict(hidden=24, embed=8)),
     "gru": ((16,), 20, dict(hidden=24, embed=8)),
     "rnn": ((16,), 20, dict(hidden=24, embed=8)),
+    "speednet": ((16, 16, 3), 10, dict(widths=(4, 8), stem_width=4)),
 }
 
 
