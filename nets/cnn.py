@@ -3,6 +3,7 @@ import jax
 from flax import nnx
 
 from nets import activations
+from nets.conv import conv_impl as conv_function
 from nets.inits import kernel_init
 from nets.dtypes import compute_dtype, output_dtype
 
@@ -21,12 +22,15 @@ def max_pool_2x2(x_BxHxWxC):
 class CNN(nnx.Module):
     """`channels[i]` filters of `kernel_size` per block, each block halving height and width,
     then a hidden dense layer of `dense` units (none if 0) and the linear head. `init` names the
-    weights' initialisation (lecun, glorot, he: `nets.inits`)."""
+    weights' initialisation (lecun, glorot, he: `nets.inits`). `conv_impl` names how the
+    convolutions are computed (`nets.conv`: auto = im2col on CPU, XLA's own elsewhere; xla;
+    im2col): the parameters are nnx.Conv's whichever it is."""
 
     def __init__(self, *, input_shape, num_classes, channels=(32, 64), kernel_size=3,
                  dense=128, activation="relu", dropout=0.0, batch_norm=False, init="lecun",
-                 dtype="float32", rngs: nnx.Rngs):
+                 dtype="float32", conv_impl="auto", rngs: nnx.Rngs):
         activations.activation(activation)  # an unknown name fails here, not at first call
+        convolve = conv_function(conv_impl)
         self.act = activation
         self.dtype = dt = compute_dtype(dtype)
         weights = kernel_init(init)
@@ -36,7 +40,7 @@ class CNN(nnx.Module):
         for out_channels in channels:
             self.convs.append(nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size),
                                        use_bias=not batch_norm, kernel_init=weights, dtype=dt,
-                                       rngs=rngs))
+                                       conv_general_dilated=convolve, rngs=rngs))
             if batch_norm:
                 self.norms.append(nnx.BatchNorm(out_channels, momentum=0.9, dtype=dt, rngs=rngs))
             in_channels = out_channels
