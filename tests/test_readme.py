@@ -85,7 +85,12 @@ COMMANDS = {
     '--workdir /mnt/bucket/run"': {"skip": "needs a Cloud TPU pod slice"},
     "srun --nodes 4 --ntasks-per-node 1 --gpus-per-node 8 .venv/bin/descent train --config "
     "experiments/configs/digits_cnn.py --workdir /shared/runs/cnn": {
-        "skip": "needs a Slurm cluster"},
+        "skip": "needs a Slurm cluster; tests/test_distributed_env.py simulates its variables"},
+    "srun --nodes 4 --ntasks-per-node 8 --gpus-per-node 8 .venv/bin/descent train --config "
+    "experiments/configs/digits_cnn.py --workdir /shared/runs/cnn": {
+        "skip": "needs a Slurm cluster; tests/test_distributed_env.py simulates its variables"},
+    "mpirun -np 4 --npernode 1 .venv/bin/descent train --config ... --workdir ...": {
+        "skip": "needs an Open MPI cluster; tests/test_distributed_env.py simulates its variables"},
     "descent train --coordinator 10.0.0.1:1234 --num-processes 4 --process-id $RANK --config "
     "... --workdir ...": {"skip": "a template for other clusters"},
     "descent launch-local --num-processes 2 --devices-per-process 4 -- train --config "
