@@ -139,8 +139,41 @@ def train_many(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[
             locks.enter_context(workdir_lock.hold(w, exclusive=True, say=say))
         summaries = many.fit_many(configs, workdirs, models, dataset, console=console,
                                   writers=writers)
-        return [s if s["diverged"] else _test(c, w, dataset, s)
-                for c, w, s in zip(configs, workdirs, summaries)]
+        return _test_many(configs, workdirs, dataset, summaries)
+
+
+def _test_many(configs, workdirs, dataset, summaries: list[dict]) -> list[dict]:
+    """`_test` for every run that did not diverge, its best checkpoint scored by one program
+    that evaluates all of them at once."""
+    tested = [i for i, s in enumerate(summaries) if not s["diverged"]]
+    if not tested:
+        return summaries
+    steps, states = [], []
+    for i in tested:
+        s, config = summaries[i], configs[i]
+        best = s["best_step"]
+        if best is None or best == int(s["state"].step):
+            steps.append(int(s["state"].step))
+            states.append(s["state"])
+        else:
+            manager = checkpoint.open_manager(workdirs[i], read_only=True,
+                                              monitor=config.early_stopping.monitor)
+            steps.append(best)
+            states.append(checkpoint.restore(manager, best, s["trainer"].initial_state))
+    trainer, config = summaries[tested[0]]["trainer"], configs[tested[0]]
+    evaluate, stacked = many.make_evaluate_many(trainer), many.stack(states)
+    for i in tested:
+        summaries[i]["tests"] = {}
+    for weights in ("raw", "ema") if trainer.ema_decay else ("raw",):
+        results = evaluate(stacked, dataset.eval_batches(
+            config.test_split, config.dataset.eval_batch_size), weights)
+        for i, step, metrics in zip(tested, steps, results):
+            summaries[i]["tests"][weights] = _record_evaluation(workdirs[i], {
+                "split": config.test_split, "step": step, "checkpoint": "best",
+                "weights": weights, **metrics, "counted": counted(dataset)})
+    for i in tested:
+        summaries[i]["test"] = summaries[i]["tests"][scored_weights(configs[i])]
+    return summaries
 
 
 def scored_weights(config: ml_collections.ConfigDict) -> str:

@@ -11,6 +11,7 @@ checkpoints (restored by `descent eval` like any other), curves and TensorBoard 
 The runs train on one device (the mesh of each run's Trainer is `data=1`): runs this small
 gain nothing from splitting a batch, and many of them fill the device instead.
 """
+import concurrent.futures
 import contextlib
 import copy
 import math
@@ -28,7 +29,6 @@ from tqdm import tqdm
 from train import checkpoint, report, workdir_lock
 from train.loop import (MAX_STEPS_IN_FLIGHT, RESUMABLE_CHANGES, EarlyStopping, Preempted,
                         data_position, option, prepare_workdir, stop_requests)
-from train import loop
 from train.optimizers import make_optimizer
 from train.state import num_params
 from train.step import make_eval_step, make_train_step, summarize_eval
@@ -130,7 +130,7 @@ def fit_many(configs: Sequence, workdirs: Sequence[str], models: Sequence, datas
         raise ValueError("train_many runs in one process; run it without --coordinator")
     for w in workdirs:
         prepare_workdir(w)
-    say = print if console else loop._silent  # noqa: SLF001
+    say = print if console else _silent
     with contextlib.ExitStack() as locks:
         for w in workdirs:
             locks.enter_context(workdir_lock.hold(w, exclusive=True, say=say))
@@ -140,7 +140,7 @@ def fit_many(configs: Sequence, workdirs: Sequence[str], models: Sequence, datas
 
 def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list[dict]:
     # --- setup: everything that can fail on bad input fails here
-    say = print if console else loop._silent  # noqa: SLF001
+    say = print if console else _silent
     config, runs = configs[0], len(configs)
     steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
     num_steps = total_steps(config, steps_per_epoch)
@@ -164,19 +164,21 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
         stopping.replay(history)
     say(dataset.summary())
     if step >= num_steps:
-        say(loop._starting_line(trainer, step, num_steps, steps_per_epoch,  # noqa: SLF001
-                                config.dataset.batch_size))
+        say(f"these runs are finished: their checkpoints at step {step} are the last of their "
+            f"{num_steps} steps. To train them further, raise --config.epochs (or "
+            f"--config.steps)")
     else:
         say(f"training {runs} runs of {num_params(trainer.initial_state):,} parameters as one "
             f"program for {num_steps} steps ({steps_per_epoch} per epoch, batch "
             f"{config.dataset.batch_size}) on 1 {jax.devices()[0].platform} device")
     first_step = step + 1
-    stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+    stacked = stack(states)
     learning_rates = jnp.asarray([c.optimizer.learning_rate for c in configs], jnp.float32)
     many_step = make_many_step(trainer, config, num_steps, steps_per_epoch)
     unstack = jax.jit(lambda s: [jax.tree.map(lambda x, i=i: x[i], s) for i in range(runs)])
-    eval_many = jax.jit(jax.vmap(make_eval_step(trainer.graphdef, trainer.task),
-                                 in_axes=(0, None)))
+    evaluate = make_evaluate_many(trainer)
+    # every run's learning rate at a step, as each run's trainer has it: one program, not one each
+    rates_at = jax.jit(lambda step: jnp.stack([t.learning_rate(step) for t in trainers]))
     batches = _batches(dataset, configs, step, num_steps, steps_per_epoch)
     first = next(batches, None)
     compiled, flops = None, None
@@ -201,12 +203,16 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
     stop_reasons = [None] * runs
     diverged = [None] * runs
     pending = []
+    # Saving is orbax's Python work (~0.06 s a checkpoint here), once per run: done by a thread
+    # behind the training, one save at a time, in order; its failures are raised here.
+    saves = _Saves()
     bar = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True,
                disable=None if console else True, desc=f"{runs} runs")
     with stop_requests() as stop_signals, contextlib.ExitStack() as cleanup:
         for w in run_writers:
             cleanup.callback(w.close)
         cleanup.callback(bar.close)
+        cleanup.callback(saves.close)
         if compiled is not None:
             for i, w in enumerate(run_writers):
                 record = {"step": first_step, "time": time.time(), "compile_s": compile_s}
@@ -231,7 +237,8 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
             pending = []
             seconds = time.perf_counter() - window_start if step > first_step else None
             per_run = unstack(stacked) if do_eval or do_save else None
-            evaluated = (_evaluate_many(eval_many, stacked, dataset, config, runs)
+            rates = np.asarray(rates_at(step - 1))
+            evaluated = (_evaluate_many(evaluate, stacked, dataset, config, runs)
                          if do_eval else None)
             for i in range(runs):
                 if not active[i]:
@@ -239,24 +246,27 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
                 mine = [(s, {k: float(v[i]) for k, v in m.items()}) for s, m in fetched]
                 bad = _not_finite(mine)
                 if bad:
+                    saves.finish()
                     checkpoint.wait(managers[i])
                     diverged[i] = _diverged_message(bad, managers[i])
                     active[i], final[i] = False, per_run[i] if per_run else unstack(stacked)[i]
                     stop_reasons[i] = diverged[i]
                     continue
-                record = _train_record(step, mine, trainers[i], steps_per_epoch, seconds,
-                                       flops, devices)
+                record = _train_record(step, mine, trainers[i], float(rates[i]),
+                                       steps_per_epoch, seconds, flops, devices)
                 if evaluated is not None:
                     record.update(evaluated[i])
                     stop_reasons[i] = stoppings[i].update(record)
                 _write(run_writers[i], histories[i], record, managers[i], workdirs[i])
                 if do_save or stop_reasons[i]:
-                    checkpoint.save(managers[i], step, per_run[i], configs[i].to_dict(),
-                                    data_position(step, steps_per_epoch, configs[i]),
-                                    stoppings[i].ranking(record), described)
+                    saves.start(managers[i], step, per_run[i], configs[i].to_dict(),
+                                data_position(step, steps_per_epoch, configs[i]),
+                                stoppings[i].ranking(record), described)
                 if stop_reasons[i]:
                     active[i], final[i] = False, per_run[i]
+            saves.raise_failures()
             if preempted:
+                saves.finish()
                 for m in managers:
                     checkpoint.wait(m)
                 raise Preempted(stop_signals[0] if stop_signals else signal.SIGTERM, step,
@@ -264,6 +274,7 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
             if not any(active):
                 break
             window_start = time.perf_counter()
+        saves.finish()
     for m in managers:
         checkpoint.wait(m)
 
@@ -344,6 +355,33 @@ def _batches(dataset, configs, step: int, num_steps: int, steps_per_epoch: int):
             yield step, {k: np.stack([b[k] for b in per_run]) for k in per_run[0]}
 
 
+class _Saves:
+    """`checkpoint.save` calls run by one thread, in the order they were started."""
+
+    def __init__(self):
+        self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="descent-many")
+        self._started = []
+
+    def start(self, *args) -> None:
+        self._started.append(self._pool.submit(checkpoint.save, *args))
+
+    def raise_failures(self) -> None:
+        """Raises the error of the first finished save that failed; forgets those that did not."""
+        while self._started and self._started[0].done():
+            self._started.pop(0).result()
+
+    def finish(self) -> None:
+        while self._started:
+            self._started.pop(0).result()
+
+    def close(self) -> None:  # on the way out, after an error too: saves under way complete
+        self._pool.shutdown(wait=True)
+
+
+def _silent(*_, **__) -> None:
+    pass
+
+
 def _chain(first, rest):
     yield first
     yield from rest
@@ -372,20 +410,39 @@ def _write(writers: Writers, history: list, record: dict, manager, workdir: str)
             f"or make the work directory writable, then rerun to resume") from e
 
 
-def _evaluate_many(eval_many, stacked, dataset, config, runs: int) -> list[dict]:
-    """`eval_<metric>` of every run on `eval_split` (and `eval_ema_<metric>` with a moving
-    average of the weights), each batch scored by every run in one call."""
-    out = [{} for _ in range(runs)]
-    for weights, prefix in (("raw", "eval_"), ("ema", "eval_ema_"))[
-            :1 + bool(config.optimizer.get("ema_decay", 0.0))]:
+def make_evaluate_many(trainer: Trainer):
+    """`evaluate(stacked_states, batches, weights) -> [metrics of run 0, ...]`: what
+    `trainer.evaluate` returns for each run, every batch scored by every run in one call."""
+    eval_many = jax.jit(jax.vmap(make_eval_step(trainer.graphdef, trainer.task),
+                                 in_axes=(0, None)))
+
+    def evaluate(stacked, batches, weights: str = "raw") -> list[dict]:
         states = stacked if weights == "raw" else stacked.replace(params=stacked.ema_params)
         sums = None
-        for batch in dataset.eval_batches(config.eval_split, config.dataset.eval_batch_size):
+        for batch in batches:
             got = eval_many(states, batch)
             sums = got if sums is None else jax.tree.map(jnp.add, sums, got)
         sums = jax.device_get(sums)
-        for i in range(runs):
-            result = summarize_eval({k: v[i] for k, v in sums.items()})
+        runs = len(next(iter(sums.values())))
+        return [summarize_eval({k: v[i] for k, v in sums.items()}) for i in range(runs)]
+
+    return evaluate
+
+
+def stack(states: Sequence) -> object:
+    """Runs' states -> one state whose arrays have a leading run axis."""
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *states)
+
+
+def _evaluate_many(evaluate, stacked, dataset, config, runs: int) -> list[dict]:
+    """`eval_<metric>` of every run on `eval_split` (and `eval_ema_<metric>` with a moving
+    average of the weights), as `train.loop.fit` records them."""
+    out = [{} for _ in range(runs)]
+    for weights, prefix in (("raw", "eval_"), ("ema", "eval_ema_"))[
+            :1 + bool(config.optimizer.get("ema_decay", 0.0))]:
+        results = evaluate(stacked, dataset.eval_batches(
+            config.eval_split, config.dataset.eval_batch_size), weights)
+        for i, result in enumerate(results):
             out[i].update({prefix + k: v for k, v in result.items() if k != "examples"})
     return out
 
@@ -407,7 +464,8 @@ def _diverged_message(bad, manager) -> str:
             f"optimizer.learning_rate or optimizer.clip_norm")
 
 
-def _train_record(step: int, fetched, trainer: Trainer, steps_per_epoch: int,
+def _train_record(step: int, fetched, trainer: Trainer, learning_rate: float,
+                  steps_per_epoch: int,
                   seconds: float | None, flops: float | None, devices) -> dict:
     """The record `train.loop.fit` writes for these steps of one run, with the same fields in
     the same order; the throughput is each run's own: steps over the whole program's time."""
@@ -416,7 +474,7 @@ def _train_record(step: int, fetched, trainer: Trainer, steps_per_epoch: int,
     record = {"step": step, "epoch": step / steps_per_epoch, "time": time.time(),
               **{f"train_{k}": float(np.mean([m[k] for _, m in fetched]))
                  for k in means if k in last},
-              "learning_rate": float(trainer.learning_rate(step - 1)),
+              "learning_rate": learning_rate,
               **{k: last[k] for k in sorted(last, key=lambda k: (k != "grad_norm", k))
                  if k not in means}}
     if seconds is not None:

@@ -1,6 +1,6 @@
 """Many small runs as one program (`run.train_many`) against the same runs one after another.
 
-    python -m experiments.benchmarks.many [--repeats 3] [--epochs 40]
+    python -m experiments.benchmarks.many [--repeats 3] [--epochs 40] [--width 512]
 
 Two groups of the README's digits MLP (experiments/configs/digits_mlp.py, 40 epochs, a
 checkpoint and an evaluation every epoch): 5 seeds (0-4), and a 7-point learning-rate sweep
@@ -31,10 +31,11 @@ GROUPS = {"5 seeds": dict(seeds=[0, 1, 2, 3, 4]),
           "7 learning rates": dict(learning_rates=[1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1])}
 
 
-def configs_of(group: dict, epochs: int):
+def configs_of(group: dict, epochs: int, width: int = 0):
     config = load_config(CONFIG)
     config.parallel.mesh = "data=1"
     config.epochs = epochs
+    config.model.width = width or config.model.width
     return list(run.variants(config, **group).values())
 
 
@@ -56,6 +57,9 @@ def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--width", type=int, default=0,
+                   help="the MLP's hidden width (default: the config's 512); narrower nets "
+                        "have cheaper steps, so more of a run is the loop around them")
     args = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         warm = configs_of(GROUPS["5 seeds"], 1)[:2]
@@ -64,7 +68,7 @@ def main(argv=None) -> None:
         times = {(g, way): [] for g in GROUPS for way in ("sequential", "vmapped")}
         for r in range(args.repeats):
             for g, group in GROUPS.items():
-                configs = configs_of(group, args.epochs)
+                configs = configs_of(group, args.epochs, args.width)
                 for way, fn in (("sequential", sequential), ("vmapped", vmapped)):
                     seconds = fn(configs, os.path.join(tmp, f"{r}-{g}-{way}"))
                     times[g, way].append(seconds)
