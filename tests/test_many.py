@@ -159,3 +159,19 @@ def test_bad_seeds_and_sweeps_are_one_line_exit_2_and_train_nothing(capsys, tmp_
     err = capsys.readouterr().err.strip()
     assert code == 2 and err.count("\n") == 0 and message in err, err
     assert not os.path.exists(tmp_path / "w")
+
+
+def test_a_run_that_stops_early_stops_where_it_would_alone(tmp_path):
+    """Early stopping is each run's own: the others go on, and each stops at its own step."""
+    changes = {"eval_every": 4, "early_stopping.patience": 2, "parallel.mesh": "data=1"}
+    named = run.variants(tiny_config(**changes), seeds=[1, 3])  # stop at steps 36 and 20
+    together = run.train_many(list(named.values()), [str(tmp_path / n) for n in named],
+                              console=False)
+    for (name, config), summary in zip(named.items(), together):
+        alone = run.train_and_evaluate(config, str(tmp_path / "alone" / name), console=False)
+        assert summary["stop_reason"] == alone["stop_reason"]
+        assert summary["latest_step"] == alone["latest_step"] < 78
+        for a, b in zip(leaves(summary["state"]), leaves(alone["state"])):
+            np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE)
+        assert summary["test"]["step"] == alone["test"]["step"]
+    assert together[0]["latest_step"] != together[1]["latest_step"]
