@@ -23,7 +23,7 @@ class CNN(nnx.Module):
     """`channels[i]` filters of `kernel_size` per block, each block halving height and width,
     then a hidden dense layer of `dense` units (none if 0) and the linear head. `init` names the
     weights' initialisation (lecun, glorot, he: `nets.inits`). `conv_impl` names how the
-    convolutions are computed (`nets.conv`: auto = im2col on CPU, XLA's own elsewhere; xla;
+    convolutions are computed (`nets.conv`: auto = the fastest measured on the backend; xla;
     im2col): the parameters are nnx.Conv's whichever it is."""
 
     def __init__(self, *, input_shape, num_classes, channels=(32, 64), kernel_size=3,

@@ -1,9 +1,11 @@
 """Convolutions computed the fastest way the backend allows, behind nnx.Conv's own parameters.
 
-On CPU, XLA's convolutions run far below its matmul (DESIGN.md section 9): the MNIST CNN's
-3x3 convs keep ~1.4 of 2 cores busy. There a stride-1 2-D convolution is computed as im2col:
-the kh*kw shifted windows of the padded input concatenated along channels, times the kernel
-reshaped to (kh*kw*cin, cout), one matmul. On GPU/TPU `lax.conv_general_dilated` is used.
+On CPU, XLA's convolutions run far below its matmul (DESIGN.md section 9), so `im2col` offers
+a stride-1 2-D convolution as the kh*kw shifted windows of the padded input concatenated along
+channels, times the kernel reshaped to (kh*kw*cin, cout): one matmul. `auto` takes, per
+backend, the implementation measured fastest there (FASTEST); measured on the 2-core CPU
+(experiments/benchmarks/conv.py, jaxlib 0.10.2) the MNIST CNN's train step was 1.2x *slower*
+with im2col than with XLA's own convolution, so today every backend uses XLA's.
 
 The functions here have `lax.conv_general_dilated`'s signature, so they plug into nnx.Conv
 through its `conv_general_dilated=` argument: the module, its `kernel` (kh, kw, cin, cout) and
@@ -55,11 +57,14 @@ def _im2col_applies(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilatio
         not isinstance(padding, str) and all(lo >= 0 and hi >= 0 for lo, hi in padding))
 
 
+# backend -> the implementation measured faster there than `lax.conv_general_dilated`; none yet
+FASTEST = {}
+
+
 def auto_conv_general_dilated(*args, **kwargs):
-    """im2col on CPU, `lax.conv_general_dilated` elsewhere; decided when traced."""
-    if jax.default_backend() == "cpu":
-        return im2col_conv_general_dilated(*args, **kwargs)
-    return lax.conv_general_dilated(*args, **kwargs)
+    """The fastest measured implementation for the default backend (FASTEST, else XLA's own);
+    decided when traced."""
+    return FASTEST.get(jax.default_backend(), lax.conv_general_dilated)(*args, **kwargs)
 
 
 CONV_IMPLS = {

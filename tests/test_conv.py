@@ -9,7 +9,8 @@ from flax import nnx
 from jax import lax
 
 import nets
-from nets.conv import CONV_IMPLS, auto_conv_general_dilated, im2col_conv_general_dilated
+from nets.conv import (CONV_IMPLS, FASTEST, auto_conv_general_dilated,
+                       im2col_conv_general_dilated)
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -78,11 +79,17 @@ def test_what_im2col_does_not_cover_goes_to_xla_unchanged():
         np.testing.assert_array_equal(got(x, kernel), lax.conv_general_dilated(x, kernel, **args))
 
 
-def test_auto_is_im2col_on_cpu():
+@pytest.mark.parametrize("fastest", [None, im2col_conv_general_dilated])
+def test_auto_runs_the_fastest_measured_on_the_backend(monkeypatch, fastest):
+    if fastest is not None:
+        monkeypatch.setitem(FASTEST, jax.default_backend(), fastest)
+    else:
+        monkeypatch.delitem(FASTEST, jax.default_backend(), raising=False)
     x, k = jnp.ones((1, 5, 5, 1)), jnp.ones((3, 3, 1, 2))
     text = jax.jit(lambda x, k: auto_conv_general_dilated(
         x, k, (1, 1), "SAME", dimension_numbers=NHWC)).lower(x, k).as_text()
-    assert "dot_general" in text and "convolution" not in text
+    assert ("convolution" in text) == (fastest is None)
+    assert ("dot_general" in text) == (fastest is not None)
 
 
 def build(conv_impl, **fields):
