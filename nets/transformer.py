@@ -3,8 +3,8 @@
 Both are stacks of the same block, self-attention then a GELU MLP, each added back to the
 residual stream. The GPT normalises before each part (pre-LayerNorm, as GPT-2 does) and attends
 causally; the encoder normalises after each part (post-LayerNorm, as BERT does) and attends both
-ways. Attention goes through `jax.nn.dot_product_attention`, which uses the backend's fused
-kernel where there is one (cuDNN flash attention on NVIDIA GPUs in bfloat16).
+ways. Attention goes through `jax.nn.dot_product_attention` with JAX's default implementation,
+which is XLA's own on every backend (its cuDNN kernel is taken only when asked for by name).
 """
 import math
 
