@@ -200,7 +200,7 @@ def run_trainer(net: str, data: str, steps: int) -> dict:
     from experiments import run
     from train.trainer import Trainer
 
-    config, dataset = descent_setup(net, data, steps)
+    config, dataset = descent_setup(net, data)
     model, _ = run.build(config, dataset)
     trainer = Trainer(config, model, dataset.steps_per_epoch(BATCH), dataset.task)
     state = trainer.place(trainer.initial_state)
@@ -219,37 +219,28 @@ def run_trainer(net: str, data: str, steps: int) -> dict:
 def run_fit(net: str, data: str, steps: int) -> dict:
     from experiments import run
 
-    config, dataset = descent_setup(net, data, steps)
+    config, dataset = descent_setup(net, data)
     # steps 2 .. timed_end are timed: the last logging point before the final evaluation
     config.steps = steps + 1
     config.log_every = min(config.log_every, steps)
     config.eval_every = config.checkpoint.every = config.steps
     timed_end = steps // config.log_every * config.log_every
-    at = {}
+    at, compiles_at, compiles = {}, {}, compile_counter()
 
-    def clock(record):
+    def clock(record):  # a writer: receives every record the run writes to metrics.jsonl
         if "train_loss" in record:
             at[record["step"]] = time.perf_counter()
-
-    compiles = compile_counter()
-    counted = {}
-
-    def clock_and_count(record):
-        clock(record)
-        if record.get("step") == 1 and "train_loss" in record:
-            counted["after_first"] = len(compiles)
-        if record.get("step") == timed_end and "train_loss" in record:
-            counted["at_end"] = len(compiles)
+            compiles_at[record["step"]] = len(compiles)
 
     with tempfile.TemporaryDirectory() as workdir:
-        run.train_and_evaluate(config, workdir, console=False, writers=[clock_and_count],
+        run.train_and_evaluate(config, workdir, console=False, writers=[clock],
                                dataset=dataset)
     seconds = (at[timed_end] - at[1]) / (timed_end - 1) * steps
     return {"seconds": seconds, "steps_timed": timed_end - 1,
-            "recompiles": counted["at_end"] - counted["after_first"]}
+            "recompiles": compiles_at[timed_end] - compiles_at[1]}
 
 
-def descent_setup(net: str, data: str, steps: int):
+def descent_setup(net: str, data: str):
     """The shipped config of `net` with the peers' settings: MNIST-shaped arrays, batch 128,
     Adam 1e-3 constant, no dropout, one CPU/accelerator device."""
     import numpy as np
