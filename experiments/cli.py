@@ -349,8 +349,11 @@ def train_many(run, config, args, overrides: list[str]) -> int:
             _say(f"{name:<{width}}  diverged: {summary['diverged']}")
             continue
         test = summary["test"]
+        stopped = (f"; stopped early at step {summary['latest_step']}"
+                   if summary["stop_reason"] != "finished" else "")
         _say(f"{name:<{width}}  best checkpoint: step {test['step']}; {_scores(test)}"
-             + (f" ({_WEIGHTS[test['weights']]})" if len(summary["tests"]) > 1 else ""))
+             + (f" ({_WEIGHTS[test['weights']]})" if len(summary["tests"]) > 1 else "")
+             + stopped)
     return STOPPED_EXIT if any(s["diverged"] for s in summaries) else 0
 
 
