@@ -8,9 +8,17 @@ The step: nets.build("cnn") (conv32-pool-conv64-pool-dense128, 3x3 SAME), batch 
 synthetic batches already on the device. Each repetition times `--steps` steps of each
 conv_impl in turn (interleaved, after a compiled warm-up), and the table gives ms/step median
 [min-max] and the ratio to `xla`. `--flags` also times `xla` under each XLA CPU flag in
-FLAG_RUNS, each in a process of its own (XLA reads its flags once per process). `--torch PY`
-times the same step in PyTorch eager with the interpreter PY (a venv with torch installed),
-also in a process of its own.
+FLAG_RUNS (XLA reads its flags once per process) and `--torch PY` the same step in PyTorch
+eager with the interpreter PY (a venv with torch installed); with either, every run and
+repetition is a process of its own, taken round-robin, so that the shared machine's load
+drifts over all of them alike.
+
+Measured 2026-12-04 on the shared 2-core Xeon (load average 3-7 from other work, so every
+number is ~2x a quiet machine's; ratios are what carry), `--repeats 7 --steps 10 --flags
+--torch build/torchvenv/bin/python`, ms/step median [min-max], / xla:
+xla 132.6 [113.6-256.5] 1.00; im2col 160.2 [148.4-202.5] 1.21; xla with
+xnn/onednn/ynn individual_convolution 1.08 / 0.95 / 0.94 (noise); PyTorch 2.13 eager
+423.2 [92.6-513.1] (its thread pool suffers most from the load; its best run is the fastest).
 """
 import argparse
 import json
@@ -126,15 +134,25 @@ def main(argv=None):
     if args.json:
         print(json.dumps(interleaved(impls, args.repeats, args.steps)))
         return
-    common = ["--repeats", str(args.repeats), "--steps", str(args.steps)]
-    times = in_subprocess([*common, "--impls", ",".join(impls)])
+    runs = {impl: ("jax", impl, "") for impl in impls}
     if args.flags:
-        for name, flag in FLAG_RUNS.items():
-            times[f"xla, {name}"] = in_subprocess([*common, "--impls", "xla"], flag)["xla"]
+        runs.update({f"xla, {name}": ("jax", "xla", flag) for name, flag in FLAG_RUNS.items()})
     if args.torch:
-        out = subprocess.run([args.torch, "-c", TORCH_STEP, str(args.steps), str(args.repeats)],
-                             capture_output=True, text=True, check=True)
-        times["pytorch eager"] = [float(v) for v in out.stdout.split()]
+        runs["pytorch eager"] = ("torch", "", "")
+    times = {name: [] for name in runs}
+    if len(runs) == len(impls):  # one process, the implementations interleaved step blocks
+        times = in_subprocess(["--repeats", str(args.repeats), "--steps", str(args.steps),
+                               "--impls", ",".join(impls)])
+    else:  # a process per run and repetition, round-robin, so load drifts hit all alike
+        for _ in range(args.repeats):
+            for name, (kind, impl, flags) in runs.items():
+                if kind == "torch":
+                    out = subprocess.run([args.torch, "-c", TORCH_STEP, str(args.steps), "1"],
+                                         capture_output=True, text=True, check=True)
+                    times[name].append(float(out.stdout.split()[-1]))
+                else:
+                    times[name] += in_subprocess(["--repeats", "1", "--steps", str(args.steps),
+                                                  "--impls", impl], flags)[impl]
     base = statistics.median(times["xla"]) if "xla" in times else None
     print(f"MNIST CNN train step, batch 128, Adam, one CPU device ({os.cpu_count()} cores), "
           f"{args.repeats} x {args.steps} steps")
