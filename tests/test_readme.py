@@ -44,6 +44,14 @@ COMMANDS = {
         "quote": "best checkpoint: step 1560; test accuracy 0.9833 (360 examples), loss "
                  "0.1716 (moving average of the weights)"},
     "descent eval --workdir runs/ema --weights raw": {},
+    "descent train --config experiments/configs/digits_mlp.py --workdir runs/seeds --seeds 0-4": {
+        "as": "descent train --config experiments/configs/digits_mlp.py:tiny --workdir "
+              "runs/seeds --seeds 0-4"},  # 5 full runs are a minute; tests/test_many.py too
+    "descent train --config experiments/configs/digits_mlp.py --workdir runs/lr --sweep "
+    "optimizer.learning_rate=0.0003,0.001,0.003": {
+        "as": "descent train --config experiments/configs/digits_mlp.py:tiny --workdir runs/lr "
+              "--sweep optimizer.learning_rate=0.0003,0.001,0.003"},
+    "descent eval --workdir runs/seeds/seed_3": {},
     "descent study list": {},
     "descent study activations --quick": {
         "skip": "tests/test_study_activations.py runs this study at --quick size"},
