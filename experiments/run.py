@@ -25,18 +25,23 @@ from train.state import TrainState
 
 LANGUAGE_MODELS = ("gpt", "lstm", "gru", "rnn")  # the nets with logits at every position
 
-def build(config: ml_collections.ConfigDict, dataset=None):
+def build(config: ml_collections.ConfigDict, dataset=None, *, deferred: bool = False):
     """The model, freshly initialised, and the dataset that `config` names (or `dataset`, one
-    made in Python, e.g. `data.load("arrays", arrays={...})`)."""
+    made in Python, e.g. `data.load("arrays", arrays={...})`). With `deferred`, the model is a
+    function that builds it, for `Trainer` to make its state in one compiled program rather
+    than array by array (a bad model field then fails when the Trainer is made)."""
     dataset = dataset if dataset is not None else load_dataset(config)
     if counted(dataset) == "characters" and config.model.name not in LANGUAGE_MODELS:
         raise ValueError(f"model.name={config.model.name} reads images or feature vectors, but "
                          f"{config.dataset.name} is text (character ids): use one of "
                          f"{', '.join(LANGUAGE_MODELS)}")
     fields = {k: v for k, v in config.model.items() if k != "name"}
-    model = nets.build(config.model.name, input_shape=dataset.input_shape,
-                       num_classes=dataset.num_outputs, seed=config.seed, **fields)
-    return model, dataset
+
+    def make() -> nnx.Module:
+        return nets.build(config.model.name, input_shape=dataset.input_shape,
+                          num_classes=dataset.num_outputs, seed=config.seed, **fields)
+
+    return (make if deferred else make()), dataset
 
 
 def load_dataset(config: ml_collections.ConfigDict):
@@ -88,7 +93,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     trains on a dataset made in Python instead of the one `config.dataset` names.
     """
     check_values(config)
-    model, dataset = build(config, dataset)
+    model, dataset = build(config, dataset, deferred=True)
     dataset.num_examples(config.test_split)  # a split the dataset lacks is named before training
     prepare_workdir(workdir)
     say = print if console and jax.process_index() == 0 else (lambda *a, **k: None)
@@ -275,7 +280,7 @@ def _restore(workdir: str, which, strategy, mesh, given=None) -> Restored:
             data.check_same(given, described)
         elif given is None and described is not None:
             dataset = data.from_description(described)
-        model, dataset = build(config, dataset)  # a checkpoint without a description: by config
+        model, dataset = build(config, dataset, deferred=True)  # without a description: by config
         trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size),
                           dataset.task)
         try:

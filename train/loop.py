@@ -16,7 +16,7 @@ import signal
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 from jax.experimental import multihost_utils
@@ -84,9 +84,11 @@ RESUMABLE_CHANGES = ("epochs", "steps", "parallel.strategy", "parallel.mesh", "d
 HISTORY_FILE = "history.jsonl"
 
 
-def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = True,
+def fit(config, workdir: str, model: nnx.Module | Callable[[], nnx.Module], dataset, *,
+        console: bool = True,
         allow_config_change: bool = False, writers: Sequence = ()) -> dict:
     """Trains `model` on `dataset` as `config` says; checkpoints, metrics and plot go to `workdir`.
+    `model` may be a function that builds it: its state is then made in place (`Trainer`).
 
     The work directory is locked while it trains (`train.workdir_lock`): a second trainer, or an
     evaluation of it, is refused at once with the holder's pid, host and start time.
@@ -110,7 +112,7 @@ def fit(config, workdir: str, model: nnx.Module, dataset, *, console: bool = Tru
         return _fit(config, workdir, model, dataset, console, allow_config_change, writers)
 
 
-def _fit(config, workdir: str, model: nnx.Module, dataset, console: bool,
+def _fit(config, workdir: str, model, dataset, console: bool,
          allow_config_change: bool, user_writers: Sequence) -> dict:
     # --- setup: everything that can fail on bad input fails here, before any checkpoint is touched
     chief = jax.process_index() == 0
