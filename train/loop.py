@@ -392,13 +392,6 @@ def _check_config_change(now: dict, saved: dict, step: int, workdir: str, allowe
                          say) -> None:
     """Refuses to resume under another config (the saved configs would lie about what ran),
     unless `allowed`: then the change is recorded in the work directory's history."""
-    def flat(tree, prefix=""):
-        out = {}
-        for key, value in tree.items():
-            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict)
-                       else {f"{prefix}{key}": value})
-        return out
-
     # as saved: through JSON (tuples come back as lists); a key the saved config lacks is one
     # added to descent's configs since, at its default, not a change of what ran
     before, after = flat(saved), flat(json.loads(json.dumps(now)))
@@ -431,6 +424,15 @@ def _check_data_change(saved: dict | None, now: dict, step: int, workdir: str,
                          f"than {now.get('source', now['name'])} is now ({', '.join(changed)} "
                          f"differ); resume on the data it was trained on, use another "
                          f"--workdir, or pass --allow-config-change to go on")
+
+
+def flat(tree, prefix: str = "") -> dict:
+    """{"optimizer.learning_rate": 0.001, ...} of a nested dict (a config's `to_dict()`)."""
+    out = {}
+    for key, value in tree.items():
+        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict)
+                   else {f"{prefix}{key}": value})
+    return out
 
 
 def data_position(step: int, steps_per_epoch: int, config) -> dict:

@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from train import checkpoint, report, workdir_lock
 from train.loop import (MAX_STEPS_IN_FLIGHT, RESUMABLE_CHANGES, EarlyStopping, Preempted,
-                        data_position, option, prepare_workdir, stop_requests)
+                        data_position, flat, option, prepare_workdir, stop_requests)
 from train.optimizers import make_optimizer
 from train.state import num_params
 from train.step import make_eval_step, make_train_step, summarize_eval
@@ -46,15 +46,6 @@ from train.writers import JsonLines, TensorBoard, Writers
 # What may differ between the runs of one program: the seed, and scalars of the optimizer that
 # enter its arithmetic only (never its structure).
 VARIED = ("seed", "optimizer.learning_rate")
-
-
-def flat(tree, prefix: str = "") -> dict:
-    """{"optimizer.learning_rate": 0.001, ...} of a nested dict (a config's `to_dict()`)."""
-    out = {}
-    for key, value in tree.items():
-        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict)
-                   else {f"{prefix}{key}": value})
-    return out
 
 
 def check_group(configs: Sequence) -> list[str]:
