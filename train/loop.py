@@ -153,15 +153,7 @@ def _fit(config, workdir: str, model, dataset, console: bool,
         if chief and option(config, "log.tensorboard", True) else []))
 
     def _write(record: dict) -> None:
-        history.append(record)
-        try:
-            writers.write(record)
-        except OSError as e:
-            checkpoint.wait(manager)
-            raise checkpoint.CheckpointWriteError(
-                f"could not write the metrics of step {record['step']} into {workdir} "
-                f"({e.strerror}); the checkpoints in {manager.directory} are intact. Free space "
-                f"or make the work directory writable, then rerun to resume") from e
+        write_record(writers, history, record, manager, workdir)
 
     # --- the loop
     stop_reason, pending = None, []  # pending: (step, device metrics) not fetched yet
@@ -299,6 +291,20 @@ def _compile_record(step: int, compiled, trainer: Trainer) -> dict:
     if compiled.flops:
         record["flops_per_step"] = compiled.flops * trainer.mesh.devices.size
     return record
+
+
+def write_record(writers: Writers, history: list, record: dict, manager, workdir: str) -> None:
+    """Keeps `record` in `history` and hands it to `writers`; a disk that refuses it is named,
+    with the checkpoints already saved waited for."""
+    history.append(record)
+    try:
+        writers.write(record)
+    except OSError as e:
+        checkpoint.wait(manager)
+        raise checkpoint.CheckpointWriteError(
+            f"could not write the metrics of step {record['step']} into {workdir} "
+            f"({e.strerror}); the checkpoints in {manager.directory} are intact. Free space "
+            f"or make the work directory writable, then rerun to resume") from e
 
 
 def _stop_if_not_finite(fetched: list[tuple[int, dict]], manager) -> None:

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from train import checkpoint, report, workdir_lock
 from train.loop import (MAX_STEPS_IN_FLIGHT, RESUMABLE_CHANGES, EarlyStopping, Preempted,
-                        data_position, flat, option, prepare_workdir, stop_requests)
+                        data_position, flat, option, prepare_workdir, stop_requests,
+                        write_record)
 from train.optimizers import make_optimizer
 from train.state import num_params
 from train.step import make_eval_step, make_train_step, summarize_eval
@@ -223,7 +224,7 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
                 record = {"step": first_step, "time": time.time(), "compile_s": compile_s}
                 if flops:
                     record["flops_per_step"] = flops
-                _write(w, histories[i], record, managers[i], workdirs[i])
+                write_record(w, histories[i], record, managers[i], workdirs[i])
             batches = _chain(first, batches)
         window_start = time.perf_counter()
         for step, batch in batches:
@@ -262,7 +263,7 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
                 if evaluated is not None:
                     record.update(evaluated[i])
                     stop_reasons[i] = stoppings[i].update(record)
-                _write(run_writers[i], histories[i], record, managers[i], workdirs[i])
+                write_record(run_writers[i], histories[i], record, managers[i], workdirs[i])
                 if do_save or stop_reasons[i]:
                     saves.start(managers[i], step, per_run[i], configs[i].to_dict(),
                                 data_position(step, steps_per_epoch, configs[i]),
@@ -401,18 +402,6 @@ class _Tagged:
     def write(self, record: dict) -> None:
         record = {**record, "run": self.run}
         self.writer.write(record) if hasattr(self.writer, "write") else self.writer(record)
-
-
-def _write(writers: Writers, history: list, record: dict, manager, workdir: str) -> None:
-    history.append(record)
-    try:
-        writers.write(record)
-    except OSError as e:
-        checkpoint.wait(manager)
-        raise checkpoint.CheckpointWriteError(
-            f"could not write the metrics of step {record['step']} into {workdir} "
-            f"({e.strerror}); the checkpoints in {manager.directory} are intact. Free space "
-            f"or make the work directory writable, then rerun to resume") from e
 
 
 def make_evaluate_many(trainer: Trainer):
