@@ -513,3 +513,15 @@ def test_a_cnn_resumes_under_its_own_config(capsys, tmp_path):
 def test_launch_local_drops_gloos_lines_even_when_its_threads_interleave(line, chatter):
     from experiments.cli import gloo_chatter
     assert gloo_chatter(line) is chatter
+
+
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.conv_impl=fast", "unknown conv_impl 'fast'; known: auto, xla, im2col"),
+    ("--config.dataset.on_device=2", "config.dataset.on_device"),
+])
+def test_the_cnns_convolution_and_the_data_placement_are_checked_up_front(capsys, tmp_path,
+                                                                          override, message):
+    code, err = error_of(capsys, "train", "--config", config_path("digits_cnn.py") + ":tiny",
+                         "--workdir", str(tmp_path), override)
+    assert code == 2 and message in err, err
+    assert not os.path.exists(os.path.join(tmp_path, "checkpoints"))

@@ -24,6 +24,7 @@ def get_config(variant: str = ""):
     c.model.activation = "relu"
     c.model.dropout = 0.2
     c.model.batch_norm = True
+    c.model.conv_impl = "auto"     # how convolutions run: auto (fastest measured), xla, im2col
     c.optimizer.name = "adamw"
     c.optimizer.learning_rate = 2e-3
     c.optimizer.weight_decay = 1e-4

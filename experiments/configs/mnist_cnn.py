@@ -27,6 +27,7 @@ def get_config(variant: str = ""):
     c.model.activation = "relu"
     c.model.dropout = 0.1
     c.model.batch_norm = False
+    c.model.conv_impl = "auto"     # how convolutions run: auto (fastest measured), xla, im2col
     c.optimizer.name = "adam"
     c.optimizer.learning_rate = 2e-3
     c.optimizer.schedule = "warmup_cosine"
