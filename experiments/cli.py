@@ -520,8 +520,10 @@ def launch_local(num_processes: int, devices_per_process: int, command: list[str
     with socket.socket() as s:  # a free port for the coordinator
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    count = "--xla_force_host_platform_device_count"  # the caller's other XLA flags are kept
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith(count)]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONUNBUFFERED": "1",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices_per_process}"}
+           "XLA_FLAGS": " ".join([*flags, f"{count}={devices_per_process}"])}
     procs = [subprocess.Popen(
         [sys.executable, "-m", "experiments", *command, "--coordinator", f"127.0.0.1:{port}",
          "--num-processes", str(num_processes), "--process-id", str(i)], env=env,

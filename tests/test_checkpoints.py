@@ -15,7 +15,7 @@ from experiments import run
 from train import checkpoint
 from train.loop import fit
 
-from conftest import ROOT
+from conftest import ROOT, xla_flags
 from helpers import tiny_config
 
 # The tiny MLP for 4 epochs (156 steps), a checkpoint every 5 steps, on one CPU device.
@@ -25,7 +25,7 @@ FINAL_STEP = 156
 
 
 def start(workdir, *extra, devices=1):
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(devices)}
     replaced = {arg.split("=")[0] for arg in extra}  # an option given twice is refused
     run_args = [arg for arg in RUN if arg.split("=")[0] not in replaced]
     return subprocess.Popen([sys.executable, "-m", "experiments", "train", *run_args,
@@ -193,7 +193,7 @@ def test_eval_on_other_hardware_from_the_command_line(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "experiments", "eval", "--workdir", str(tmp_path), "--checkpoint",
          "latest"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-        env={**os.environ, "XLA_FLAGS": ""})  # one device
+        env={**os.environ, "XLA_FLAGS": xla_flags()})  # one device
     assert result.returncode == 0, result.stderr[-2000:]
     with open(tmp_path / "eval_test_39.json") as f:
         on_one_device = json.load(f)

@@ -10,7 +10,7 @@ import pytest
 import data
 from experiments.cli import main
 
-from conftest import ROOT, config_path
+from conftest import ROOT, config_path, xla_flags
 
 MLP = config_path("digits_mlp.py")
 TINY = MLP + ":tiny"
@@ -18,7 +18,7 @@ TINY = MLP + ":tiny"
 
 def descent(*args, cwd=None):
     """Runs the installed console script in a fresh process, as a user would."""
-    env = {**os.environ, "XLA_FLAGS": ""}  # a user's machine: one CPU device
+    env = {**os.environ, "XLA_FLAGS": xla_flags()}  # a user's machine: one CPU device
     script = os.path.join(os.path.dirname(sys.executable), "descent")
     return subprocess.run([script, *args], capture_output=True, text=True, cwd=cwd, env=env,
                           timeout=300)

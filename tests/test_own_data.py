@@ -16,7 +16,7 @@ import data
 from experiments import run
 from experiments.cli import main
 
-from conftest import ROOT, config_path
+from conftest import ROOT, config_path, xla_flags
 
 MLP, CNN = config_path("digits_mlp.py") + ":tiny", config_path("digits_cnn.py") + ":tiny"
 NAMES = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
@@ -58,7 +58,7 @@ def write_csv(path, header, rows):
 def fresh(*args):
     """`descent ARGS` in a process of its own, with one CPU device: nothing registered, nothing
     cached from the process that trained."""
-    env = {**os.environ, "XLA_FLAGS": ""}
+    env = {**os.environ, "XLA_FLAGS": xla_flags()}
     result = subprocess.run([sys.executable, "-m", "experiments", *args], capture_output=True,
                             text=True, cwd=ROOT, env=env, timeout=300)
     return result.returncode, result.stdout, result.stderr

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, xla_flags
 
 README = os.path.join(ROOT, "README.md")
 BIN = os.path.dirname(sys.executable)
@@ -128,7 +128,8 @@ def test_every_readme_command_is_in_the_table_and_every_quote_in_the_readme():
 
 
 def test_the_readme_commands_run_and_print_what_it_quotes(tmp_path, request):
-    env = {**os.environ, "XLA_FLAGS": "", "PATH": BIN + os.pathsep + os.environ["PATH"]}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(),
+           "PATH": BIN + os.pathsep + os.environ["PATH"]}
     no_data = ""
     try:
         data_dir = request.getfixturevalue("prepared")
