@@ -12,32 +12,50 @@ data comes in as `arrays`, `image_folder` or `csv`.
 """
 import dataclasses
 import functools
+import importlib
 import inspect
 
-from data.arrays import ArrayDataset, Batch
-from data.bundled import diabetes, digits
-from data.imagenet import GrainImages, grain_images
-from data.images import tfds_images
-from data.local import FolderImages, arrays, csv_table, image_folder
-from data.synthetic import FUNCTIONS, function, recall
-from data.text import CharText, tiny_shakespeare
-
-DATASETS = {
-    "digits": digits,
-    "diabetes": diabetes,
-    "function": function,
-    "recall": recall,
-    "arrays": arrays,
-    "image_folder": image_folder,
-    "csv": csv_table,
-    "mnist": functools.partial(tfds_images, "mnist"),
-    "fashion_mnist": functools.partial(tfds_images, "fashion_mnist"),
-    "cifar10": functools.partial(tfds_images, "cifar10"),
-    "cifar100": functools.partial(tfds_images, "cifar100"),
-    "imagenet2012": functools.partial(grain_images, "imagenet2012"),
-    "imagenette": functools.partial(grain_images, "imagenette"),
-    "tiny_shakespeare": tiny_shakespeare,
+# Each loader is imported when first used: a run reads one dataset, and the others' libraries
+# (scikit-learn, grain, TensorFlow Datasets) take seconds to import.
+_LOADERS = {
+    "digits": ("data.bundled", "digits"),
+    "diabetes": ("data.bundled", "diabetes"),
+    "function": ("data.synthetic", "function"),
+    "recall": ("data.synthetic", "recall"),
+    "arrays": ("data.local", "arrays"),
+    "image_folder": ("data.local", "image_folder"),
+    "csv": ("data.local", "csv_table"),
+    "mnist": ("data.images", "tfds_images"),
+    "fashion_mnist": ("data.images", "tfds_images"),
+    "cifar10": ("data.images", "tfds_images"),
+    "cifar100": ("data.images", "tfds_images"),
+    "imagenet2012": ("data.imagenet", "grain_images"),
+    "imagenette": ("data.imagenet", "grain_images"),
+    "tiny_shakespeare": ("data.text", "tiny_shakespeare"),
 }
+DATASETS = tuple(_LOADERS)  # every dataset name
+_BY_NAME = ("tfds_images", "grain_images")  # loaders that serve several datasets by name
+
+# The package's classes, imported on first use like the loaders.
+_CLASSES = {"ArrayDataset": "data.arrays", "Batch": "data.arrays", "CharText": "data.text",
+            "FolderImages": "data.local", "GrainImages": "data.imagenet",
+            "FUNCTIONS": "data.synthetic"}
+
+
+def __getattr__(name: str):
+    if name in _CLASSES:
+        return getattr(importlib.import_module(_CLASSES[name]), name)
+    raise AttributeError(f"module 'data' has no attribute {name!r}")
+
+
+def _loader(name: str):
+    """The function that loads dataset `name`, taking only that dataset's options."""
+    if name not in _LOADERS:
+        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
+    module, function = _LOADERS[name]
+    loader = getattr(importlib.import_module(module), function)
+    return functools.partial(loader, name) if function in _BY_NAME else loader
+
 
 # Config fields every dataset takes: they shape batches, not what is read.
 EVERY_DATASET = ("name", "batch_size", "eval_batch_size", "train_examples", "on_device")
@@ -45,9 +63,7 @@ EVERY_DATASET = ("name", "batch_size", "eval_batch_size", "train_examples", "on_
 
 def options(name: str) -> dict:
     """The options dataset `name` takes, with their defaults."""
-    if name not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(sorted(DATASETS))}")
-    return {p.name: p.default for p in inspect.signature(DATASETS[name]).parameters.values()}
+    return {p.name: p.default for p in inspect.signature(_loader(name)).parameters.values()}
 
 
 def load(name: str, **given):
@@ -59,7 +75,7 @@ def load(name: str, **given):
     if unknown:
         raise ValueError(f"dataset {name!r} takes no option {', '.join(unknown)}; its options: "
                          f"{', '.join(known) or 'none'}")
-    dataset = DATASETS[name](**given)
+    dataset = _loader(name)(**given)
     recorded = {k: v for k, v in {**known, **given}.items() if k != "arrays"}  # not JSON
     return dataclasses.replace(dataset, about={**dataset.about, "name": name,
                                                "options": recorded})

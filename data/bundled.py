@@ -3,8 +3,10 @@
 `digits`: 1,797 8x8 handwritten digits (classification). `diabetes`: 442 patients, 10
 measurements each, and a measure of disease progression one year later (regression).
 """
+import importlib.util
+import os
+
 import numpy as np
-from sklearn.datasets import load_diabetes, load_digits
 
 from data.arrays import ArrayDataset
 from data.batching import seeded_split
@@ -22,14 +24,28 @@ def split_70_10_20(inputs: np.ndarray, targets: np.ndarray, split_seed: int,
             for name in ("train", "validation", "test")}
 
 
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's `load_digits()` images (1797, 8, 8) and targets, read from the file it
+    ships without importing scikit-learn, whose import takes longer than a digits epoch."""
+    spec = importlib.util.find_spec("sklearn")
+    path = os.path.join((spec.submodule_search_locations or [""])[0], "datasets", "data",
+                        "digits.csv.gz") if spec else ""
+    if not os.path.isfile(path):  # a scikit-learn that keeps it elsewhere
+        from sklearn.datasets import load_digits
+        raw = load_digits()
+        return raw.images, raw.target
+    table = np.loadtxt(path, delimiter=",")
+    return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
+
+
 def digits(split_seed: int = 0) -> ArrayDataset:
     """Stratified train / validation / test splits (70 / 10 / 20 %), fixed by `split_seed`.
 
     Pixels are scaled from 0..16 to 0..1; images are (8, 8, 1) float32, labels int32.
     """
-    raw = load_digits()
-    images = (raw.images / 16.0).astype(np.float32)[..., None]
-    labels = raw.target.astype(np.int32)
+    pixels, targets = digits_arrays()
+    images = (pixels / 16.0).astype(np.float32)[..., None]
+    labels = targets.astype(np.int32)
     return ArrayDataset("digits", split_70_10_20(images, labels, split_seed, stratify=True),
                         num_classes=10, class_names=tuple(map(str, range(10))),
                         about={"source": "scikit-learn's digits",
@@ -44,6 +60,7 @@ def diabetes(split_seed: int = 0) -> ArrayDataset:
     Train / validation / test splits of 70 / 10 / 20 %, fixed by `split_seed`. The targets are
     left in their units, so MSE and MAE read in them.
     """
+    from sklearn.datasets import load_diabetes
     raw = load_diabetes()
     splits = split_70_10_20(raw.data.astype(np.float32), raw.target.astype(np.float32)[:, None],
                             split_seed, stratify=False)

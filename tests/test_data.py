@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -21,6 +24,30 @@ def test_digits_splits_are_disjoint_stratified_and_scaled(digits):
     assert not seen["test"] & seen["train"]  # no test image is trained on
     test_counts = np.bincount(digits.splits["test"]["targets"], minlength=10)
     assert test_counts.min() >= 35 and test_counts.max() <= 37  # stratified: ~36 per class
+
+
+def test_digits_are_scikit_learns_read_without_importing_it():
+    from sklearn.datasets import load_digits
+
+    from data.bundled import digits_arrays
+    images, targets = digits_arrays()
+    reference = load_digits()
+    np.testing.assert_array_equal(images, reference.images)
+    np.testing.assert_array_equal(targets, reference.target)
+
+
+def test_loading_a_dataset_imports_only_its_own_libraries():
+    """`import data` and the digits MLP's imports stay free of grain and TensorFlow Datasets
+    (seconds of a short run's start), which only their datasets need."""
+    script = ("import sys, data, experiments.run\n"
+              "data.load('digits')\n"
+              "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'tensorflow')"
+              " if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == "[]"
+    assert data.options("mnist")["validation_fraction"] == 0.1  # found when asked for
+    assert isinstance(data.CharText, type) and isinstance(data.GrainImages, type)
 
 
 def test_the_split_is_fixed_by_its_seed():
