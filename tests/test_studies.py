@@ -88,3 +88,28 @@ def test_study_all_runs_every_study_and_indexes_claims_findings_and_figures(tmp_
         assert f"![Tiny]({name}/loss.png)" in index and f"[Report]({name}/report.md)" in index
     assert index.count("> Small nets learn.") == 2
     assert "at default size" in index and "Regenerate with `descent study all`." in index
+
+
+def test_runs_that_differ_in_seed_and_rate_train_as_one_program_as_they_would_alone(tmp_path):
+    """`train_seeds` and `train_group` (one vmapped program) give each run what `train` gives
+    it, to rounding; a run that diverges stops alone, with its step."""
+    module = types.SimpleNamespace(TITLE="Group", CLAIM="", SEEDS=2)
+    study = common.Study("group", module, str(tmp_path), progress=lambda line: None)
+
+    def config(seed, lr=0.05):
+        return study.config("digits_mlp.py", "tiny", seed=seed, **{
+            "optimizer.name": "sgd", "optimizer.learning_rate": lr})
+
+    together = study.train_seeds("mlp", config)
+    alone = study.train("alone", config(1))
+    assert [r.label for r in together] == ["mlp-seed0", "mlp-seed1"]
+    assert together[1].test["examples"] == alone.test["examples"] == 360
+    assert together[1].test["loss"] == pytest.approx(alone.test["loss"], rel=1e-5)
+    steps, losses = together[1].curve("train_loss")
+    assert list(steps) == list(alone.curve("train_loss")[0]) and len(steps) > 3
+    assert losses == pytest.approx(alone.curve("train_loss")[1], rel=1e-5)
+    assert together[0].test["loss"] != together[1].test["loss"]  # two seeds, two runs
+
+    ok, blown = study.train_group(["ok", "blown"], [config(0), config(0, lr=1e5)], test=False)
+    assert not ok.diverged and ok.history[-1]["step"] == 78
+    assert "became" in blown.diverged and 1 <= blown.diverged_at < 78

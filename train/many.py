@@ -120,7 +120,8 @@ def fit_many(configs: Sequence, workdirs: Sequence[str], models: Sequence, datas
 
     Each summary is what `train.loop.fit` returns for that run (`state`, `trainer`,
     `best_step`, `latest_step`, `stop_reason`, `history`, `curves`, `checkpoints`), plus
-    `diverged` (the message, or None): a run whose loss became NaN or infinite stops there,
+    `diverged` (the message, or None) and `diverged_at` (its step): a run whose loss became
+    NaN or infinite stops there,
     keeping its last good checkpoint, while the others go on. Resumes when every work directory
     holds a checkpoint at the same step; other mixtures are refused with the steps. `writers`
     receive every record with `run` (its index) added.
@@ -208,6 +209,7 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
     final = [None] * runs        # the state of a run that stopped before the end
     stop_reasons = [None] * runs
     diverged = [None] * runs
+    diverged_at = [None] * runs  # the step whose loss (or another metric) was not finite
     pending = []
     # Saving is orbax's Python work (~0.06 s a checkpoint here), once per run: done by a thread
     # behind the training, one save at a time, in order; its failures are raised here.
@@ -254,7 +256,7 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
                 if bad:
                     saves.finish()
                     checkpoint.wait(managers[i])
-                    diverged[i] = _diverged_message(bad, managers[i])
+                    diverged[i], diverged_at[i] = _diverged_message(bad, managers[i]), bad[0]
                     active[i], final[i] = False, per_run[i] if per_run else unstack(stacked)[i]
                     stop_reasons[i] = diverged[i]
                     continue
@@ -294,6 +296,7 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
             "state": final[i] if final[i] is not None else states[i], "trainer": trainers[i],
             "best_step": managers[i].best_step(), "latest_step": managers[i].latest_step(),
             "stop_reason": stop_reasons[i] or "finished", "diverged": diverged[i],
+            "diverged_at": diverged_at[i],
             "history": histories[i], "curves": curves, "checkpoints": str(managers[i].directory)})
     return summaries
 

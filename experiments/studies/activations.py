@@ -41,17 +41,15 @@ def run(study) -> dict:
     runs = {}  # (optimizer, depth, activation, init) -> [Run per seed]
     for depth in s["depths"]:
         for act, init in s["combos"]:
-            runs["sgd", depth, act, init] = [
-                study.train(f"sgd-depth{depth}-{act}-{init}-seed{seed}",
-                            _config(study, depth, act, init, "sgd", s["steps"], seed))
-                for seed in study.seeds]
+            runs["sgd", depth, act, init] = study.train_seeds(
+                f"sgd-depth{depth}-{act}-{init}",
+                lambda seed: _config(study, depth, act, init, "sgd", s["steps"], seed))
     for depth in s["adam_depths"]:
         for act in ACTIVATIONS:
             init = USUAL_INIT[act]
-            runs["adam", depth, act, init] = [
-                study.train(f"adam-depth{depth}-{act}-{init}-seed{seed}",
-                            _config(study, depth, act, init, "adam", s["steps"], seed))
-                for seed in study.seeds]
+            runs["adam", depth, act, init] = study.train_seeds(
+                f"adam-depth{depth}-{act}-{init}",
+                lambda seed: _config(study, depth, act, init, "adam", s["steps"], seed))
 
     data = {"runs": [_summary(key, rs) for key, rs in runs.items()]}
     _plot_gradients_at_init(study, runs, s["depths"])

@@ -38,9 +38,9 @@ def settings(quick: bool) -> dict:
 def run(study) -> dict:
     s = settings(study.quick)
     study.plan(len(study.seeds) * len(s["functions"]) * len(s["models"]))
-    runs = {(f, depth, width): [
-        study.train(f"{f}-{_name(depth, width)}-seed{seed}",
-                    _config(study, f, depth, width, s["steps"], seed)) for seed in study.seeds]
+    runs = {(f, depth, width): study.train_seeds(
+        f"{f}-{_name(depth, width)}",
+        lambda seed: _config(study, f, depth, width, s["steps"], seed))
         for f in s["functions"] for depth, width in s["models"]}
     data = {"steps": s["steps"], "functions": {}}
     for f in s["functions"]:

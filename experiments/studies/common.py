@@ -191,6 +191,47 @@ class Study:
         self.say(f"run {count} {label}: {_describe(done)} ({seconds:.1f} s)")
         return done
 
+    def train_seeds(self, label: str, config_for_seed, *, test: bool = True) -> list[Run]:
+        """One run of `config_for_seed(seed)` per seed of the study, labelled
+        `<label>-seed<seed>`, trained together as one program (`train_group`)."""
+        return self.train_group([f"{label}-seed{seed}" for seed in self.seeds],
+                                [config_for_seed(seed) for seed in self.seeds], test=test)
+
+    def train_group(self, labels: list[str], configs: list[ml_collections.ConfigDict], *,
+                    test: bool = True) -> list[Run]:
+        """`train` for runs that differ only in their seed and learning rate, trained together
+        as one compiled program (`run.train_many`): one compilation instead of one per run,
+        and every step trains all of them. The numbers agree with runs alone to rounding
+        (tests/test_many.py); a run that diverges stops alone. Each Run's `seconds` is its
+        share of the group's wall time."""
+        if len(configs) == 1:
+            return [self.train(labels[0], configs[0], test=test)]
+        workdirs = [os.path.join(self.dir, "runs", _slug(label)) for label in labels]
+        start = time.perf_counter()
+        try:
+            if test:
+                summaries = run_api.train_many(configs, workdirs, console=False)
+            else:
+                from train.many import fit_many
+                dataset = run_api.load_dataset(configs[0])
+                models = [run_api.build(c, dataset)[0] for c in configs]
+                summaries = fit_many(configs, workdirs, models, dataset, console=False)
+        except Exception as e:  # noqa: BLE001 - named and re-raised as the study's failure
+            raise StudyError(f"study {self.name}: runs {', '.join(labels)} failed: "
+                             f"{type(e).__name__}: {e}") from e
+        seconds = (time.perf_counter() - start) / len(configs)
+        runs = []
+        for label, config, workdir, summary in zip(labels, configs, workdirs, summaries):
+            self.runs_done += 1
+            count = f"{self.runs_done}/{self.planned}" if self.planned else f"{self.runs_done}"
+            history = [r for r in report.read_metrics(workdir) if "train_loss" in r]
+            done = Run(label, config, workdir, history, summary.get("test"), summary, seconds,
+                       summary["diverged"], summary["diverged_at"])
+            self.say(f"run {count} {label}: {_describe(done)} (trained with "
+                     f"{len(configs) - 1} others as one program)")
+            runs.append(done)
+        return runs
+
     # --- what it leaves
     def figure(self, fig: Figure, file: str, caption: str) -> str:
         """Saves `fig` as `<dir>/<file>` and lists it, with its caption, in the report.

@@ -29,8 +29,11 @@ def settings(quick: bool) -> dict:
 def run(study) -> dict:
     s = settings(study.quick)
     study.plan(len(study.seeds) * len(s["learning_rates"]))
-    runs = {lr: [study.train(f"lr{lr:g}-seed{seed}", _config(study, lr, s["steps"], seed),
-                             test=False) for seed in study.seeds]
+    keys = [(lr, seed) for lr in s["learning_rates"] for seed in study.seeds]
+    trained = study.train_group([f"lr{lr:g}-seed{seed}" for lr, seed in keys],
+                                [_config(study, lr, s["steps"], seed) for lr, seed in keys],
+                                test=False)  # one program: only the rate and the seed differ
+    runs = {lr: [r for (rate, _), r in zip(keys, trained) if rate == lr]
             for lr in s["learning_rates"]}
 
     data = {"steps": s["steps"], "learning_rates": list(s["learning_rates"]),
@@ -178,7 +181,8 @@ def _setup(study, s) -> str:
         f"toolkit and counted as diverged; a run above the best rate that ends at chance "
         f"(validation accuracy <= 0.2) counts as stalled. Seeds "
         f"{', '.join(map(str, study.seeds))} change the initial weights and the batch order; "
-        f"every rate sees the same ones.")
+        f"every rate sees the same ones. All runs train together as one compiled program "
+        f"(`jax.vmap` over their states), each with its own rate, seed and batches.")
 
 
 def _table(data) -> Table:

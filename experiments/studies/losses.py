@@ -46,18 +46,24 @@ def run(study) -> dict:
     study.plan(len(study.seeds) * (len(sweeps) + len(s["regression_models"])))
     bce, curves = _binary_cross_entropy_check()
 
-    runs = {key: [study.train(f"{key[0]}-{key[1]}-lr{key[2]:g}-seed{seed}",
-                              _classifier_config(study, *key, s["steps"], seed), test=False)
-                  for seed in study.seeds] for key in sweeps}
+    runs = {}  # each (optimizer, loss) with all its rates and seeds as one program
+    for opt, loss in dict.fromkeys(key[:2] for key in sweeps):
+        group = [(lr, seed) for o, l, lr in sweeps if (o, l) == (opt, loss)
+                 for seed in study.seeds]
+        trained = study.train_group(
+            [f"{opt}-{loss}-lr{lr:g}-seed{seed}" for lr, seed in group],
+            [_classifier_config(study, opt, loss, lr, s["steps"], seed) for lr, seed in group],
+            test=False)
+        for (lr, _), r in zip(group, trained):
+            runs.setdefault((opt, loss, lr), []).append(r)
     classifier = [_classifier_summary(key, rs) for key, rs in runs.items()]
     best = {opt: {loss: _best(classifier, opt, loss) for loss in s[opt]} for opt in s
             if opt in ("sgd", "adam") and s[opt]}
 
-    regression_runs = {name: [study.train(f"diabetes-{name}-seed{seed}",
-                                          _regression_config(study, depth, width, lr,
-                                                             s["regression_steps"], seed))
-                              for seed in study.seeds]
-                       for name, depth, width, lr in s["regression_models"]}
+    regression_runs = {name: study.train_seeds(
+        f"diabetes-{name}",
+        lambda seed: _regression_config(study, depth, width, lr, s["regression_steps"], seed))
+        for name, depth, width, lr in s["regression_models"]}
     regression = _regression_summary(regression_runs)
 
     data = {"bce": bce, "classifier": classifier, "best": best, "regression": regression,

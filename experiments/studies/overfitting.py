@@ -34,8 +34,8 @@ def settings(quick: bool) -> dict:
 def run(study) -> dict:
     s = settings(study.quick)
     study.plan(len(study.seeds) * len(REGIMES))
-    runs = {regime: [study.train(f"{regime.replace(' ', '_')}-seed{seed}",
-                                 _config(study, s, regime, seed)) for seed in study.seeds]
+    runs = {regime: study.train_seeds(regime.replace(" ", "_"),
+                                      lambda seed: _config(study, s, regime, seed))
             for regime in REGIMES}
     data = {"steps": s["steps"], "width": s["width"], "depth": s["depth"],
             "regimes": {regime: _summary(rs) for regime, rs in runs.items()}}

@@ -53,10 +53,9 @@ def run(study) -> dict:
     runs = {}  # (variant, T) -> [Run per seed]
     for distance in s["distances"]:
         for variant in s["variants"]:
-            runs[variant, distance] = [
-                study.train(f"{variant}-T{distance}-seed{seed}",
-                            _config(study, variant, distance, s, seed))
-                for seed in study.seeds]
+            runs[variant, distance] = study.train_seeds(
+                f"{variant}-T{distance}",
+                lambda seed: _config(study, variant, distance, s, seed))
 
     data = {"distances": list(s["distances"]), "variants": list(s["variants"]),
             "steps": s["steps"], "chance": 1 / VOCAB, "accuracy": {}, "steps_to_solve": {},
