@@ -36,12 +36,32 @@ def test_digits_are_scikit_learns_read_without_importing_it():
     np.testing.assert_array_equal(targets, reference.target)
 
 
+@pytest.mark.parametrize("n, classes, fraction, seed", [
+    (1797, 10, 0.2, 0), (1437, 10, 0.1 / 0.8, 3), (60000, 10, 0.1, 1), (50, 3, 0.3, 7),
+    (41, 7, 0.5, 2), (442, 1, 0.2, 0), (30, 0, 0.25, 5)])
+def test_splits_are_those_scikit_learn_draws(n, classes, fraction, seed):
+    """Stratified (uneven classes, tied leftovers) and plain splits equal train_test_split's,
+    so datasets split as they always have, without importing scikit-learn."""
+    from sklearn.model_selection import train_test_split
+
+    from data.batching import split_off
+    rng = np.random.default_rng(n)
+    labels = rng.integers(0, classes, n) if classes else None
+    if classes:
+        labels[:2 * classes] = np.repeat(np.arange(classes), 2)  # two of every class at least
+    kept, drawn = split_off(n, fraction, labels, seed)
+    want_kept, want_drawn = train_test_split(np.arange(n), test_size=fraction, stratify=labels,
+                                             random_state=seed)
+    np.testing.assert_array_equal(kept, want_kept)
+    np.testing.assert_array_equal(drawn, want_drawn)
+
+
 def test_loading_a_dataset_imports_only_its_own_libraries():
-    """`import data` and the digits MLP's imports stay free of grain and TensorFlow Datasets
-    (seconds of a short run's start), which only their datasets need."""
+    """`import data`, the training code and loading digits stay free of grain, TensorFlow
+    Datasets and scikit-learn (seconds of a short run's start): only their datasets need them."""
     script = ("import sys, data, experiments.run\n"
               "data.load('digits')\n"
-              "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'tensorflow')"
+              "print(sorted(m for m in ('grain', 'tensorflow_datasets', 'sklearn')"
               " if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                          check=True).stdout
