@@ -145,6 +145,8 @@ def _fit(config, workdir: str, model, dataset, console: bool,
     put = feed.put if feed else trainer.put
     batches = _batches(dataset, config, step, num_steps, steps_per_epoch, shard, feed)
     first = next(batches, None)
+    if chief:  # the curves' plotting library loads while XLA compiles, which frees the GIL
+        report.import_plotting_behind()
     compiled = trainer.compile(state, put(first[1]), feed) if first else None
     shown = Console(num_steps, step, ("loss", *trainer.task.metrics), config.eval_split,
                     show=chief and console)

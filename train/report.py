@@ -3,10 +3,12 @@
 Figures are drawn on a `matplotlib.figure.Figure` of their own, never through pyplot, so
 descent neither switches matplotlib's backend nor adds to a notebook's figures.
 """
+import importlib
 import io
 import json
 import os
 import sys
+import threading
 
 from train.files import append_line, json_line, write_atomically  # noqa: F401
 
@@ -33,6 +35,13 @@ def read_metrics(workdir: str) -> list[dict]:
             raise ValueError(f"{path} line {number} is not JSON ({e.msg}); fix or remove that "
                              f"line") from None
     return records
+
+
+def import_plotting_behind() -> None:
+    """Imports what `plot_curves` needs in a thread of its own (half a second of a short
+    run's end), to be done by the time the curves are drawn."""
+    threading.Thread(target=importlib.import_module, args=("matplotlib.figure",),
+                     name="descent-import", daemon=True).start()
 
 
 def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
