@@ -1,4 +1,5 @@
 """Checkpoints survive kill -9, SIGTERM, damage, full and read-only disks, and other topologies."""
+import concurrent.futures
 import json
 import os
 import random
@@ -60,22 +61,32 @@ def uninterrupted(tmp_path_factory):
     return final_state(workdir), time.monotonic() - started
 
 
+def kill_9_then_resume(workdir, moment: float) -> tuple[bool, str]:
+    """Starts the run, kills it with SIGKILL `moment` seconds in, then runs it to the end:
+    (whether a checkpoint existed when it was killed, the resumed run's output)."""
+    proc = start(workdir)
+    time.sleep(moment)
+    after_a_checkpoint = (os.path.isdir(workdir / "checkpoints")
+                          and bool(os.listdir(workdir / "checkpoints")))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return after_a_checkpoint, finish(workdir)
+
+
 def test_kill_9_at_random_moments_then_resume_is_bit_identical(uninterrupted, tmp_path, capsys):
     reference, wall_s = uninterrupted
     rng = random.Random(20261124)
-    passed, killed_after_a_checkpoint = 0, 0
-    for trial in range(10):
-        workdir = tmp_path / f"trial{trial}"
-        proc = start(workdir)
-        time.sleep(rng.uniform(0.3, wall_s))
-        if os.path.isdir(workdir / "checkpoints") and os.listdir(workdir / "checkpoints"):
-            killed_after_a_checkpoint += 1
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
-        output = finish(workdir)
+    moments = [rng.uniform(0.3, wall_s) for _ in range(10)]
+    workdirs = [tmp_path / f"trial{trial}" for trial in range(10)]
+    # two trials at a time: each run is one busy Python thread, and CI has two cores
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        trials = list(pool.map(kill_9_then_resume, workdirs, moments))
+    passed = 0
+    for trial, (workdir, (_, output)) in enumerate(zip(workdirs, trials)):
         assert_bit_identical(reference, final_state(workdir))
         passed += 1
         print(f"trial {trial}: killed, resumed ({output.splitlines()[0][:80]!r}) -> identical")
+    killed_after_a_checkpoint = sum(after for after, _ in trials)
     with capsys.disabled():  # shown in every run's log, not only on failure
         print(f"\nkill -9 trials passed: {passed}/10 ({killed_after_a_checkpoint} killed after "
               f"the first checkpoint existed)")
