@@ -121,10 +121,9 @@ def fit_many(configs: Sequence, workdirs: Sequence[str], models: Sequence, datas
     Each summary is what `train.loop.fit` returns for that run (`state`, `trainer`,
     `best_step`, `latest_step`, `stop_reason`, `history`, `curves`, `checkpoints`), plus
     `diverged` (the message, or None) and `diverged_at` (its step): a run whose loss became
-    NaN or infinite stops there,
-    keeping its last good checkpoint, while the others go on. Resumes when every work directory
-    holds a checkpoint at the same step; other mixtures are refused with the steps. `writers`
-    receive every record with `run` (its index) added.
+    NaN or infinite stops there, keeping its last good checkpoint, while the others go on.
+    Resumes when every work directory holds a checkpoint at the same step; other mixtures are
+    refused with the steps. `writers` receive every record with `run` (its index) added.
     """
     if not (len(configs) == len(workdirs) == len(models)):
         raise ValueError(f"{len(configs)} configs, {len(workdirs)} workdirs and {len(models)} "
