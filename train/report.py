@@ -39,7 +39,9 @@ def read_metrics(workdir: str) -> list[dict]:
 
 def import_plotting_behind() -> None:
     """Imports what `plot_curves` needs in a thread of its own (half a second of a short
-    run's end), to be done by the time the curves are drawn."""
+    run's end), to be done by the time the curves are drawn; nothing once it is imported."""
+    if "matplotlib.figure" in sys.modules:
+        return
     threading.Thread(target=importlib.import_module, args=("matplotlib.figure",),
                      name="descent-import", daemon=True).start()
 

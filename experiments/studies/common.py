@@ -61,6 +61,7 @@ class Run:
     test: dict | None          # the best checkpoint on the test split; None if it diverged
     summary: dict | None       # what `run.train_and_evaluate` returned (state, trainer, ...)
     seconds: float             # wall time of the whole run, compilation and evaluation included
+    #                            (for runs trained together, an equal share of the group's)
     diverged: str | None = None  # why it stopped, if the loss or parameters became NaN/inf
     diverged_at: int | None = None  # the step at which they did
 

@@ -48,8 +48,8 @@ def run(study) -> dict:
 
     runs = {}  # each (optimizer, loss) with all its rates and seeds as one program
     for opt, loss in dict.fromkeys(key[:2] for key in sweeps):
-        group = [(lr, seed) for o, l, lr in sweeps if (o, l) == (opt, loss)
-                 for seed in study.seeds]
+        group = [(lr, seed) for key_opt, key_loss, lr in sweeps
+                 if (key_opt, key_loss) == (opt, loss) for seed in study.seeds]
         trained = study.train_group(
             [f"{opt}-{loss}-lr{lr:g}-seed{seed}" for lr, seed in group],
             [_classifier_config(study, opt, loss, lr, s["steps"], seed) for lr, seed in group],
