@@ -1,12 +1,13 @@
 """One MNIST epoch in descent and in its peers, side by side, in one run.
 
     python -m experiments.benchmarks.peers [--nets mlp,cnn] [--repeats 5] [--steps 468]
-        [--variants bare,keras,nnx,torch,trainer,fit] [--data-dir DIR] [--torch-python PATH]
+        [--variants bare,keras,nnx,torch,trainer,fit[,fit_host]]
+        [--data-dir DIR] [--torch-python PATH]
         [--torch-threads N] [--out results.json] [--quick]
 
 The same two nets (MLP 784-512-512-10; CNN conv32-pool-conv64-pool-dense128, ReLU, 3x3 SAME
 convolutions, 2x2 max-pool) trained with Adam 1e-3 on batches of 128 float32 images held in
-memory, no dropout, in six ways:
+memory, no dropout, in six ways (a seventh on request):
 
 - `bare`: `jax.jit` of value_and_grad + `optax.adam` + `apply_updates` over a plain pytree of
   parameters, batches `jax.device_put` one by one (the CNN pools by reshape-max like
@@ -21,7 +22,9 @@ memory, no dropout, in six ways:
 - `trainer`: descent's `Trainer` (`experiments.run.build` + `train.trainer.Trainer`), its
   compiled `train_step` driven by a bare loop with `trainer.put(batch)` every step;
 - `fit`: descent's `train_and_evaluate` as a user runs it (the training split on the device,
-  records every `log_every` steps, metrics.jsonl, TensorBoard, the progress bar kept off).
+  records every `log_every` steps, metrics.jsonl, TensorBoard, the progress bar kept off);
+- `fit_host` (only when named in `--variants`): the same with `dataset.on_device=false`, each
+  batch gathered on the host and sent to the step, as datasets not held in memory run.
 
 Timed: in the hand-driven loops (bare, nnx, trainer, torch), steps 2 .. steps+1, from the end
 of the first step (compiled and synchronised) to the end of the last (synchronised); in
@@ -55,7 +58,9 @@ EPOCH_STEPS, BATCH, LR = 468, 128, 1e-3
 NETS = {"mlp": "MLP 784-512-512-10", "cnn": "CNN conv32-pool-conv64-pool-dense128"}
 VARIANTS = {"bare": "bare JAX (jit + optax)", "keras": "Keras 3 (JAX)",
             "nnx": "flax NNX (`nnx.jit`)", "torch": "PyTorch eager",
-            "trainer": "descent: Trainer step", "fit": "descent: `train_and_evaluate`"}
+            "trainer": "descent: Trainer step", "fit": "descent: `train_and_evaluate`",
+            "fit_host": "descent: `train_and_evaluate`, host batches"}
+DEFAULT_VARIANTS = ("bare", "keras", "nnx", "torch", "trainer", "fit")
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_TORCH = os.path.join(ROOT, "build", "torchvenv", "bin", "python")
 BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
@@ -216,10 +221,11 @@ def run_trainer(net: str, data: str, steps: int) -> dict:
     return time_loop(one, steps, jax.block_until_ready)
 
 
-def run_fit(net: str, data: str, steps: int) -> dict:
+def run_fit(net: str, data: str, steps: int, on_device: bool = True) -> dict:
     from experiments import run
 
     config, dataset = descent_setup(net, data)
+    config.dataset.on_device = on_device
     # steps 2 .. timed_end are timed: the last logging point before the final evaluation
     config.steps = steps + 1
     config.log_every = min(config.log_every, steps)
@@ -235,8 +241,8 @@ def run_fit(net: str, data: str, steps: int) -> dict:
     with tempfile.TemporaryDirectory() as workdir:
         run.train_and_evaluate(config, workdir, console=False, writers=[clock],
                                dataset=dataset)
-    seconds = (at[timed_end] - at[1]) / (timed_end - 1) * steps
-    return {"seconds": seconds, "steps_timed": timed_end - 1,
+    # like every worker's: the seconds of the `steps_timed` steps timed (the parent scales)
+    return {"seconds": at[timed_end] - at[1], "steps_timed": timed_end - 1,
             "recompiles": compiles_at[timed_end] - compiles_at[1]}
 
 
@@ -375,7 +381,8 @@ def run_matmul(kind: str) -> dict:
 
 
 WORKERS = {"bare": run_bare, "keras": run_keras, "nnx": run_nnx, "torch": run_torch,
-           "trainer": run_trainer, "fit": run_fit}
+           "trainer": run_trainer, "fit": run_fit,
+           "fit_host": lambda net, data, steps: run_fit(net, data, steps, on_device=False)}
 
 
 def worker(args) -> int:
@@ -452,7 +459,7 @@ def machine() -> str:
 def parse(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--nets", default="mlp,cnn")
-    parser.add_argument("--variants", default=",".join(VARIANTS))
+    parser.add_argument("--variants", default=",".join(DEFAULT_VARIANTS))
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=EPOCH_STEPS)
     parser.add_argument("--data-dir", default="")
