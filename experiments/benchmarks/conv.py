@@ -1,7 +1,7 @@
 """The MNIST CNN's train step with XLA's convolutions against im2col (nets/conv.py), on CPU.
 
     python -m experiments.benchmarks.conv [--repeats 7] [--steps 20] [--flags]
-        [--torch build/torchvenv/bin/python]
+        [--torch build/torchvenv/bin/python] [--layouts]
 
 The step: nets.build("cnn") (conv32-pool-conv64-pool-dense128, 3x3 SAME), batch 128 of
 28x28x1, softmax cross-entropy, Adam, `jax.jit` with the state donated, one CPU device,
@@ -11,14 +11,14 @@ conv_impl in turn (interleaved, after a compiled warm-up), and the table gives m
 FLAG_RUNS (XLA reads its flags once per process) and `--torch PY` the same step in PyTorch
 eager with the interpreter PY (a venv with torch installed); with either, every run and
 repetition is a process of its own, taken round-robin, so that the shared machine's load
-drifts over all of them alike.
+drifts over all of them alike. `--layouts` times, instead, the CNN's two convolutions, ReLUs
+and pools alone, forward and backward, channels-last (NHWC, as descent computes them) against
+channels-first (NCHW), interleaved in one process, and checks that both give the same gradient.
 
-Measured 2026-12-04 on the shared 2-core Xeon (load average 3-7 from other work, so every
-number is ~2x a quiet machine's; ratios are what carry), `--repeats 7 --steps 10 --flags
---torch build/torchvenv/bin/python`, ms/step median [min-max], / xla:
-xla 132.6 [113.6-256.5] 1.00; im2col 160.2 [148.4-202.5] 1.21; xla with
-xnn/onednn/ynn individual_convolution 1.08 / 0.95 / 0.94 (noise); PyTorch 2.13 eager
-423.2 [92.6-513.1] (its thread pool suffers most from the load; its best run is the fastest).
+Measured 2026-12-04 on the 2-core development machine with nothing else running, `--repeats 7
+--steps 10 --flags --torch build/torchvenv/bin/python`: xla 92.0 ms/step [80.9-105.1]; im2col
+0.98x; every flag in FLAG_RUNS 0.96-1.10x (noise); PyTorch 2.13 eager 0.65x. The README's
+"Convolutions on CPU" has the table, and a loaded run beside it.
 """
 import argparse
 import json
@@ -33,6 +33,9 @@ FLAG_RUNS = {
     "onednn individual_convolution":
         "--xla_cpu_experimental_onednn_fusion_type=individual_convolution",
     "ynn individual_convolution": "--xla_cpu_experimental_ynn_fusion_type=individual_convolution",
+    "thunk runtime off": "--xla_cpu_use_thunk_runtime=false",
+    "Eigen single-threaded": "--xla_cpu_multi_thread_eigen=false",
+    "fast math": "--xla_cpu_enable_fast_math=true",
 }
 
 TORCH_STEP = r"""
@@ -84,6 +87,58 @@ def make_step(conv_impl: str):
     return step, (params, tx.init(params)), batch
 
 
+def layout_grad(layout: str):
+    """The CNN's convolutions, ReLUs and 2x2 max-pools in `layout` (nhwc or nchw), summed
+    squared: a jitted value-and-gradient function and its (kernels, input), made from the same
+    numbers for either layout."""
+    import jax
+    import numpy as np
+
+    first = layout == "nhwc"
+    numbers = ("NHWC", "HWIO", "NHWC") if first else ("NCHW", "OIHW", "NCHW")
+
+    def f(kernels, x):
+        for kernel in kernels:
+            x = jax.nn.relu(jax.lax.conv_general_dilated(x, kernel, (1, 1), "SAME",
+                                                         dimension_numbers=numbers))
+            shape = x.shape
+            if first:
+                x = x.reshape(shape[0], shape[1] // 2, 2, shape[2] // 2, 2, shape[3])
+            else:
+                x = x.reshape(shape[0], shape[1], shape[2] // 2, 2, shape[3] // 2, 2)
+            x = x.max(axis=(2, 4) if first else (3, 5))
+        return (x ** 2).sum()
+
+    rng = np.random.default_rng(0)
+    kernels = [rng.normal(size=(3, 3, 1, 32)).astype(np.float32) * 0.3,
+               rng.normal(size=(3, 3, 32, 64)).astype(np.float32) * 0.1]
+    x = rng.random((128, 28, 28, 1), dtype=np.float32)
+    if not first:
+        kernels, x = [k.transpose(3, 2, 0, 1) for k in kernels], x.transpose(0, 3, 1, 2)
+    return jax.jit(jax.value_and_grad(f)), (kernels, x)
+
+
+def time_layouts(repeats: int, steps: int) -> tuple[dict[str, list[float]], float]:
+    """ms per forward and backward pass of each layout, interleaved, and the largest
+    difference between their gradients (in NHWC's order)."""
+    import jax
+    import numpy as np
+
+    runs = {layout: layout_grad(layout) for layout in ("nhwc", "nchw")}
+    grads = {layout: f(*args)[1] for layout, (f, args) in runs.items()}
+    difference = max(float(np.abs(np.asarray(a) - np.asarray(b).transpose(2, 3, 1, 0)).max())
+                     for a, b in zip(grads["nhwc"], grads["nchw"]))
+    times = {layout: [] for layout in runs}
+    for _ in range(repeats):
+        for layout, (f, args) in runs.items():
+            start = time.perf_counter()
+            for _ in range(steps):
+                out = f(*args)
+            jax.block_until_ready(out)
+            times[layout].append((time.perf_counter() - start) / steps * 1e3)
+    return times, difference
+
+
 def time_steps(runner, steps: int) -> float:
     """ms per step of `steps` steps of `runner = [step, state, batch]` (state carried on)."""
     step, state, batch = runner
@@ -129,7 +184,20 @@ def main(argv=None):
     parser.add_argument("--flags", action="store_true", help="also time xla under FLAG_RUNS")
     parser.add_argument("--torch", default="", help="a python with torch: time PyTorch eager")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--layouts", action="store_true",
+                        help="time channels-last against channels-first convolutions instead")
     args = parser.parse_args(argv)
+    if args.layouts:
+        times, difference = time_layouts(args.repeats, args.steps)
+        print(f"the CNN's convolutions, ReLUs and pools, forward and backward, batch 128, one "
+              f"CPU device, {args.repeats} x {args.steps} passes; largest gradient difference "
+              f"{difference:.3g}")
+        print("| layout | ms/pass median [min-max] | / nhwc |\n|---|---|---|")
+        for name, ms in times.items():
+            print(row(name, ms, statistics.median(times["nhwc"]) if name != "nhwc" else None))
+        paired = sorted(a / b for a, b in zip(times["nchw"], times["nhwc"]))
+        print(f"paired nchw / nhwc: {paired[0]:.2f}-{paired[-1]:.2f}")
+        return
     impls = args.impls.split(",")
     if args.json:
         print(json.dumps(interleaved(impls, args.repeats, args.steps)))
