@@ -1,5 +1,6 @@
 """The README's commands, run as written (or as the table below says and why), and the output
 lines it quotes, matched against what the commands print."""
+import concurrent.futures
 import os
 import re
 import shlex
@@ -127,6 +128,25 @@ def test_every_readme_command_is_in_the_table_and_every_quote_in_the_readme():
             assert f"`{spec['quote']}`" in text
 
 
+def chains(commands: list[str]) -> list[list[str]]:
+    """The commands grouped by the run folder they name (`runs/NAME...`), in README order: a
+    chain's commands depend on each other (train, then eval), different chains never do."""
+    by_run = {}
+    for command in commands:
+        named = re.search(r"runs/([^/\s]+)", command)
+        by_run.setdefault(named.group(1) if named else command, []).append(command)
+    return list(by_run.values())
+
+
+def test_commands_of_one_run_folder_form_one_chain_in_readme_order():
+    grouped = chains(["descent train --workdir runs/a", "descent study list",
+                      "descent train --workdir runs/b", "descent eval --workdir runs/a/seed_3",
+                      "descent eval --workdir runs/a --checkpoint 5"])
+    assert grouped == [["descent train --workdir runs/a", "descent eval --workdir runs/a/seed_3",
+                        "descent eval --workdir runs/a --checkpoint 5"],
+                       ["descent study list"], ["descent train --workdir runs/b"]]
+
+
 def test_the_readme_commands_run_and_print_what_it_quotes(tmp_path, request):
     env = {**os.environ, "XLA_FLAGS": xla_flags(),
            "PATH": BIN + os.pathsep + os.environ["PATH"]}
@@ -135,16 +155,35 @@ def test_the_readme_commands_run_and_print_what_it_quotes(tmp_path, request):
         data_dir = request.getfixturevalue("prepared")
     except pytest.skip.Exception as e:
         data_dir, no_data = None, str(e)
+    runnable = []
     for command, spec in COMMANDS.items():
         if "skip" in spec or (spec.get("data") and data_dir is None):
             print(f"not run: {command}: {spec.get('skip', no_data)}")
-            continue
+        else:
+            runnable.append(command)
+
+    def run(command: str):
+        spec = COMMANDS[command]
         argv = shlex.split(spec.get("as", command))
         argv = [a.replace("runs/", str(tmp_path / "runs") + "/") for a in argv]
         if spec.get("data") == "flag":
             argv.append(f"--config.dataset.data_dir={data_dir}")
-        result = subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env,
-                                timeout=300)
+        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env,
+                              timeout=300)
+
+    def run_chain(chain: list[str]) -> list:
+        results = []
+        for command in chain:
+            results.append((command, run(command)))
+            if results[-1][1].returncode:
+                break  # what follows reads this run's folder
+        return results
+
+    # two chains at a time: most of a command's time is its start, which uses one core
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        done = [r for results in pool.map(run_chain, chains(runnable)) for r in results]
+    for command, result in done:
         assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
-        if "quote" in spec:
-            assert result.stdout.strip().splitlines()[-1] == spec["quote"], command
+        if "quote" in COMMANDS[command]:
+            quote = COMMANDS[command]["quote"]
+            assert result.stdout.strip().splitlines()[-1] == quote, command
