@@ -174,3 +174,28 @@ def test_a_run_that_stops_early_stops_where_it_would_alone(tmp_path):
             np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE)
         assert summary["test"]["step"] == alone["test"]["step"]
     assert together[0]["latest_step"] != together[1]["latest_step"]
+
+
+def test_a_group_reads_each_runs_augmented_batches_on_the_device_as_the_host_sends_them(
+        tmp_path):
+    from test_device_feed import cifar_shaped  # uint8 pixels, pad-crop-flip, normalisation
+
+    results = {}
+    for on_device in (True, False):
+        config = tiny_config("digits_mlp.py", **{"dataset.on_device": on_device, "steps": 6,
+                                                 "dataset.batch_size": 16, "log_every": 1,
+                                                 "eval_split": "test"})
+        configs = list(run.variants(config, seeds=(0, 1)).values())
+        workdirs = [str(tmp_path / f"{on_device}_{i}") for i in range(2)]
+        results[on_device] = run.train_many(configs, workdirs, console=False,
+                                            dataset=cifar_shaped())
+    for fed, sent in zip(results[True], results[False]):
+        for a, b in zip(leaves(fed["state"]), leaves(sent["state"])):
+            np.testing.assert_allclose(a, b, rtol=0, atol=TOLERANCE)
+        losses = [[r["train_loss"] for r in s["history"] if "train_loss" in r]
+                  for s in (fed, sent)]
+        assert len(losses[0]) == 6
+        np.testing.assert_allclose(losses[0], losses[1], rtol=TOLERANCE)
+    # the two seeds read different batches: their first losses differ
+    assert results[True][0]["history"][1]["train_loss"] != \
+        results[True][1]["history"][1]["train_loss"]

@@ -85,9 +85,12 @@ def scaled(tx: optax.GradientTransformation, factor) -> optax.GradientTransforma
 
 
 def make_many_step(trainer: Trainer, config, num_steps: int, steps_per_epoch: int,
-                   same_learning_rate: bool = False):
+                   same_learning_rate: bool = False, on_device=None):
     """`step(states_R, batches_R, learning_rates_R) -> (states_R, metrics_R)`: the train step
-    `Trainer` builds, vmapped over runs. Every optimizer here applies its learning rate last
+    `Trainer` builds, vmapped over runs. With `on_device` (a dataset held in memory), the step
+    is `step(states_R, arrays, plans_R, learning_rates_R)` instead: each run reads its batch
+    from the training split's `arrays` on the device by its own plan (`train_plans`), as
+    `Trainer.device_feed` does for a run alone. Every optimizer here applies its learning rate last
     (optax's `scale_by_learning_rate`), so each run's optimizer is the config's made with
     learning rate 1 (schedule, clipping and weight decay included), its updates then scaled by
     the run's learning rate: the same arithmetic as the run alone, up to the rounding of
@@ -111,7 +114,16 @@ def make_many_step(trainer: Trainer, config, num_steps: int, steps_per_epoch: in
             report_objective=bool(config.loss.label_smoothing or l2))
         return step(state, batch)
 
-    return jax.jit(jax.vmap(one_run), donate_argnums=0)
+    many = jax.vmap(one_run)
+    if on_device is None:
+        return jax.jit(many, donate_argnums=0)
+
+    def from_plans(states, arrays, plans, learning_rates):
+        batches = jax.vmap(on_device.device_batch, in_axes=(None, 0))(arrays, plans)
+        return many(states, batches, learning_rates)
+
+    return jax.jit(from_plans, donate_argnums=0)
+
 
 
 def fit_many(configs: Sequence, workdirs: Sequence[str], models: Sequence, dataset, *,
@@ -179,18 +191,23 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
     first_step = step + 1
     stacked = stack(states)
     learning_rates = jnp.asarray([c.optimizer.learning_rate for c in configs], jnp.float32)
+    # in-memory data is kept on the device: each step is sent its runs' row numbers only
+    on_device = (dataset if step < num_steps and hasattr(dataset, "device_batch")
+                 and option(config, "dataset.on_device", True) else None)
+    arrays = ((jax.device_put(dataset.device_arrays("train"), jax.devices()[0]),)
+              if on_device else ())  # the step's second argument, or none
     many_step = make_many_step(trainer, config, num_steps, steps_per_epoch,
-                               len({c.optimizer.learning_rate for c in configs}) == 1)
+                               len({c.optimizer.learning_rate for c in configs}) == 1, on_device)
     unstack = jax.jit(lambda s: [jax.tree.map(lambda x, i=i: x[i], s) for i in range(runs)])
     evaluate = make_evaluate_many(trainer)
     # every run's learning rate at a step, as each run's trainer has it: one program, not one each
     rates_at = jax.jit(lambda step: jnp.stack([t.learning_rate(step) for t in trainers]))
-    batches = _batches(dataset, configs, step, num_steps, steps_per_epoch)
+    batches = _batches(dataset, configs, step, num_steps, steps_per_epoch, bool(on_device))
     first = next(batches, None)
     compiled, flops = None, None
     if first is not None:
         start = time.perf_counter()
-        compiled = many_step.lower(stacked, first[1], learning_rates).compile()
+        compiled = many_step.lower(stacked, *arrays, first[1], learning_rates).compile()
         compile_s = time.perf_counter() - start
         try:
             flops = float(compiled.cost_analysis()["flops"]) / runs
@@ -233,7 +250,7 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
             do_eval = step % eval_every == 0 or step == num_steps
             do_save = step % checkpoint_every == 0 or step == num_steps or preempted
             do_log = do_eval or do_save or step % config.log_every == 0 or step == first_step
-            stacked, metrics = compiled(stacked, batch, learning_rates)
+            stacked, metrics = compiled(stacked, *arrays, batch, learning_rates)
             bar.update()
             pending.append((step, metrics))
             if len(pending) > MAX_STEPS_IN_FLIGHT:
@@ -348,15 +365,17 @@ def _resume_all(configs, workdirs, trainers, say):
     return managers, states, step, histories
 
 
-def _batches(dataset, configs, step: int, num_steps: int, steps_per_epoch: int):
+def _batches(dataset, configs, step: int, num_steps: int, steps_per_epoch: int,
+             plans: bool = False):
     """(step number, {"inputs": (R, B, ...), "targets": (R, B, ...)}) for every step after
-    `step`: run r's batch is the one its own seed's run would read."""
+    `step`: run r's batch is the one its own seed's run would read; with `plans`, the plans of
+    those batches (`train_plans`: row numbers and augmentation draws), stacked the same way."""
     batch_size = configs[0].dataset.batch_size
+    read = dataset.train_plans if plans else dataset.train_batches
     while step < num_steps:
         epoch, offset = divmod(step, steps_per_epoch)
         end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)
-        streams = [dataset.train_batches(batch_size, seed=c.seed, epoch=epoch, start=offset)
-                   for c in configs]
+        streams = [read(batch_size, seed=c.seed, epoch=epoch, start=offset) for c in configs]
         for _ in range(end - offset):
             per_run = [next(s) for s in streams]
             step += 1
