@@ -9,11 +9,11 @@ work directory exactly as `train.loop.fit` does: the same records at the same st
 checkpoints (restored by `descent eval` like any other), curves and TensorBoard files.
 
 How equal to the runs alone: a batched matmul sums in another order than a single one, so each
-step agrees to rounding (1.5e-7 in the parameters after the 78 steps of digits_mlp.py:tiny,
+step agrees to rounding (6e-8 in the parameters after the 78 steps of digits_mlp.py:tiny,
 tests/test_many.py). Rounding does not stay there: Adam turns rounding-level gradients of units
 that barely learn into full steps, and over the 1,560 steps of digits_mlp.py the parameters
 drift apart (max 0.15, median 6e-4 for seed 0 here) while the results agree (test accuracy
-0.9778 both, loss 0.1710 against 0.1707): another sample of the same run, not the same bits.
+0.9778 both, loss 0.1709 against 0.1707): another sample of the same run, not the same bits.
 
 The runs train on one device (the mesh of each run's Trainer is `data=1`): runs this small
 gain nothing from splitting a batch, and many of them fill the device instead.
