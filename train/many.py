@@ -90,8 +90,8 @@ def make_many_step(trainer: Trainer, config, num_steps: int, steps_per_epoch: in
     `Trainer` builds, vmapped over runs. With `on_device` (a dataset held in memory), the step
     is `step(states_R, arrays, plans_R, learning_rates_R)` instead: each run reads its batch
     from the training split's `arrays` on the device by its own plan (`train_plans`), as
-    `Trainer.device_feed` does for a run alone. Every optimizer here applies its learning rate last
-    (optax's `scale_by_learning_rate`), so each run's optimizer is the config's made with
+    `Trainer.device_feed` does for a run alone. Every optimizer here applies its learning rate
+    last (optax's `scale_by_learning_rate`), so each run's optimizer is the config's made with
     learning rate 1 (schedule, clipping and weight decay included), its updates then scaled by
     the run's learning rate: the same arithmetic as the run alone, up to the rounding of
     lr * (s * u) against (lr * s) * u, and the same optimizer state. With
@@ -123,7 +123,6 @@ def make_many_step(trainer: Trainer, config, num_steps: int, steps_per_epoch: in
         return many(states, batches, learning_rates)
 
     return jax.jit(from_plans, donate_argnums=0)
-
 
 
 def fit_many(configs: Sequence, workdirs: Sequence[str], models: Sequence, dataset, *,
