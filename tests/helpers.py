@@ -1,4 +1,10 @@
 """Small builders shared by the training tests."""
+import functools
+
+import numpy as np
+
+import data
+from data.images import CROP_FLIP, scale
 from experiments.config import load_config
 from experiments.run import build
 from train.trainer import Trainer
@@ -38,3 +44,15 @@ def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:
                                              size_guidance={event_accumulator.SCALARS: 0})
     acc.Reload()
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+def cifar_shaped(n=96, seed=0) -> data.ArrayDataset:
+    """CIFAR's pipeline (uint8 pixels, pad-crop-flip, per-channel normalisation) on random
+    pixels: the augmentation is what is under test, not the images."""
+    rng = np.random.default_rng(seed)
+    split = {"inputs": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
+             "targets": rng.integers(0, 10, n).astype(np.int32)}
+    return data.ArrayDataset("cifar_shaped", {"train": split, "test": split}, 10,
+                             normalize=functools.partial(scale, mean=(0.49, 0.48, 0.45),
+                                                         std=(0.25, 0.24, 0.26)),
+                             augment=CROP_FLIP)

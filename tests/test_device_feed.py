@@ -1,7 +1,6 @@
 """In-memory data kept on the devices: each step reads its batch there, and it must be exactly
 the batch the host pipeline would have sent (same rows, same augmentation, same normalisation),
 so a run trains to the same numbers either way and resumes exactly."""
-import functools
 import json
 import os
 
@@ -10,24 +9,12 @@ import numpy as np
 import pytest
 
 import data
-from data.images import CROP_FLIP, scale
+from data.images import CROP_FLIP
 from experiments import run
 from train import sharding
 from train.trainer import Trainer
 
-from helpers import tiny_config
-
-
-def cifar_shaped(n=96, seed=0) -> data.ArrayDataset:
-    """CIFAR's pipeline (uint8 pixels, pad-crop-flip, per-channel normalisation) on random
-    pixels: the augmentation is what is under test, not the images."""
-    rng = np.random.default_rng(seed)
-    split = {"inputs": rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8),
-             "targets": rng.integers(0, 10, n).astype(np.int32)}
-    return data.ArrayDataset("cifar_shaped", {"train": split, "test": split}, 10,
-                             normalize=functools.partial(scale, mean=(0.49, 0.48, 0.45),
-                                                         std=(0.25, 0.24, 0.26)),
-                             augment=CROP_FLIP)
+from helpers import cifar_shaped, tiny_config
 
 
 @pytest.mark.parametrize("make", [cifar_shaped, lambda: data.load("digits")],

@@ -13,7 +13,7 @@ from experiments.cli import main
 from train import many, report
 
 from conftest import config_path
-from helpers import tiny_config
+from helpers import cifar_shaped, tiny_config
 
 TINY = config_path("digits_mlp.py") + ":tiny"
 SEEDS, RATES = (0, 1), (0.003, 0.01)
@@ -178,8 +178,6 @@ def test_a_run_that_stops_early_stops_where_it_would_alone(tmp_path):
 
 def test_a_group_reads_each_runs_augmented_batches_on_the_device_as_the_host_sends_them(
         tmp_path):
-    from test_device_feed import cifar_shaped  # uint8 pixels, pad-crop-flip, normalisation
-
     results = {}
     for on_device in (True, False):
         config = tiny_config("digits_mlp.py", **{"dataset.on_device": on_device, "steps": 6,

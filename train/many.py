@@ -194,14 +194,15 @@ def _fit_many(configs, workdirs, models, dataset, console, user_writers) -> list
     on_device = (dataset if step < num_steps and hasattr(dataset, "device_batch")
                  and option(config, "dataset.on_device", True) else None)
     arrays = ((jax.device_put(dataset.device_arrays("train"), jax.devices()[0]),)
-              if on_device else ())  # the step's second argument, or none
+              if on_device is not None else ())  # the step's second argument, or none
     many_step = make_many_step(trainer, config, num_steps, steps_per_epoch,
                                len({c.optimizer.learning_rate for c in configs}) == 1, on_device)
     unstack = jax.jit(lambda s: [jax.tree.map(lambda x, i=i: x[i], s) for i in range(runs)])
     evaluate = make_evaluate_many(trainer)
     # every run's learning rate at a step, as each run's trainer has it: one program, not one each
     rates_at = jax.jit(lambda step: jnp.stack([t.learning_rate(step) for t in trainers]))
-    batches = _batches(dataset, configs, step, num_steps, steps_per_epoch, bool(on_device))
+    batches = _batches(dataset, configs, step, num_steps, steps_per_epoch,
+                       on_device is not None)
     first = next(batches, None)
     compiled, flops = None, None
     if first is not None:
