@@ -1,6 +1,6 @@
 """Batches from datasets held in host memory as numpy arrays.
 
-Datasets that fit in memory are decoded once and batched from arrays (DESIGN.md section 6).
+Datasets that fit in memory are decoded once and batched from arrays (docs/design.md, 6).
 The batch order is a pure function of (seed, epoch), so a run can be resumed at any step and
 any number of processes see the same global batches.
 """

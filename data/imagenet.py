@@ -164,7 +164,7 @@ def grain_batches(dataset, worker_count: int = 0, prefetch: int = 8) -> Iterator
     it = dataset.to_iter_dataset(grain.ReadOptions(num_threads=0 if worker_count else 8,
                                                    prefetch_buffer_size=prefetch))
     if worker_count:
-        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (DESIGN.md 6)
+        if not flags.FLAGS.is_parsed():  # grain's workers read absl flags (docs/design.md, 6)
             flags.FLAGS([sys.argv[0]], known_only=True)
         it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
     yield from it

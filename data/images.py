@@ -1,7 +1,7 @@
 """Image classification datasets from tensorflow-datasets, decoded once into memory.
 
 MNIST, Fashion-MNIST and CIFAR are tens to hundreds of MB: decoding them once and batching from
-arrays keeps an accelerator fed (DESIGN.md section 6). Pixels stay uint8 in memory and are
+arrays keeps an accelerator fed (docs/design.md, section 6). Pixels stay uint8 in memory and are
 normalised (and CIFAR's augmented) per batch: inside the compiled step when the training split
 is kept on the device (`dataset.on_device`, the default), else on the host.
 """

@@ -43,7 +43,7 @@ def data_source(name: str, split: str, data_dir: str | None):
 
 def read_all(source, keys: tuple[str, ...], chunk: int = 2048) -> dict[str, np.ndarray]:
     """Decodes every example of `source` once into arrays, in batches (10k/s against 3.5k/s
-    one at a time, DESIGN.md section 6). A record that cannot be read names its file."""
+    one at a time, docs/design.md, section 6). A record that cannot be read names its file."""
     parts = {k: [] for k in keys}
     batched = True
     for start in range(0, len(source), chunk):

@@ -11,7 +11,7 @@ from nets.dtypes import compute_dtype, output_dtype
 def max_pool_2x2(x_BxHxWxC):
     """2x2 max-pool by reshape-then-max.
 
-    `lax.reduce_window` has a slow backward pass on CPU (DESIGN.md section 9: 105 vs 61
+    `lax.reduce_window` has a slow backward pass on CPU (docs/design.md, section 9: 105 vs 61
     ms/step on the MNIST CNN); a reshape is exact for stride-2 windows. Odd edges are cropped.
     """
     b, h, w, c = x_BxHxWxC.shape

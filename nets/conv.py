@@ -1,6 +1,6 @@
 """Convolutions computed the fastest way the backend allows, behind nnx.Conv's own parameters.
 
-On CPU, XLA's convolutions run far below its matmul (DESIGN.md section 9), so `im2col` offers
+On CPU, XLA's convolutions run far below its matmul (docs/design.md, 9), so `im2col` offers
 a stride-1 2-D convolution as the kh*kw shifted windows of the padded input concatenated along
 channels, times the kernel reshaped to (kh*kw*cin, cout): one matmul. `auto` takes, per
 backend, the implementation measured fastest there (FASTEST); measured on the 2-core CPU

@@ -1,4 +1,4 @@
-"""Every test runs on 8 fake CPU devices, so every sharded code path runs (DESIGN.md section 10)."""
+"""Every test runs on 8 fake CPU devices, so every sharded code path runs (docs/design.md, 10)."""
 import importlib.util
 import os
 import shutil

@@ -1,4 +1,4 @@
-"""Every strategy, device count and process count trains to the same numbers (DESIGN.md 10)."""
+"""Every strategy, device count and process count trains to the same numbers (docs/design.md)."""
 import json
 import os
 import socket

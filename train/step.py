@@ -1,7 +1,7 @@
 """The pure training and evaluation steps.
 
 Inside `jax.jit` the model is rebuilt from its static graph definition and the state pytree
-(`nnx.merge`), called, and split again; `nnx.jit` stays out of the hot path (DESIGN.md
+(`nnx.merge`), called, and split again; `nnx.jit` stays out of the hot path (docs/design.md,
 section 1: 0.16 ms/step for merge-in-jit against 0.97 ms for `nnx.jit` on a small MLP).
 """
 import jax

@@ -1,4 +1,4 @@
-"""The one config shape every experiment shares (DESIGN.md section 11); experiments fill it in."""
+"""The one config shape every experiment shares (docs/design.md, 11); experiments fill it in."""
 import ml_collections
 
 
