@@ -69,12 +69,14 @@ def test_standardised_table_columns_read_on_the_devices_equal_the_hosts_to_round
                                    atol=1e-6)
 
 
-@pytest.mark.parametrize("mesh", ["data=1", "data=8"])
-def test_training_on_the_device_equals_training_from_the_host(mesh, tmp_path):
+@pytest.mark.parametrize("mesh,strategy", [("data=1", "dp"), ("data=8", "dp"),
+                                           ("data=8", "pmap")])
+def test_training_on_the_device_equals_training_from_the_host(mesh, strategy, tmp_path):
     results = {}
     for on_device in (True, False):
         config = tiny_config("digits_mlp.py", **{"dataset.on_device": on_device,
-                                                 "parallel.mesh": mesh})
+                                                 "parallel.mesh": mesh,
+                                                 "parallel.strategy": strategy})
         workdir = str(tmp_path / str(on_device))
         results[on_device] = run.train_and_evaluate(config, workdir, console=False)
         results[on_device]["records"] = [json.loads(line) for line in open(
@@ -88,11 +90,7 @@ def test_training_on_the_device_equals_training_from_the_host(mesh, tmp_path):
     assert fed["test"]["accuracy"] == sent["test"]["accuracy"]
 
 
-def test_datasets_that_are_not_in_memory_and_pmap_get_their_batches_from_the_host():
-    config = tiny_config("digits_mlp.py", **{"parallel.strategy": "pmap"})
-    model, dataset = run.build(config)
-    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size))
-    assert trainer.device_feed(dataset) is None
+def test_datasets_that_are_not_in_memory_get_their_batches_from_the_host():
     config = tiny_config("digits_mlp.py")
     model, dataset = run.build(config)
     trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size))

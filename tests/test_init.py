@@ -26,7 +26,7 @@ def test_a_compiled_initialisation_equals_the_eager_one_in_the_same_layout(name,
                           num_classes=dataset.num_outputs, seed=config.seed, **fields)
 
     eager, compiled = Trainer(config, model, 10), Trainer(config, make, 10)
-    assert eager.graphdef == compiled.graphdef  # pmap's batch-norm axis name included
+    assert eager.graphdef == compiled.graphdef
     flat_eager = jax.tree_util.tree_flatten_with_path(eager.initial_state)[0]
     flat_compiled = jax.tree.leaves(compiled.initial_state)
     assert len(flat_eager) == len(flat_compiled) > 4

@@ -1,6 +1,10 @@
 import jax
 import numpy as np
 import pytest
+from flax import nnx
+
+from experiments.run import build
+from train.trainer import Trainer
 
 from helpers import tiny_config, trainer_for
 
@@ -50,3 +54,19 @@ def test_batch_sizes_that_do_not_divide_over_devices_name_the_nearest_valid_ones
         trainer_for(tiny_config(**{"dataset.batch_size": 30}))
     with pytest.raises(ValueError, match="needs 16 devices but 8 cpu devices were found"):
         trainer_for(tiny_config(**{"parallel.mesh": "data=16"}))
+
+
+def test_pmap_steps_the_state_checkpoints_hold_and_leaves_the_callers_model_alone():
+    config = tiny_config("digits_cnn.py", **{"parallel.strategy": "pmap", "model.batch_norm": True,
+                                             "model.dropout": 0.0})
+    model, dataset = build(config)
+    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size))
+    # the batch statistics over every device's rows are the adapter's business, not the model's
+    norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
+    assert norms and all(m.axis_name is None for m in norms)
+    state = copy(trainer.initial_state)
+    after, _ = run_steps(trainer, state, first_batches(dataset, config, 2))
+    assert jax.tree.structure(after) == jax.tree.structure(trainer.initial_state)
+    for new, old in zip(jax.tree.leaves(after), jax.tree.leaves(trainer.initial_state)):
+        assert new.shape == old.shape and new.sharding == old.sharding
+    assert int(after.step) == 2

@@ -7,9 +7,8 @@ devices left over). Every strategy shards the batch axis over `data`; they diffe
 - `fsdp`: each parameter and optimizer-state array is split along its largest dimension that
   divides over `data` (rule: `fsdp_spec`); small arrays stay replicated. XLA gathers them for
   the forward pass and reduce-scatters the gradients.
-- `pmap`: the classic form, `jax.pmap` over a copy of the state per device (leading device
-  axis) and `lax.pmean` of the gradients. Checkpoints and evaluation see the same replicated
-  state as `dp`.
+- `pmap`: the classic form, `jax.pmap` of the step over the devices and `lax.pmean` of the
+  gradients, inside one `jax.jit` (train/pmap.py); its state is replicated as under `dp`.
 """
 import math
 
@@ -129,8 +128,3 @@ def put_replicated(arrays: dict, sharding: NamedSharding) -> dict:
         return jax.device_put(arrays, sharding)
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in arrays.items()}
 
-
-def put_per_device_batch(batch: dict, sharding: NamedSharding, local_devices: int) -> dict:
-    """For pmap: this process's batch reshaped to (local devices, per-device batch, ...)."""
-    return {k: jax.make_array_from_process_local_data(
-        sharding, v.reshape(local_devices, -1, *v.shape[1:])) for k, v in batch.items()}

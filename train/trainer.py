@@ -1,14 +1,15 @@
 """The compiled steps and shardings for one model, optimizer, mesh and strategy."""
+import functools
 import time
 from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from train import sharding
+from train import pmap, sharding
+from train.dataset import InMemory
 from train.losses import make_task
 from train.optimizers import learning_rate_schedule, make_optimizer
 from train.sharding import check_accumulation
@@ -37,10 +38,10 @@ class Compiled(NamedTuple):
 class Trainer:
     """Everything about a run that does not change while it trains.
 
-    States come in two layouts. The *canonical* one (`initial_state`, what checkpoints hold and
-    `evaluate` takes) is a pytree of global arrays laid out by `state_sharding`. The *running*
-    one is what `train_step` takes: the same for `dp` and `fsdp`; for `pmap`, a copy per device
-    stacked on a leading axis. `place` and `gather` convert between them.
+    A state has one layout, whatever the strategy: a pytree of global arrays laid out by
+    `state_sharding` (`initial_state`, what `train_step` takes and returns, what checkpoints
+    hold and `evaluate` takes). `train_step` takes the global batch `put` makes; `pmap`'s
+    mapping over devices lives inside it (`train.pmap`).
     """
 
     def __init__(self, config, model: nnx.Module | Callable[[], nnx.Module],
@@ -65,17 +66,12 @@ class Trainer:
             config.optimizer, num_steps, steps_per_epoch, config.dataset.batch_size))
         # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
         self.task = make_task(task, config.loss.name, config.loss.label_smoothing)
-        axis_name = "data" if self.strategy == "pmap" else None
         opt = config.optimizer
         self.accumulate_steps = opt.get("accumulate_steps", 1)
         check_accumulation(config.dataset.batch_size, self.accumulate_steps, self.mesh)
         self.ema_decay = opt.get("ema_decay", 0.0)
 
         def fresh_state(model):
-            if axis_name:  # pmap: batch statistics over every device's batch
-                for _, module in nnx.iter_modules(model):
-                    if isinstance(module, nnx.BatchNorm):
-                        module.axis_name = axis_name
             return create_state(model, self.tx, config.seed, ema=self.ema_decay > 0)
 
         self.batch_sharding = sharding.batch_sharding(self.mesh)
@@ -91,47 +87,40 @@ class Trainer:
             self.initial_state = init.lower().compile(**_compile_once(self.mesh))()
         replicated = sharding.replicated(self.mesh)
         l2 = opt.weight_decay if opt.name != "adamw" else 0.0  # adamw's decay is decoupled
-        step = make_train_step(
-            self.graphdef, self.task, self.tx, axis_name,
-            config.get("log", {}).get("layer_grad_norms", False),
+        step_of = functools.partial(
+            make_train_step, task=self.task, tx=self.tx,
+            layer_grad_norms=config.get("log", {}).get("layer_grad_norms", False),
             accumulate_steps=self.accumulate_steps, ema_decay=self.ema_decay, l2=l2,
             report_objective=bool(config.loss.label_smoothing or l2))
-        self._step = step
+        # The program XLA counts FLOPs on: the global step under `jit`; one device's under
+        # `pmap` (which is what each device runs, its optimizer update whole).
+        self._devices_per_traced_program = self.mesh.devices.size
         if self.strategy == "pmap":
-            self.train_step = jax.pmap(step, axis_name=axis_name, donate_argnums=0,
-                                       devices=list(self.mesh.devices.flat))
+            graphdef = pmap.with_batch_norm_over_devices(self.graphdef, self.initial_state)
+            self._step = pmap.canonical_step(step_of(graphdef, axis_name=pmap.AXIS), self.mesh)
+            self._devices_per_traced_program = 1
         else:
-            self.train_step = jax.jit(
-                step, in_shardings=(self.state_sharding, self.batch_sharding),
-                out_shardings=(self.state_sharding, replicated), donate_argnums=0)
+            self._step = step_of(self.graphdef)
+        self.train_step = jax.jit(
+            self._step, in_shardings=(self.state_sharding, self.batch_sharding),
+            out_shardings=(self.state_sharding, replicated), donate_argnums=0)
         self.eval_step = jax.jit(
             make_eval_step(self.graphdef, self.task),
             in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
         self._gradients = jax.jit(make_gradient_step(self.graphdef, self.task),
                                   in_shardings=(self.state_sharding, self.batch_sharding),
                                   out_shardings=self.state_sharding.params)
-        self._local_devices = sum(d.process_index == jax.process_index()
-                                  for d in self.mesh.devices.flat)
-        stacked = sharding.batch_sharding(self.mesh)  # leading device axis over `data`
-        n = self.mesh.devices.size
-        self._stack = jax.jit(
-            lambda s: jax.tree.map(lambda x: jnp.broadcast_to(x, (n, *x.shape)), s),
-            out_shardings=stacked)
-        self._unstack = jax.jit(lambda s: jax.tree.map(lambda x: x[0], s),
-                                out_shardings=self.state_sharding)
 
     def place(self, state: TrainState) -> TrainState:
-        """Canonical state -> the layout `train_step` takes."""
-        return self._stack(state) if self.strategy == "pmap" else state
+        """The identity, kept for callers written when `pmap` had a layout of its own."""
+        return state
 
     def gather(self, state: TrainState) -> TrainState:
-        """The layout `train_step` returns -> canonical state (for checkpoints and evaluation)."""
-        return self._unstack(state) if self.strategy == "pmap" else state
+        """The identity, kept for callers written when `pmap` had a layout of its own."""
+        return state
 
     def put(self, batch: dict) -> dict:
         """This process's numpy batch -> global arrays on the mesh, as `train_step` takes them."""
-        if self.strategy == "pmap":
-            return sharding.put_per_device_batch(batch, self.batch_sharding, self._local_devices)
         return sharding.put_batch(batch, self.batch_sharding)
 
     def fetch(self, metrics: dict) -> dict:
@@ -147,9 +136,9 @@ class Trainer:
     def device_feed(self, dataset) -> DeviceFeed | None:
         """Places `dataset`'s training split on every device of the mesh once, for a step that
         reads its batch there (`dataset.device_batch`: gather, augment, normalise, compiled
-        into the step) instead of receiving it from the host; None where that cannot be done:
-        a dataset that is not held in memory (no `device_batch`), or the `pmap` strategy."""
-        if self.strategy == "pmap" or not hasattr(dataset, "device_batch"):
+        into the step) instead of receiving it from the host; None for a dataset that is not
+        held in memory."""
+        if not isinstance(dataset, InMemory):
             return None
         replicated = sharding.replicated(self.mesh)
         arrays = sharding.put_replicated(dataset.device_arrays("train"), replicated)
@@ -165,7 +154,7 @@ class Trainer:
 
     def compile(self, state: TrainState, batch: dict, feed: DeviceFeed | None = None
                 ) -> Compiled:
-        """Compiles `train_step` ahead of time for `state` (running layout) and a global `batch`
+        """Compiles `train_step` ahead of time for `state` and a global `batch`
         like the ones to come; it runs only on arrays of exactly those shapes, so a later step
         never recompiles silently. With a `feed`, `batch` is a placed plan and the step reads
         the batch from the feed's arrays."""
@@ -181,11 +170,9 @@ class Trainer:
                 return executable(state, feed.arrays, plan)
         seconds = time.perf_counter() - start
         # Counted on the program as traced, before the backend rewrites it: a GPU's compiled
-        # program hides its convolutions in cuDNN calls that XLA's count leaves out. The traced
-        # program is the whole global step (pmap's: one device's).
+        # program hides its convolutions in cuDNN calls that XLA's count leaves out.
         try:
-            flops = float(lowered.cost_analysis()["flops"])
-            flops /= 1 if self.strategy == "pmap" else self.mesh.devices.size
+            flops = float(lowered.cost_analysis()["flops"]) / self._devices_per_traced_program
         except Exception:  # noqa: BLE001 - a backend without cost analysis: no FLOP/s, no MFU
             flops = None
         return Compiled(step, seconds, flops)
