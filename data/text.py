@@ -36,6 +36,11 @@ class CharText:
         return self.num_classes
 
     @property
+    def class_names(self) -> tuple[str, ...]:
+        """The classes are the next character: each is named by itself."""
+        return tuple(self.vocab)
+
+    @property
     def input_shape(self) -> tuple[int, ...]:
         return (self.context,)
 

@@ -19,7 +19,7 @@ Batch = dict[str, np.ndarray]  # "inputs", "targets", and for evaluation "mask"
 class Dataset(Protocol):
     name: str
     task: str                      # "classification" (integer targets) or "regression"
-    class_names: tuple[str, ...]   # one per class; empty for regression
+    class_names: tuple[str, ...]   # one per class, or empty: unnamed classes, regression
 
     @property
     def input_shape(self) -> tuple[int, ...]: ...
