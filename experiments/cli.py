@@ -19,8 +19,25 @@ STOPPED_EXIT = 1
 
 
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.register("action", None, _Once)  # every option that stores a value
+        self.register("action", "store", _Once)
+
     def error(self, message):  # one line, exit 2, as for every other usage error
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+class _Once(argparse._StoreAction):  # noqa: SLF001 - argparse's own action, made strict
+    """Refuses an option given twice (`--workdir a --workdir b`) rather than taking the last."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        given = namespace.__dict__.setdefault("_given", set())
+        if self.dest in given:
+            raise _UsageError(f"{option_string} is given twice ("
+                              f"{getattr(namespace, self.dest)!r} and {values!r}); give it once")
+        given.add(self.dest)
+        super().__call__(parser, namespace, values, option_string)
 
 
 class _UsageError(ValueError):
@@ -160,17 +177,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    verbose = "--verbose" in argv
-    before = os.environ.get("DESCENT_VERBOSE")
-    if verbose:  # other libraries' reasons too, where descent's messages can carry them,
-        os.environ["DESCENT_VERBOSE"] = "1"  # for this command only: main may be called again
-    try:
-        return _main(argv, verbose)
-    finally:
-        if before is None:
-            os.environ.pop("DESCENT_VERBOSE", None)
-        else:
-            os.environ["DESCENT_VERBOSE"] = before
+    return _main(argv, verbose="--verbose" in argv)
 
 
 def _main(argv: list[str], verbose: bool) -> int:
@@ -209,8 +216,6 @@ def _main(argv: list[str], verbose: bool) -> int:
 
 
 def _run(argv: list[str]) -> int:
-    from experiments.config import apply_override, load_config, split_overrides
-
     if "--" in argv:  # launch-local: what follows `--` is the command each process runs
         cut = argv.index("--")
         args = _parser().parse_args(argv[:cut])
@@ -219,27 +224,28 @@ def _run(argv: list[str]) -> int:
         return launch_local(args.num_processes, args.devices_per_process, argv[cut + 1:],
                             verbose=args.verbose)
 
-    overrides, rest = split_overrides(argv)
-    _refuse_repeated_options(rest)
-    args = _parser().parse_args(rest)
+    parser = _parser()
+    args, rest = parser.parse_known_args(argv)  # the --config.* overrides are in `rest`
     if args.command == "launch-local":
         raise _UsageError("launch-local needs a command after `--`, e.g. "
                           "`descent launch-local --num-processes 2 -- train --config ...`")
+    takes_config = args.command in ("train", "config") or (
+        args.command == "models" and args.config)
+    if takes_config:
+        from experiments.config import load_config, override
+        config = load_config(args.file if args.command == "config" else args.config)
+        config, overridden, rest = override(config, rest)
+    elif any(arg.startswith("--config.") for arg in rest):
+        raise _UsageError(f"--config.* overrides apply to `descent train`, `config show` and "
+                          f"`models --config`, not `{args.command}`")
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
     if args.command == "data":
         from data.prepare import prepare
         prepare(args.name, args.manual_dir, args.data_dir, quiet=not args.verbose)
         return 0
     if args.command == "study":
         return study(args)
-    takes_config = args.command in ("train", "config") or (
-        args.command == "models" and args.config)
-    if overrides and not takes_config:
-        raise _UsageError(f"--config.* overrides apply to `descent train`, `config show` and "
-                          f"`models --config`, not `{args.command}`")
-    if takes_config:
-        config = load_config(args.file if args.command == "config" else args.config)
-        for key, value in overrides:
-            apply_override(config, key, value)
     if args.command == "config":
         print(config)
         return 0
@@ -251,10 +257,10 @@ def _run(argv: list[str]) -> int:
     from experiments import run  # imports JAX: only once the arguments are known good
 
     if args.command == "train" and (args.seeds is not None or args.sweep is not None):
-        run.check_named_options(config, [key for key, _ in overrides])
-        return train_many(run, config, args, [key for key, _ in overrides])
+        run.check_named_options(config, overridden)
+        return train_many(run, config, args, overridden)
     if args.command == "train":
-        run.check_named_options(config, [key for key, _ in overrides])
+        run.check_named_options(config, overridden)
         summary = run.train_and_evaluate(config, args.workdir,
                                          allow_config_change=args.allow_config_change)
         test = summary["test"]
@@ -357,20 +363,6 @@ def train_many(run, config, args, overrides: list[str]) -> int:
     return STOPPED_EXIT if any(s["diverged"] for s in summaries) else 0
 
 
-def _refuse_repeated_options(argv: list[str]) -> None:
-    """`--workdir a --workdir b` is refused rather than silently taking b."""
-    seen = {}
-    for i, arg in enumerate(argv):
-        if not arg.startswith("--") or arg == "--verbose":
-            continue
-        name, eq, value = arg.partition("=")
-        value = value if eq else (argv[i + 1] if i + 1 < len(argv) else "")
-        if name in seen:
-            raise _UsageError(f"{name} is given twice ({seen[name]!r} and {value!r}); give it "
-                              f"once")
-        seen[name] = value
-
-
 _WEIGHTS = {"raw": "raw weights", "ema": "moving average of the weights"}
 
 
@@ -380,7 +372,7 @@ def _prediction(dataset, prediction, top_k: int) -> str:
 
     if dataset.task == "regression":
         return ", ".join(f"{v:.6g}" for v in prediction)
-    names = getattr(dataset, "class_names", ()) or [str(i) for i in range(len(prediction))]
+    names = dataset.class_names or [str(i) for i in range(len(prediction))]
     top = np.argsort(-prediction, kind="stable")[:top_k]
     return ", ".join(f"{names[i]} {prediction[i]:.3f}" for i in top)
 

@@ -1,18 +1,27 @@
-"""Configs: Python files whose `get_config()` returns an ml_collections.ConfigDict, plus overrides.
+"""Configs: Python files whose `get_config()` returns an ml_collections.ConfigDict.
 
-`--config.optimizer.name=adamw` sets one field; an unknown key or a value of the wrong type is
-an error that names the known keys or the expected type.
+Defaults and the values a run can use live in one table, `experiments.configs.common.DEFAULTS`;
+the `model` group holds the chosen net's constructor fields (`nets.fields`). Command-line
+overrides (`--config.optimizer.name=adamw`) are applied by ml_collections' own `config_flags`:
+typed as the field's default, unknown keys refused. Every error here is a ValueError whose
+message names the fix.
 """
-import ast
+import copy
 import importlib.util
 import os
+import re
 import traceback
+from collections.abc import Mapping, Sequence
 
 import ml_collections
 
+import nets
+from experiments.configs.common import DEFAULTS, MODEL_RANGES, base_config
+
 
 def load_config(path: str) -> ml_collections.ConfigDict:
-    """Runs the config file at `path` and returns its `get_config()`.
+    """Runs the config file at `path` and returns its `get_config()`, its `model` group holding
+    every field of its net (`model_fields`).
 
     `path:variant` passes `variant` to `get_config` (e.g. `digits_mlp.py:tiny`).
     """
@@ -43,111 +52,179 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     if not isinstance(config, ml_collections.ConfigDict):
         raise ValueError(f"config file {path}: get_config() returned a {type(config).__name__}, "
                          f"not an ml_collections.ConfigDict")
+    try:
+        config.model = model_fields(config.model.name, config.model)
+    except ValueError as e:
+        raise ValueError(f"config file {path}: {e}") from None
     return config
 
 
-# (key, the lowest allowed value, whether that value itself is allowed, the highest (excluded))
-_RANGES = [
-    ("dataset.batch_size", 1, True, None), ("dataset.eval_batch_size", 1, True, None),
-    ("dataset.train_examples", 0, True, None), ("steps", 0, True, None),
-    ("eval_every", 0, True, None), ("log_every", 1, True, None),
-    ("checkpoint.every", 0, True, None), ("checkpoint.keep", 1, True, None),
-    ("checkpoint.keep_best", 0, True, None), ("early_stopping.patience", 0, True, None),
-    ("optimizer.learning_rate", 0, False, None), ("optimizer.momentum", 0, True, 1),
-    ("optimizer.weight_decay", 0, True, None), ("optimizer.warmup_steps", 0, True, None),
-    ("optimizer.warmup_epochs", 0, True, None), ("optimizer.reference_batch_size", 0, True, None),
-    ("optimizer.decay_every", 0, True, None), ("optimizer.decay_factor", 0, False, None),
-    ("optimizer.clip_norm", 0, True, None), ("loss.label_smoothing", 0, True, 1),
-    ("model.dropout", 0, True, 1), ("optimizer.accumulate_steps", 1, True, None),
-    ("optimizer.ema_decay", 0, True, 1), ("profile.start_step", 0, True, None),
-    ("profile.num_steps", 1, True, None), ("dataset.validation_fraction", 0, True, 1),
-    ("dataset.test_fraction", 0, True, 1), ("dataset.image_size", 0, True, None),
-    ("dataset.max_in_memory_mb", 0, True, None),
-]
+def model_fields(name: str, given: Mapping = ()) -> ml_collections.ConfigDict:
+    """The `model` group for net `name`: `name`, then every field its constructor takes, at its
+    default unless `given` sets it. A field in `given` that the net does not take is an error
+    naming the fields it does take."""
+    defaults = nets.fields(name)
+    given = dict(given)
+    unknown = sorted(set(given) - set(defaults) - {"name"})
+    if unknown:
+        raise ValueError(f"model {name!r} has no field(s) {', '.join(unknown)}; its fields: "
+                         f"{', '.join(defaults)}")
+    group = ml_collections.ConfigDict({"name": name, **defaults})
+    for key, value in given.items():
+        if key == "name":
+            continue
+        try:
+            group[key] = value
+        except TypeError:
+            raise ValueError(f"model.{key}={value!r} is not {_a(type(defaults[key]))} (the "
+                             f"default of model {name!r} is {defaults[key]!r})") from None
+    return group
+
+
+def complete(saved: Mapping) -> ml_collections.ConfigDict:
+    """A config saved with a checkpoint (a dict, as read back from JSON), with every field that
+    did not exist when it was saved filled in from today's defaults: what restoring, resuming
+    and comparing configs should see. Tuples, which JSON stores as lists, are tuples again;
+    fields the defaults no longer know are kept as saved."""
+    config = base_config()
+    model = dict(saved.get("model", {}))
+    if model.get("name"):
+        config.model = model_fields(model["name"], {k: v for k, v in model.items()
+                                                    if k in nets.fields(model["name"])})
+    _overlay(config, saved)
+    return config
+
+
+def _overlay(node: ml_collections.ConfigDict, saved: Mapping) -> None:
+    for key, value in saved.items():
+        default = node.get(key)
+        if isinstance(value, Mapping) and isinstance(default, ml_collections.ConfigDict):
+            _overlay(default, value)
+            continue
+        if isinstance(value, list) and (isinstance(default, tuple) or default is None):
+            value = tuple(value)
+        with node.unlocked(), node.ignore_type():
+            node[key] = ml_collections.ConfigDict(value) if isinstance(value, Mapping) else value
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:
     """Refuses a value no run can use (a batch of 0, a negative learning rate, keeping no
-    checkpoint) before anything is built or any checkpoint is touched."""
-    for key, low, low_ok, high in _RANGES:
-        node = config
-        for name in key.split("."):
-            node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
-        if node is None or isinstance(node, bool):
-            continue
-        if node < low or (node == low and not low_ok) or (high is not None and node >= high):
-            bound = (f"at least {low}" if low_ok else f"above {low}") + (
-                f" and below {high}" if high is not None else "")
-            raise ValueError(f"config.{key}={node} must be {bound}")
-    if not config.get("steps") and config.get("epochs", 1) < 1:
+    checkpoint) before anything is built or any checkpoint is touched: the ranges of `DEFAULTS`
+    and of the nets' shared fields (`MODEL_RANGES`)."""
+    checks = [(key, allowed) for key, _, allowed in DEFAULTS if allowed is not None]
+    checks += [(f"model.{field}", allowed) for field, allowed in MODEL_RANGES.items()]
+    for key, allowed in checks:
+        value = _get(config, key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and allowed.refuses(value):
+            raise ValueError(f"config.{key}={value} must be {allowed}")
+    if not config.steps and config.epochs < 1:
         raise ValueError(f"config.epochs={config.epochs} must be at least 1 (or set "
                          f"config.steps)")
 
 
-def apply_override(config: ml_collections.ConfigDict, dotted_key: str, text: str) -> None:
-    """Sets `config.<dotted_key>` from the command-line string `text`, keeping its type."""
-    *parents, leaf = dotted_key.split(".")
+def _get(config: ml_collections.ConfigDict, key: str):
     node = config
-    for depth, name in enumerate(parents + [leaf]):
-        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
-            where = ".".join(["config"] + parents[:depth])
-            known = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) else "none"
-            raise ValueError(f"unknown config key {'config.' + dotted_key!r}; "
-                             f"keys of {where}: {known}")
-        if name != leaf:
-            node = node[name]
-    old = node[leaf]
-    if isinstance(old, ml_collections.ConfigDict):
-        raise ValueError(f"config.{dotted_key} is a group; set one of its keys: "
-                         f"{', '.join(sorted(old.keys()))}")
-    node[leaf] = _parse(text, old, dotted_key)
+    for name in key.split("."):
+        node = node.get(name) if isinstance(node, ml_collections.ConfigDict) else None
+    return node
 
 
-def _parse(text: str, old, key: str):
-    expected = type(old)
-    if isinstance(old, str):
-        return text
+def override(config: ml_collections.ConfigDict, args: Sequence[str]
+             ) -> tuple[ml_collections.ConfigDict, list[str], list[str]]:
+    """Applies the overrides among `args` (`--config.a.b=value` or `--config.a.b value`) to a
+    copy of `config`, parsed by ml_collections' `config_flags`: each value typed as the field's
+    default, an unknown key or a key given twice refused. `--config.model.name=NET` first
+    switches the `model` group to NET's fields (`switch_model`), so the others may set them.
+
+    Returns the config (locked: no key can be added), the overridden keys in order, and the
+    arguments that are not overrides.
+    """
+    from absl import flags
+
+    config = copy.deepcopy(config)
+    name = _parse(copy.deepcopy(config), args, strict=False)[0].model.name
+    if name != config.model.name:
+        config.model = switch_model(config.model, name)
+    config, flag_values, rest = _parse(config, args, strict=True)
+    keys = list(flag_values["config"].override_values)
+    for key in keys:
+        flag = flag_values[f"config.{key}"]
+        if flag.present > 1 and not isinstance(flag, flags.MultiFlag):
+            raise ValueError(f"--config.{key} is given {flag.present} times; give it once")
+        if isinstance(_get(config, key), ml_collections.ConfigDict):
+            raise ValueError(f"config.{key} is a group; set one of its keys: "
+                             f"{', '.join(_get(config, key))}")
+    return config, keys, rest
+
+
+def switch_model(model: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """The `model` group for net `name` in place of `model`'s: the new net's fields at their
+    defaults, except those `model` had set away from its own net's defaults and the new net
+    takes too (dropout, dtype, ...); the old net's other fields are dropped."""
+    old, new = nets.fields(model.name), nets.fields(name)
+    kept = {k: v for k, v in model.items() if k in new and k in old and v != old[k]
+            and type(v) is type(new[k])}
+    return model_fields(name, kept)
+
+
+def _parse(config, args: Sequence[str], strict: bool):
+    """One pass of `config_flags` over `args`; `strict=False` accepts keys `config` lacks (the
+    pass that only reads a new model.name)."""
+    from absl import flags
+    from ml_collections import config_flags
+
+    flag_values, argv = flags.FlagValues(), ["descent", *args]
     try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
-    if isinstance(old, bool):
-        if isinstance(value, bool):
-            return value
-    elif isinstance(old, int):
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif isinstance(old, float):
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    elif isinstance(old, (tuple, list)):
-        if isinstance(value, int):
-            value = (value,)
-        if isinstance(value, (tuple, list)):
-            return expected(value)
-    elif old is None:
-        return value
-    raise ValueError(f"config.{key}={text!r} is not a {expected.__name__} "
-                     f"(the default is {old!r})")
+        holder = config_flags.DEFINE_config_dict(
+            "config", config, flag_values=flag_values, sys_argv=argv, lock_config=strict,
+            accept_new_attributes=not strict)
+        rest = flag_values(argv, known_only=True)[1:]
+    except (KeyError, AttributeError):
+        raise ValueError(_unknown_key(config, args)) from None
+    except flags.Error as e:
+        raise ValueError(_bad_value(config, str(e))) from None
+    return holder.value, flag_values, rest
 
 
-def split_overrides(args: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
-    """Separates `--config.a.b=value` (or `--config.a.b value`) from the other arguments."""
-    overrides, rest = [], []
-    args = list(args)
-    while args:
-        arg = args.pop(0)
-        if arg.startswith("--config."):
-            key, eq, value = arg[len("--config."):].partition("=")
-            if not eq:
-                if not args:
-                    raise ValueError(f"{arg} needs a value: {arg}=VALUE")
-                value = args.pop(0)
-            earlier = next((v for k, v in overrides if k == key), None)
-            if earlier is not None:
-                raise ValueError(f"--config.{key} is given twice ({earlier!r} and {value!r}); "
-                                 f"give it once")
-            overrides.append((key, value))
-        else:
-            rest.append(arg)
-    return overrides, rest
+def _unknown_key(config: ml_collections.ConfigDict, args: Sequence[str]) -> str:
+    """'unknown config key ...; keys of ...: ...' for the first override `config` lacks."""
+    for arg in args:
+        found = re.match(r"-{1,2}(?:no)?config\.([^=]+)", arg)
+        if not found:
+            continue
+        key, node, depth = found.group(1), config, 0
+        names = key.split(".")
+        while depth < len(names) and isinstance(node, ml_collections.ConfigDict) \
+                and names[depth] in node:
+            node, depth = node[names[depth]], depth + 1
+        if depth == len(names):
+            continue
+        where = ".".join(["config", *names[:depth]])
+        known = ", ".join(node) if isinstance(node, ml_collections.ConfigDict) else "none"
+        if where == "config.model":
+            return (f"unknown config key 'config.{key}': model {config.model.name!r} has no "
+                    f"field {names[depth]!r}; its fields: {known}")
+        return f"unknown config key 'config.{key}'; keys of {where}: {known}"
+    return "an unknown config key; `descent config show FILE` lists every key"
+
+
+def _bad_value(config: ml_collections.ConfigDict, absl_message: str) -> str:
+    """Our one line for absl's 'flag --config.KEY=VALUE: reason' or 'Missing value for flag'."""
+    missing = re.match(r"Missing value for flag (--\S+)", absl_message)
+    if missing:
+        return f"{missing.group(1)} needs a value: {missing.group(1)}=VALUE"
+    found = re.match(r"flag --config\.([\w.]+)=(.*?): ", absl_message)
+    if not found:
+        return absl_message.splitlines()[0]
+    key, value = found.groups()
+    default = _get(config, key)
+    if isinstance(default, ml_collections.ConfigDict):
+        return f"config.{key} is a group; set one of its keys: {', '.join(default)}"
+    hint = {bool: "; write true or false", tuple: "; write e.g. 8,16"}.get(type(default), "")
+    return (f"config.{key}={value!r} is not {_a(type(default))} (the default is {default!r})"
+            f"{hint}")
+
+
+def _a(kind: type) -> str:
+    return f"{'an' if kind.__name__[0] in 'aeiou' else 'a'} {kind.__name__}"

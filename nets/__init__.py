@@ -47,7 +47,11 @@ NETS = {
 
 
 def fields(name: str) -> dict:
-    """The fields net `name` takes (beyond input_shape, num_classes, rngs), with defaults."""
+    """The fields net `name` takes (beyond input_shape, num_classes, rngs), with the defaults
+    of its constructor: what the `model` group of a config holds besides `name`.
+    An unknown name raises ValueError listing the known ones."""
+    if name not in NETS:
+        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(NETS))}")
     make, fixed = NETS[name].make, {}
     if isinstance(make, functools.partial):
         make, fixed = make.func, make.keywords
@@ -61,14 +65,11 @@ def build(name: str, *, input_shape, num_classes: int, seed: int = 0, **fields_)
 
     Unknown names and unknown fields raise ValueError listing what is accepted.
     """
-    if name not in NETS:
-        raise ValueError(f"unknown model {name!r}; known: {', '.join(sorted(NETS))}")
     accepted = list(fields(name))
     unknown = sorted(set(fields_) - set(accepted))
     if unknown:
-        raise ValueError(
-            f"model {name!r} has no field(s) {', '.join(unknown)}; its fields: {', '.join(accepted)}"
-        )
+        raise ValueError(f"model {name!r} has no field(s) {', '.join(unknown)}; its fields: "
+                         f"{', '.join(accepted)}")
     return NETS[name].make(input_shape=tuple(input_shape), num_classes=num_classes,
                            rngs=nnx.Rngs(params=seed), **fields_)
 
