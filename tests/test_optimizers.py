@@ -98,3 +98,14 @@ def test_unknown_names_list_the_known_ones():
         make_optimizer(optimizer_config(name="lion"), 10)
     with pytest.raises(ValueError, match="known: constant, step, warmup_cosine"):
         make_optimizer(optimizer_config(schedule="linear"), 10)
+
+
+def test_warmup_in_epochs_follows_the_steps_per_epoch_and_the_rate_the_batch_size():
+    cfg = optimizer_config(learning_rate=0.4, schedule="warmup_cosine", warmup_epochs=2.0,
+                           reference_batch_size=256)
+    schedule = learning_rate_schedule(cfg, 1000, steps_per_epoch=10, batch_size=128)
+    # 2 epochs of 10 steps of warmup, to 0.4 x 128 / 256 = 0.2 (Goyal et al. 2017's rule)
+    np.testing.assert_allclose([schedule(10), schedule(20)], [0.1, 0.2], rtol=1e-6)
+    cfg.warmup_steps = 5  # steps, where given, win over epochs
+    schedule = learning_rate_schedule(cfg, 1000, steps_per_epoch=10, batch_size=256)
+    np.testing.assert_allclose(schedule(5), 0.4, rtol=1e-6)

@@ -60,9 +60,9 @@ def learning_rate_schedule(cfg, total_steps: int, steps_per_epoch: int = 0,
     if cfg.schedule not in SCHEDULES:
         raise ValueError(
             f"unknown schedule {cfg.schedule!r}; known: {', '.join(sorted(SCHEDULES))}")
-    warmup_steps = cfg.warmup_steps or round(cfg.get("warmup_epochs", 0) * steps_per_epoch)
+    warmup_steps = cfg.warmup_steps or round(cfg.warmup_epochs * steps_per_epoch)
     learning_rate = cfg.learning_rate
-    if cfg.get("reference_batch_size", 0):
+    if cfg.reference_batch_size:
         learning_rate *= batch_size / cfg.reference_batch_size
     return SCHEDULES[cfg.schedule](
         learning_rate, total_steps=total_steps, warmup_steps=warmup_steps,
