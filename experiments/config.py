@@ -159,13 +159,11 @@ def override(config: ml_collections.ConfigDict, args: Sequence[str]
 
 
 def switch_model(model: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
-    """The `model` group for net `name` in place of `model`'s: the new net's fields at their
-    defaults, except those `model` had set away from its own net's defaults and the new net
-    takes too (dropout, dtype, ...); the old net's other fields are dropped."""
-    old, new = nets.fields(model.name), nets.fields(name)
-    kept = {k: v for k, v in model.items() if k in new and k in old and v != old[k]
-            and type(v) is type(new[k])}
-    return model_fields(name, kept)
+    """The `model` group for net `name` in place of `model`'s. A variant of the same
+    constructor (another recurrent cell, another ResNet depth: the same fields) keeps every
+    value; any other net comes with its own fields at their defaults, the old ones dropped."""
+    same_fields = set(nets.fields(model.name)) == set(nets.fields(name))
+    return model_fields(name, model if same_fields else {})
 
 
 def _parse(config, args: Sequence[str], strict: bool):

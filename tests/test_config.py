@@ -72,10 +72,15 @@ def test_switching_the_net_brings_its_fields_and_drops_the_old_ones():
     assert set(config.model) == {"name", *nets.fields("cnn")}
     assert "depth" not in config.model and "width" not in config.model
     assert config.model.channels == (4, 8)
-    assert config.model.kernel_size == nets.fields("cnn")["kernel_size"]
-    # what the file set for the MLP and the CNN takes too comes along; the MLP's defaults don't
-    assert config.model.dropout == file.model.dropout == 0.2
-    assert config.model.init == nets.fields("cnn")["init"]
+    cnn = nets.fields("cnn")  # another net starts from its own defaults, not the MLP's values
+    assert file.model.dropout != cnn["dropout"] and config.model.dropout == cnn["dropout"]
+    assert config.model.kernel_size == cnn["kernel_size"]
+
+
+def test_switching_to_a_variant_of_the_same_net_keeps_the_configs_values():
+    lstm = load_config(config_path("shakespeare_lstm.py"))
+    gru, _, _ = override(lstm, ["--config.model.name=gru"])  # the cell changes, nothing else
+    assert gru.model.to_dict() == {**lstm.model.to_dict(), "name": "gru"}
 
 
 def test_a_field_the_chosen_net_lacks_is_refused_naming_its_fields():
