@@ -13,6 +13,9 @@ from PIL import Image
 
 import data
 from train.dataset import Dataset, InMemory, Preprocesses, ReadsImageFiles, Text
+from train.trainer import Trainer
+
+from helpers import tiny_config
 
 CAPABILITIES = (InMemory, Text, Preprocesses, ReadsImageFiles)
 IN_MEMORY = {"InMemory", "Preprocesses"}
@@ -243,3 +246,20 @@ def test_image_files_read_to_model_inputs(reads_image_files, tmp_path):
         Image.fromarray(np.full((*size, 3), 40 * i, np.uint8)).save(paths[-1])
     inputs = dataset.model_inputs(dataset.read_image_files(paths))
     assert inputs.shape == (2, *dataset.input_shape)
+
+
+def test_an_object_that_is_not_a_dataset_is_refused_naming_what_it_lacks():
+    class Listed:  # a user's dataset written before it had to name its classes
+        name, task, input_shape, num_outputs = "mine", "classification", (4,), 2
+
+        def num_examples(self, split): ...
+        def steps_per_epoch(self, batch_size): ...
+        def train_batches(self, batch_size, *, seed, epoch, start=0, process_index=0,
+                          process_count=1): ...
+        def eval_batches(self, split, batch_size, *, process_index=0, process_count=1): ...
+        def description(self): ...
+        def summary(self): ...
+
+    with pytest.raises(TypeError, match=r"^Listed is not a dataset training can read: it has "
+                                        r"no class_names \(see train.dataset.Dataset\)$"):
+        Trainer(tiny_config(), model=None, dataset=Listed())  # refused before any model

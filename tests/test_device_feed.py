@@ -93,7 +93,7 @@ def test_training_on_the_device_equals_training_from_the_host(mesh, strategy, tm
 def test_datasets_that_are_not_in_memory_get_their_batches_from_the_host():
     config = tiny_config("digits_mlp.py")
     model, dataset = run.build(config)
-    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size))
+    trainer = Trainer(config, model, dataset)
     assert trainer.device_feed(dataset) is not None
 
     class Streamed:  # a user's dataset with only the protocol's host batches

@@ -25,7 +25,7 @@ def test_a_compiled_initialisation_equals_the_eager_one_in_the_same_layout(name,
         return nets.build(config.model.name, input_shape=dataset.input_shape,
                           num_classes=dataset.num_outputs, seed=config.seed, **fields)
 
-    eager, compiled = Trainer(config, model, 10), Trainer(config, make, 10)
+    eager, compiled = Trainer(config, model, dataset), Trainer(config, make, dataset)
     assert eager.graphdef == compiled.graphdef
     flat_eager = jax.tree_util.tree_flatten_with_path(eager.initial_state)[0]
     flat_compiled = jax.tree.leaves(compiled.initial_state)

@@ -60,7 +60,7 @@ def test_pmap_steps_the_state_checkpoints_hold_and_leaves_the_callers_model_alon
     config = tiny_config("digits_cnn.py", **{"parallel.strategy": "pmap", "model.batch_norm": True,
                                              "model.dropout": 0.0})
     model, dataset = build(config)
-    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size))
+    trainer = Trainer(config, model, dataset)
     # the batch statistics over every device's rows are the adapter's business, not the model's
     norms = [m for _, m in nnx.iter_modules(model) if isinstance(m, nnx.BatchNorm)]
     assert norms and all(m.axis_name is None for m in norms)

@@ -86,3 +86,14 @@ class Preprocesses(Protocol):
 class ReadsImageFiles(Protocol):
     def read_image_files(self, paths: list[str]) -> np.ndarray:
         """Image files -> the dataset's stored pixels (resized and cropped as it reads its own)."""
+
+
+def check_dataset(dataset) -> None:
+    """Fails with the members `dataset` lacks when it does not meet `Dataset`."""
+    if not isinstance(dataset, Dataset):
+        members = {*Dataset.__annotations__, *(k for k, v in vars(Dataset).items()
+                                               if not k.startswith("_")
+                                               and (callable(v) or isinstance(v, property)))}
+        missing = [m for m in members if not hasattr(dataset, m)]
+        raise TypeError(f"{type(dataset).__name__} is not a dataset training can read: it has "
+                        f"no {', '.join(sorted(missing))} (see train.dataset.Dataset)")

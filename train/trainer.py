@@ -9,7 +9,7 @@ import numpy as np
 from flax import nnx
 
 from train import pmap, sharding
-from train.dataset import InMemory
+from train.dataset import Dataset, InMemory, check_dataset
 from train.losses import make_task
 from train.optimizers import learning_rate_schedule, make_optimizer
 from train.sharding import check_accumulation
@@ -45,12 +45,23 @@ class Trainer:
     """
 
     def __init__(self, config, model: nnx.Module | Callable[[], nnx.Module],
-                 steps_per_epoch: int, task: str = "classification"):
+                 dataset: Dataset | int, task: str = "classification"):
         """`model` is a built model, or a function that builds it: then the state is never
         built eagerly, array by array, but traced for its shapes and created by one compiled
         program directly in its place on the mesh (each device makes only its share of an
-        `fsdp` state). `task` is what the dataset asks of the model: `classification` (integer
-        labels) or `regression` (float targets); it decides the metrics beside the loss."""
+        `fsdp` state). `dataset` is what the run trains on: its steps per epoch (at
+        `dataset.batch_size`) shape the learning-rate schedule, and its task, `classification`
+        (integer labels) or `regression` (float targets), the metrics beside the loss.
+
+        The older form passes the steps per epoch and the task themselves:
+        `Trainer(config, model, steps_per_epoch, task)`."""
+        if isinstance(dataset, int):
+            steps_per_epoch = dataset
+        else:
+            check_dataset(dataset)
+            steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
+            task = dataset.task
+        self.steps_per_epoch = steps_per_epoch
         self.strategy = config.parallel.strategy
         sharding.check_strategy(self.strategy)
         self.mesh = sharding.make_mesh(config.parallel.mesh)
@@ -133,7 +144,7 @@ class Trainer:
         numpy `batch`, without applying it: a pytree shaped like `state.params`."""
         return self._gradients(state, sharding.put_batch(batch, self.batch_sharding))
 
-    def device_feed(self, dataset) -> DeviceFeed | None:
+    def device_feed(self, dataset: Dataset) -> DeviceFeed | None:
         """Places `dataset`'s training split on every device of the mesh once, for a step that
         reads its batch there (`dataset.device_batch`: gather, augment, normalise, compiled
         into the step) instead of receiving it from the host; None for a dataset that is not
