@@ -2,7 +2,7 @@
 import concurrent.futures
 import json
 import os
-import random
+import re
 import signal
 import subprocess
 import sys
@@ -61,36 +61,92 @@ def uninterrupted(tmp_path_factory):
     return final_state(workdir), time.monotonic() - started
 
 
-def kill_9_then_resume(workdir, moment: float) -> tuple[bool, str]:
-    """Starts the run, kills it with SIGKILL `moment` seconds in, then runs it to the end:
-    (whether a checkpoint existed when it was killed, the resumed run's output)."""
-    proc = start(workdir)
-    time.sleep(moment)
-    after_a_checkpoint = (os.path.isdir(workdir / "checkpoints")
-                          and bool(os.listdir(workdir / "checkpoints")))
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return after_a_checkpoint, finish(workdir)
+IN_PROGRESS = re.compile(r"\d+\.orbax-checkpoint-tmp.*")  # orbax's name for a save under way
 
 
-def test_kill_9_at_random_moments_then_resume_is_bit_identical(uninterrupted, tmp_path, capsys):
-    reference, wall_s = uninterrupted
-    rng = random.Random(20261124)
-    moments = [rng.uniform(0.3, wall_s) for _ in range(10)]
-    workdirs = [tmp_path / f"trial{trial}" for trial in range(10)]
-    # two trials at a time: each run is one busy Python thread, and CI has two cores
+def checkpoint_names(workdir) -> list[str]:
+    try:
+        return os.listdir(workdir / "checkpoints")
+    except FileNotFoundError:
+        return []
+
+
+def committed(names) -> list[int]:
+    return sorted(int(n) for n in names if n.isdigit())
+
+
+def saving(names) -> list[int]:
+    return [int(n.split(".")[0]) for n in names if IN_PROGRESS.fullmatch(n)]
+
+
+def stop_when(proc, workdir, ready) -> list[str]:
+    """Polls the run's checkpoint directory until `ready(names)` holds, then freezes the run
+    (SIGSTOP) and returns the directory's names as the frozen run leaves them."""
+    deadline = time.monotonic() + 300
+    while not ready(checkpoint_names(workdir)):
+        assert proc.poll() is None, "the run ended before the moment to kill it came"
+        assert time.monotonic() < deadline, "the moment to kill the run never came"
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGSTOP)
+    return checkpoint_names(workdir)
+
+
+def kill_after_a_checkpoint(proc, workdir, step: int) -> int:
+    """Kills the run once a checkpoint at `step` or later is on disk; returns the newest."""
+    names = stop_when(proc, workdir, lambda names: any(s >= step for s in committed(names)))
+    proc.kill()
+    return committed(names)[-1]
+
+
+def kill_during_a_save(proc, workdir, step: int) -> int:
+    """Kills the run while it writes a checkpoint at `step` or later (its temporary directory
+    is there while the run is frozen; a save that finished first is let go and the next one
+    waited for); returns the newest checkpoint that was complete."""
+    while True:
+        names = stop_when(proc, workdir, lambda names: any(s >= step for s in saving(names)))
+        if saving(names):
+            proc.kill()
+            return committed(names)[-1] if committed(names) else 0
+        proc.send_signal(signal.SIGCONT)
+
+
+def kill_9_then_resume(workdir, kill, steps) -> list[tuple[int, str]]:
+    """Runs to the end, killed with SIGKILL by `kill` once at each of `steps` and started again
+    after each: [(the newest complete checkpoint at a kill, what the next start printed)]."""
+    newest, printed = [], []
+    for step in steps:
+        proc = start(workdir)
+        newest.append(kill(proc, workdir, step))
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == -signal.SIGKILL, err[-2000:]
+        printed.append(out + err)
+    printed.append(finish(workdir))
+    return list(zip(newest, printed[1:]))
+
+
+# 156 steps, a checkpoint every 5: kills early, midway and late in the run, of each kind
+KILLS = {"after a checkpoint": (kill_after_a_checkpoint, (5, 60, 115)),
+         "during a save": (kill_during_a_save, (10, 70, 125))}
+
+
+def test_kill_9_after_a_checkpoint_and_during_a_save_then_resume_is_bit_identical(
+        uninterrupted, tmp_path, capsys):
+    reference, _ = uninterrupted
+    workdirs = {kind: tmp_path / kind.replace(" ", "-") for kind in KILLS}
+    # the two kinds side by side: each run is one busy Python thread, and CI has two cores
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        trials = list(pool.map(kill_9_then_resume, workdirs, moments))
-    passed = 0
-    for trial, (workdir, (_, output)) in enumerate(zip(workdirs, trials)):
-        assert_bit_identical(reference, final_state(workdir))
-        passed += 1
-        print(f"trial {trial}: killed, resumed ({output.splitlines()[0][:80]!r}) -> identical")
-    killed_after_a_checkpoint = sum(after for after, _ in trials)
-    with capsys.disabled():  # shown in every run's log, not only on failure
-        print(f"\nkill -9 trials passed: {passed}/10 ({killed_after_a_checkpoint} killed after "
-              f"the first checkpoint existed)")
-    assert passed == 10
+        futures = {kind: pool.submit(kill_9_then_resume, workdirs[kind], kill, steps)
+                   for kind, (kill, steps) in KILLS.items()}
+    for kind, future in futures.items():
+        kills = future.result()
+        assert len(kills) == len(KILLS[kind][1]), kind  # every kill came, and as aimed
+        for newest, printed in kills:  # each start went on from the newest whole checkpoint
+            assert f"resumed from the checkpoint at step {newest} " in printed, (kind, printed)
+        assert not saving(checkpoint_names(workdirs[kind]))  # no half-written one left behind
+        assert_bit_identical(reference, final_state(workdirs[kind]))
+        with capsys.disabled():  # shown in every run's log, not only on failure
+            print(f"\nkill -9 {kind}: {len(kills)} kills, resumed from steps "
+                  f"{[newest for newest, _ in kills]}, bit-identical at the end", end="")
 
 
 def test_sigterm_saves_exits_143_and_resume_is_bit_identical(uninterrupted, tmp_path):
