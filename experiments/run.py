@@ -1,9 +1,6 @@
 """The only place that knows nets, data and train at once: build them from a config and run."""
-import contextlib
 import copy
-import json
 import os
-import sys
 from collections.abc import Sequence
 from typing import NamedTuple
 
@@ -18,7 +15,8 @@ import data
 import nets
 from experiments.config import check_values
 from train import checkpoint, many, report, workdir_lock
-from train.loop import fit, prepare_workdir
+from train.dataset import Dataset, InMemory, Preprocesses, ReadsImageFiles, Text
+from train.loop import counted, fit, scored_weights
 from train.trainer import Trainer
 from train.state import TrainState
 
@@ -58,7 +56,7 @@ def load_dataset(config: ml_collections.ConfigDict):
     dataset = data.load(config.dataset.name, **options)
     train_examples = config.dataset.get("train_examples", 0)
     if train_examples:
-        if not hasattr(dataset, "subset"):
+        if not isinstance(dataset, InMemory):
             raise ValueError(f"dataset.train_examples applies to in-memory datasets, not to "
                              f"{config.dataset.name}; set it to 0")
         dataset = dataset.subset("train", train_examples, config.dataset.get("split_seed", 0))
@@ -80,7 +78,7 @@ def check_named_options(config: ml_collections.ConfigDict, named: list[str]) -> 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
                        console: bool = True, allow_config_change: bool = False,
-                       writers: Sequence = (), dataset=None) -> dict:
+                       writers: Sequence = (), dataset: Dataset | None = None) -> dict:
     """Trains as `config` says, then evaluates the best checkpoint on the test split.
 
     Returns the training summary from `train.loop.fit` plus `"test"`: the test metrics of the
@@ -94,13 +92,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     """
     check_values(config)
     model, dataset = build(config, dataset, deferred=True)
-    dataset.num_examples(config.test_split)  # a split the dataset lacks is named before training
-    prepare_workdir(workdir)
-    say = print if console and jax.process_index() == 0 else (lambda *a, **k: None)
-    with workdir_lock.hold(workdir, exclusive=True, say=say):  # through the final evaluation
-        summary = fit(config, workdir, model, dataset, console=console,
-                      allow_config_change=allow_config_change, writers=writers)
-        return _test(config, workdir, dataset, summary)
+    return fit(config, workdir, model, dataset, console=console,
+               allow_config_change=allow_config_change, writers=writers,
+               test_split=config.test_split)
 
 
 def variants(config: ml_collections.ConfigDict, seeds: Sequence[int] = (),
@@ -120,7 +114,8 @@ def variants(config: ml_collections.ConfigDict, seeds: Sequence[int] = (),
 
 
 def train_many(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[str], *,
-               console: bool = True, writers: Sequence = (), dataset=None) -> list[dict]:
+               console: bool = True, allow_config_change: bool = False,
+               writers: Sequence = (), dataset: Dataset | None = None) -> list[dict]:
     """Trains every config as one compiled program (`train.many`: `jax.vmap` over the runs'
     states), each into its own workdir, then evaluates each run's best checkpoint on the test
     split: what `train_and_evaluate` returns, once per run, and exactly its numbers.
@@ -128,7 +123,8 @@ def train_many(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[
     The configs may differ only in `seed` and `optimizer.learning_rate` (`variants` makes
     such a group); anything else is refused up front, naming the keys. A run whose loss
     becomes NaN or infinite stops there (its summary's `diverged` says where) and the others
-    go on; it gets no test. The runs train on one device, whatever `parallel` says.
+    go on; it gets no test. The runs train on one device, whatever `parallel` says. They
+    resume as a run alone does, `allow_config_change` included.
     """
     configs = [copy.deepcopy(c) for c in configs]
     for c in configs:
@@ -136,82 +132,9 @@ def train_many(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[
     many.check_group(configs)
     dataset = dataset if dataset is not None else load_dataset(configs[0])
     models = [build(c, dataset)[0] for c in configs]
-    dataset.num_examples(configs[0].test_split)
-    say = print if console else (lambda *a, **k: None)
-    with contextlib.ExitStack() as locks:  # through the final evaluations
-        for w in workdirs:
-            prepare_workdir(w)
-            locks.enter_context(workdir_lock.hold(w, exclusive=True, say=say))
-        summaries = many.fit_many(configs, workdirs, models, dataset, console=console,
-                                  writers=writers)
-        return _test_many(configs, workdirs, dataset, summaries)
-
-
-def _test_many(configs, workdirs, dataset, summaries: list[dict]) -> list[dict]:
-    """`_test` for every run that did not diverge, its best checkpoint scored by one program
-    that evaluates all of them at once."""
-    tested = [i for i, s in enumerate(summaries) if not s["diverged"]]
-    if not tested:
-        return summaries
-    steps, states = [], []
-    for i in tested:
-        s, config = summaries[i], configs[i]
-        best = s["best_step"]
-        if best is None or best == int(s["state"].step):
-            steps.append(int(s["state"].step))
-            states.append(s["state"])
-        else:
-            manager = checkpoint.open_manager(workdirs[i], read_only=True,
-                                              monitor=config.early_stopping.monitor)
-            steps.append(best)
-            states.append(checkpoint.restore(manager, best, s["trainer"].initial_state))
-    trainer, config = summaries[tested[0]]["trainer"], configs[tested[0]]
-    evaluate, stacked = many.make_evaluate_many(trainer), many.stack(states)
-    for i in tested:
-        summaries[i]["tests"] = {}
-    for weights in ("raw", "ema") if trainer.ema_decay else ("raw",):
-        results = evaluate(stacked, dataset.eval_batches(
-            config.test_split, config.dataset.eval_batch_size), weights)
-        for i, step, metrics in zip(tested, steps, results):
-            summaries[i]["tests"][weights] = _record_evaluation(workdirs[i], {
-                "split": config.test_split, "step": step, "checkpoint": "best",
-                "weights": weights, **metrics, "counted": counted(dataset)})
-    for i in tested:
-        summaries[i]["test"] = summaries[i]["tests"][scored_weights(configs[i])]
-    return summaries
-
-
-def scored_weights(config: ml_collections.ConfigDict) -> str:
-    """`ema` when the run ranks its checkpoints by the moving average of its weights
-    (`early_stopping.monitor=eval_ema_...`), else `raw`: what its test and `descent eval`
-    score unless told otherwise."""
-    return "ema" if config.early_stopping.monitor.startswith("eval_ema_") else "raw"
-
-
-def _test(config, workdir, dataset, summary: dict) -> dict:
-    """Adds the test metrics of the run's best checkpoint to `summary`."""
-    trainer, best = summary["trainer"], summary["best_step"]
-    if best is None or best == int(summary["state"].step):
-        step, state = int(summary["state"].step), summary["state"]
-    else:
-        manager = checkpoint.open_manager(workdir, read_only=True,
-                                          monitor=config.early_stopping.monitor)
-        step, state = best, checkpoint.restore(manager, best, trainer.initial_state)
-    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    summary["tests"] = {}
-    for weights in ("raw", "ema") if trainer.ema_decay else ("raw",):
-        metrics = trainer.evaluate(state, dataset.eval_batches(
-            config.test_split, config.dataset.eval_batch_size, **shard), weights)
-        summary["tests"][weights] = _record_evaluation(workdir, {
-            "split": config.test_split, "step": step, "checkpoint": "best", "weights": weights,
-            **metrics, "counted": counted(dataset)})
-    summary["test"] = summary["tests"][scored_weights(config)]
-    return summary
-
-
-def counted(dataset) -> str:
-    """What an evaluation's `examples` count: characters for a language model, else examples."""
-    return "characters" if hasattr(dataset, "decode") else "examples"
+    return many.fit_many(configs, workdirs, models, dataset, console=console,
+                         allow_config_change=allow_config_change, writers=writers,
+                         test_split=configs[0].test_split)
 
 
 class Restored(NamedTuple):
@@ -241,40 +164,38 @@ def restore(workdir: str, which: str | int = "best", *, strategy: str | None = N
     """
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"--weights {weights!r} is not one of {', '.join(WEIGHTS)}")
+    with workdir_lock.hold(workdir, exclusive=False):
+        return _restore(workdir, which, strategy, mesh, weights, dataset)
+
+
+def _restore(workdir: str, which, strategy, mesh, weights, given=None) -> Restored:
+    """As `restore`, in a work directory held; a checkpoint that cannot be read is set aside
+    (never deleted) and, for 'latest' or 'best', the next one is used, as a resumed run does.
+    The model is built from the config saved with the checkpoint restored: a run resumed
+    with --allow-config-change may have changed it since."""
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"no checkpoints in {workdir!r}; "
                                 f"run `descent train --workdir {workdir} ...` first")
-    with workdir_lock.hold(workdir, exclusive=False):
-        r = _restore(workdir, which, strategy, mesh, dataset)
-    weights = weights or scored_weights(r.config)
-    r.trainer.weights(r.state, weights)  # a run without a moving average is named here
-    return r._replace(weights=weights)
-
-
-def _restore(workdir: str, which, strategy, mesh, given=None) -> Restored:
-    """As `restore`; a checkpoint that cannot be read is set aside (never deleted) and, for
-    'latest' or 'best', the next one is used, as a resumed run does."""
-    def warn(line):
-        print(line, file=sys.stderr)
-
     while True:  # each pass sets one damaged checkpoint aside, or returns
         probe = checkpoint.open_manager(workdir, read_only=True)
         latest = checkpoint.resolve_step(probe, "latest")
-        try:
+        try:  # the newest config says which metric ranks the checkpoints, for 'best'
             config = ml_collections.ConfigDict(checkpoint.saved_config(probe, latest))
         except Exception as e:  # noqa: BLE001 - an unreadable config: this checkpoint is damaged
-            checkpoint.set_aside(probe, latest, e, warn)
+            checkpoint.set_aside(probe, latest, e)
             continue
         manager = checkpoint.open_manager(workdir, read_only=True,
                                           monitor=config.early_stopping.monitor)
         step = checkpoint.resolve_step(manager, which)
-        config.parallel.mesh = mesh
-        config.parallel.strategy = strategy or config.parallel.strategy
         try:
+            if step != latest:
+                config = ml_collections.ConfigDict(checkpoint.saved_config(manager, step))
             described = checkpoint.saved_dataset(manager, step)
         except Exception as e:  # noqa: BLE001 - unreadable: this checkpoint is damaged
-            checkpoint.set_aside(manager, step, e, warn)
+            _set_aside(manager, step, e, which)
             continue
+        config.parallel.mesh = mesh
+        config.parallel.strategy = strategy or config.parallel.strategy
         dataset = given
         if given is not None and described is not None:
             data.check_same(given, described)
@@ -288,45 +209,36 @@ def _restore(workdir: str, which, strategy, mesh, given=None) -> Restored:
         except checkpoint.IncompatibleCheckpoint:
             raise
         except Exception as e:  # noqa: BLE001 - any read failure means this one is damaged
-            aside = checkpoint.set_aside(manager, step, e, warn)
-            if str(which) not in ("best", "latest"):
-                raise ValueError(f"the checkpoint at step {step} cannot be read; it was moved "
-                                 f"to {aside}. Evaluate another: best, latest or a step "
-                                 f"that remains") from None
+            _set_aside(manager, step, e, which)
             continue
-        return Restored(config, dataset, trainer, state, step)
+        weights = weights or scored_weights(config)
+        trainer.weights(state, weights)  # a run without a moving average is named here
+        return Restored(config, dataset, trainer, state, step, weights)
+
+
+def _set_aside(manager, step: int, error: Exception, which) -> None:
+    """Sets the damaged checkpoint at `step` aside; one asked for by its step is then named."""
+    aside = checkpoint.set_aside(manager, step, error)
+    if str(which) not in ("best", "latest"):
+        raise ValueError(f"the checkpoint at step {step} cannot be read; it was moved to "
+                         f"{aside}. Evaluate another: best, latest or a step that "
+                         f"remains") from None
 
 
 def evaluate(workdir: str, which: str | int = "best", split: str = "test",
              weights: str | None = None) -> dict:
     """Evaluates checkpoint `which` of `workdir` on `split` with `weights` (`raw` or `ema`;
     default: the run's `scored_weights`); writes `eval_<split>_<step>[_ema].json`."""
+    if weights is not None and weights not in WEIGHTS:
+        raise ValueError(f"--weights {weights!r} is not one of {', '.join(WEIGHTS)}")
     with workdir_lock.hold(workdir, exclusive=False):
-        r = restore(workdir, which, weights=weights)
+        r = _restore(workdir, which, None, "data=-1", weights)
         shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
         metrics = r.trainer.evaluate(r.state, r.dataset.eval_batches(
             split, r.config.dataset.eval_batch_size, **shard), r.weights)
-    return _record_evaluation(workdir, {"split": split, "step": r.step, "checkpoint": str(which),
-                                        "weights": r.weights, **metrics,
-                                        "counted": counted(r.dataset)})
-
-
-def _record_evaluation(workdir: str, metrics: dict) -> dict:
-    """Writes `metrics` to `<workdir>/eval_<split>_<step>.json` (`..._ema.json` for the moving
-    average of the weights) on process 0 and returns them.
-
-    A work directory that cannot be written loses no result: the metrics come back with
-    `"not_saved"` saying why, and the reason goes to stderr."""
-    if jax.process_index() == 0:
-        suffix = "_ema" if metrics.get("weights") == "ema" else ""
-        path = os.path.join(workdir, f"eval_{metrics['split']}_{metrics['step']}{suffix}.json")
-        try:
-            report.write_atomically(path, json.dumps(metrics, indent=2))
-        except OSError as e:
-            metrics = {**metrics, "not_saved": f"could not write {path} ({e.strerror}); the "
-                                               f"metrics above are all there is of them"}
-            print(f"warning: {metrics['not_saved']}", file=sys.stderr)
-    return metrics
+        return report.record_evaluation(workdir, {
+            "split": split, "step": r.step, "checkpoint": str(which), "weights": r.weights,
+            **metrics, "counted": counted(r.dataset)})
 
 
 def sample(workdir: str, prompt: str, length: int = 500, temperature: float = 1.0,
@@ -343,7 +255,7 @@ def sample(workdir: str, prompt: str, length: int = 500, temperature: float = 1.
     if not prompt:
         raise ValueError("the prompt is empty; give the text to continue, e.g. --prompt 'ROMEO:'")
     r = restore(workdir, which, mesh="data=1")
-    if not hasattr(r.dataset, "encode"):
+    if not isinstance(r.dataset, Text):
         raise ValueError(f"{workdir} holds a {r.config.model.name} trained on "
                          f"{r.config.dataset.name}, which is not text; sample from a language "
                          f"model's run, e.g. experiments/configs/shakespeare_gpt.py")
@@ -398,12 +310,13 @@ def predict(restored: Restored, inputs, batch_size: int = 256) -> np.ndarray:
     Scores `restored.weights`."""
     state = restored.trainer.weights(restored.state, restored.weights)
     model = nnx.merge(restored.trainer.graphdef, state.params, state.model_state)
-    prepare = getattr(restored.dataset, "model_inputs", np.asarray)
+    dataset = restored.dataset
+    prepare = dataset.model_inputs if isinstance(dataset, Preprocesses) else np.asarray
     inputs = np.asarray(inputs)
     outputs = [np.asarray(model(jnp.asarray(prepare(inputs[i:i + batch_size])), train=False))
                for i in range(0, len(inputs), batch_size)]
-    outputs = np.concatenate(outputs) if outputs else np.zeros((0, restored.dataset.num_outputs))
-    if restored.dataset.task == "regression":
+    outputs = np.concatenate(outputs) if outputs else np.zeros((0, dataset.num_outputs))
+    if dataset.task == "regression":
         return outputs
     return np.asarray(jax.nn.softmax(outputs))
 
@@ -441,12 +354,12 @@ def predict_files(restored: Restored, paths: list[str]) -> list[tuple[str, np.nd
             files.append(_existing_file(path))
     if not files:
         raise ValueError(f"no image files ({', '.join(IMAGE_FILES)}) in {', '.join(paths)}")
-    if hasattr(dataset, "read_image_files"):  # ImageNet-style: resize and centre-crop
+    if isinstance(dataset, ReadsImageFiles):  # ImageNet-style: resize and centre-crop
         pixels = dataset.read_image_files(files)
     else:
         pixels = np.stack([read_image(f, dataset.input_shape) for f in files])
-        stored = getattr(dataset, "splits", None)
-        if stored and next(iter(stored.values()))["inputs"].dtype != np.uint8:
+        if (isinstance(dataset, InMemory)
+                and dataset.device_arrays("train")["inputs"].dtype != np.uint8):
             pixels = pixels.astype(np.float32) / 255.0  # a dataset that holds floats in [0, 1]
     return list(zip(files, predict(restored, pixels)))
 

@@ -1,11 +1,12 @@
-"""Importing descent changes nothing global: a notebook keeps its plots, logging and JAX settings."""
+"""Importing descent changes nothing global: a notebook keeps its plots, logging and JAX settings,
+and no thread or thread pool is made until a run needs one."""
 import subprocess
 import sys
 
 from conftest import ROOT
 
 PROBE = r'''
-import logging, pkgutil, importlib, warnings, json
+import concurrent.futures, gc, logging, pkgutil, importlib, threading, warnings, json
 import matplotlib
 matplotlib.use("svg")  # what a notebook user chose, say
 from absl import logging as absl_logging
@@ -18,7 +19,12 @@ def settings():
             "root_handlers": len(logging.getLogger().handlers),
             "warnings": len(warnings.filters), "x64": jax.config.jax_enable_x64,
             "collectives": jax.config.jax_cpu_collectives_implementation,
-            "pyplot": "matplotlib.pyplot" in __import__("sys").modules}
+            "pyplot": "matplotlib.pyplot" in __import__("sys").modules,
+            "threads": threading.active_count(),
+            "thread_pools": sum(isinstance(o, concurrent.futures.ThreadPoolExecutor)
+                                for o in gc.get_objects()),
+            "descent_handlers": sum(len(logging.getLogger(name).handlers)
+                                    for name in ("train", "data", "nets", "experiments"))}
 
 # what the libraries descent uses do when imported (orbax adds a root log handler, scipy
 # warning filters) is theirs: imported first, it is part of the baseline

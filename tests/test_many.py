@@ -197,3 +197,30 @@ def test_a_group_reads_each_runs_augmented_batches_on_the_device_as_the_host_sen
     # the two seeds read different batches: their first losses differ
     assert results[True][0]["history"][1]["train_loss"] != \
         results[True][1]["history"][1]["train_loss"]
+
+
+def test_a_group_resumes_with_the_checks_of_a_run_alone(tmp_path):
+    """One resume for both: a group refuses other data and another config, naming them, and
+    with allow_config_change goes on and records the change in each run's history."""
+    workdirs = [str(tmp_path / f"seed_{seed}") for seed in SEEDS]
+
+    def group(**changes):
+        return list(run.variants(tiny_config(**{"steps": 4, "dataset.batch_size": 16,
+                                                "eval_split": "test", **changes}),
+                                 seeds=SEEDS).values())
+
+    run.train_many(group(), workdirs, console=False, dataset=cifar_shaped())
+    with pytest.raises(ValueError, match=r"was trained on other data than cifar_shaped is now "
+                                         r"\(examples differ\)"):
+        run.train_many(group(steps=8), workdirs, console=False, dataset=cifar_shaped(n=64))
+    with pytest.raises(ValueError, match=r"was trained with another config \(model.dropout "
+                                         r"0.2 -> 0.5\)"):
+        run.train_many(group(steps=8, **{"model.dropout": 0.5}), workdirs, console=False,
+                       dataset=cifar_shaped())
+    summaries = run.train_many(group(steps=8, **{"model.dropout": 0.5}), workdirs,
+                               console=False, dataset=cifar_shaped(), allow_config_change=True)
+    assert [int(s["state"].step) for s in summaries] == [8, 8]
+    for workdir in workdirs:
+        with open(os.path.join(workdir, "history.jsonl")) as f:
+            changes = [json.loads(line) for line in f]
+        assert [(c["step"], c["changed"]) for c in changes] == [(4, {"model.dropout": [0.2, 0.5]})]

@@ -147,3 +147,40 @@ def test_layer_gradient_norms_are_logged_and_add_up_to_the_global_norm(tmp_path)
     assert len(layers) == 8
     np.testing.assert_allclose(np.sqrt(np.sum(np.square(layers))), first["grad_norm"], rtol=1e-4)
     assert all(paths <= set(r) for r in report.read_metrics(str(tmp_path)) if "train_loss" in r)
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"early_stopping.monitor": "eval_mae"}, "early_stopping.monitor='eval_mae' is not one of"),
+    ({"checkpoint.keep": 0}, "checkpoint.keep=0 and keep_best=1: keep at least 1"),
+    ({"eval_split": "holdout"}, "digits has no split 'holdout'"),
+    ({"dataset.batch_size": 30, "parallel.mesh": "data=8"}, "batch_size"),
+])
+def test_a_config_that_fails_a_check_leaves_no_work_directory(tmp_path, change, message):
+    from train.loop import fit
+    config = tiny_config(**change)
+    model, dataset = run.build(config, deferred=True)
+    with pytest.raises(ValueError, match=message):
+        fit(config, str(tmp_path / "run"), model, dataset)
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_bad_test_split_is_named_before_the_work_directory_is_made(tmp_path):
+    with pytest.raises(ValueError, match="digits has no split 'holdout'"):
+        run.train_and_evaluate(tiny_config(test_split="holdout"), str(tmp_path / "run"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_older_checkpoint_is_evaluated_as_the_model_it_was_trained_as(tmp_path):
+    """A run resumed with another activation: its checkpoint from before the change is still
+    the model with the activation it was trained with, and scores what its record says."""
+    workdir = str(tmp_path)
+    run.train_and_evaluate(tiny_config(epochs=1), workdir, console=False)
+    run.train_and_evaluate(tiny_config(**{"epochs": 2, "model.activation": "tanh"}), workdir,
+                           console=False, allow_config_change=True)
+    recorded = next(r for r in report.read_metrics(workdir)
+                    if r["step"] == 39 and "eval_loss" in r)
+    assert run.restore(workdir, 39).config.model.activation == "relu"
+    assert run.restore(workdir, 78).config.model.activation == "tanh"
+    older = run.evaluate(workdir, 39, "validation")
+    assert older["loss"] == pytest.approx(recorded["eval_loss"], rel=1e-5)
+    assert older["accuracy"] == pytest.approx(recorded["eval_accuracy"])

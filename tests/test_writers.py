@@ -1,4 +1,5 @@
 """What a run writes at each logging point: JSON lines, TensorBoard, the console, the user's writers."""
+import logging
 import os
 import shutil
 import types
@@ -159,15 +160,16 @@ def test_utilisation_is_against_the_devices_peak_and_omitted_for_unknown_devices
     assert "flops_per_s" not in throughput.speed(100, 2.0, 256, None, h100)
 
 
-def test_a_profile_of_the_chosen_steps_lands_in_the_work_directory(tmp_path, capsys):
+def test_a_profile_of_the_chosen_steps_lands_in_the_work_directory(tmp_path, caplog):
     config = tiny_config(**{"profile.start_step": 3, "profile.num_steps": 2})
-    run.train_and_evaluate(config, str(tmp_path))
+    with caplog.at_level(logging.INFO, logger="train"):
+        run.train_and_evaluate(config, str(tmp_path))
     sessions = tmp_path / throughput.PROFILE_DIR / "plugins" / "profile"
     (session,) = os.listdir(sessions)
     files = os.listdir(sessions / session)
     assert any(f.endswith(".xplane.pb") for f in files)  # TensorBoard's profile plugin
     assert "perfetto_trace.json.gz" in files             # https://ui.perfetto.dev
-    assert "profiled steps 3-4 into " in capsys.readouterr().out
+    assert "profiled steps 3-4 into " in caplog.text
 
 
 def test_the_flop_count_is_the_whole_steps_whatever_the_device_count(tmp_path):

@@ -2,10 +2,13 @@
 that rank it.
 
 Each checkpoint is a directory `<workdir>/checkpoints/<step>/` with the items `state`
-(StandardSave), `config`, `data` (the data position) and `dataset` (its description), JSON. Orbax writes into a temporary directory and renames
-it when complete, so a failed or interrupted save never replaces a good checkpoint. Nothing is
-pickled. A checkpoint that cannot be read is moved to `<workdir>/checkpoints-damaged/`, never
-deleted.
+(StandardSave), `config`, `data` (the data position) and `dataset` (its description), JSON.
+Orbax writes into a temporary directory and renames it when complete, so a failed or
+interrupted save never replaces a good checkpoint. Nothing is pickled. A checkpoint that
+cannot be read is moved to `<workdir>/checkpoints-damaged/`, never deleted.
+
+A training run writes through `Checkpoints`, which owns orbax's manager and the thread that
+checksums each save; reading (evaluation, restore) needs only a read-only `open_manager`.
 """
 import concurrent.futures
 import contextlib
@@ -26,16 +29,19 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 from train.files import write_atomically
 from train.state import TrainState, abstract
 
+log = logging.getLogger(__name__)
+
 DAMAGED_DIR = "checkpoints-damaged"
 CHECKSUMS = "descent-checksums.json"  # in each checkpoint's directory, beside orbax's items
 
 
 class _ReadOnlyNotice(logging.Filter):
     """Drops orbax's "Given directory is read only" warning: we open checkpoints read-only on
-    purpose, to evaluate or restore, and say so ourselves. DESCENT_VERBOSE=1 lets it through."""
+    purpose, to evaluate or restore, and say so ourselves. It comes through when this module's
+    logger shows DEBUG messages (`descent --verbose`)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return (os.environ.get("DESCENT_VERBOSE") == "1"
+        return (log.isEnabledFor(logging.DEBUG)
                 or not str(record.msg).startswith("Given directory is read only"))
 
 
@@ -72,9 +78,8 @@ def metric_mode(monitor: str) -> str:
 def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
                  monitor: str = "eval_accuracy", read_only: bool = False) -> ocp.CheckpointManager:
     """A manager keeping the latest `keep` checkpoints and the best `keep_best` by `monitor`."""
-    if not read_only and (keep < 1 or keep_best < 0):  # keep=0 would delete every checkpoint
-        raise ValueError(f"checkpoint.keep={keep} and keep_best={keep_best}: keep at least 1 "
-                         f"latest checkpoint, and keep_best at least 0")
+    if not read_only:
+        check_retention(keep, keep_best)
     mode = metric_mode(monitor)
     policy = None
     if not read_only:
@@ -95,49 +100,100 @@ def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
                            "dataset": ocp.JsonCheckpointHandler()})
 
 
-def save(manager: ocp.CheckpointManager, step: int, state: TrainState, config: dict,
-         data_position: dict, metrics: dict | None = None, dataset: dict | None = None) -> None:
-    """Starts an asynchronous save; the training loop goes on while orbax writes. The save
-    before it is finished first (orbax would wait for it too), and its files are checksummed
-    in a thread, behind training, while this one is written."""
-    pending = getattr(manager, "_descent_saving", None)
-    try:  # an earlier save that failed is named as the one that failed
-        _finish_checksums(manager)
-        manager.wait_until_finished()
-    except Exception as e:  # noqa: BLE001
-        raise _write_error(manager, pending, e) from e
-    manager._descent_checksums = _CHECKSUMMER.submit(record_checksums, manager)  # noqa: SLF001
-    try:
-        items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
-                     data=ocp.args.JsonSave(data_position))
-        if dataset is not None:  # what rebuilds the dataset: name, options, classes, statistics
-            items["dataset"] = ocp.args.JsonSave(dataset)
-        manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
-        manager._descent_saving = step  # noqa: SLF001 - what a failing wait() will name
-    except Exception as e:  # noqa: BLE001
-        raise _write_error(manager, step, e) from e
+class Checkpoints:
+    """A run's checkpoints in `<workdir>/checkpoints`: orbax's manager, keeping the latest
+    `keep` and the best `keep_best` by `monitor`, and one thread that checksums each save's
+    files behind training. Nothing runs before it is made; `close` (or leaving a `with`
+    block) finishes what was started and ends the thread."""
+
+    def __init__(self, workdir: str, *, keep: int = 3, keep_best: int = 1,
+                 monitor: str = "eval_accuracy"):
+        self.manager = open_manager(workdir, keep=keep, keep_best=keep_best, monitor=monitor)
+        self.directory = str(self.manager.directory)
+        # zlib and file reads release the GIL: the checksums cost training next to nothing
+        self._checksummer = concurrent.futures.ThreadPoolExecutor(
+            1, thread_name_prefix="descent-checksums")
+        self._checksums = None  # the future of the checksums started at the last save
+        self._saving = None     # the step of the last save started: what a failure names
+
+    def __enter__(self) -> "Checkpoints":
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.close()
+
+    def latest_step(self) -> int | None:
+        return self.manager.latest_step()
+
+    def best_step(self) -> int | None:
+        return self.manager.best_step()
+
+    def save(self, step: int, state: TrainState, config: dict, data_position: dict,
+             metrics: dict | None = None, dataset: dict | None = None) -> None:
+        """Starts an asynchronous save; training goes on while orbax writes. The save before it
+        is finished first (orbax would wait for it too), and its files are checksummed in the
+        thread while this one is written."""
+        try:  # an earlier save that failed is named as the one that failed
+            self._finish_checksums()
+            self.manager.wait_until_finished()
+        except Exception as e:  # noqa: BLE001
+            raise _write_error(self.manager, self._saving, e) from e
+        self._checksums = self._checksummer.submit(record_checksums, self.manager)
+        try:
+            items = dict(state=ocp.args.StandardSave(state), config=ocp.args.JsonSave(config),
+                         data=ocp.args.JsonSave(data_position))
+            if dataset is not None:  # what rebuilds the dataset: name, options, classes, stats
+                items["dataset"] = ocp.args.JsonSave(dataset)
+            self.manager.save(step, args=ocp.args.Composite(**items), metrics=metrics)
+            self._saving = step
+        except Exception as e:  # noqa: BLE001
+            raise _write_error(self.manager, step, e) from e
+
+    def wait(self) -> None:
+        """Blocks until every started save is complete on disk, and checksums it."""
+        try:
+            self._finish_checksums()
+            self.manager.wait_until_finished()
+            record_checksums(self.manager)
+        except Exception as e:  # noqa: BLE001
+            raise _write_error(self.manager, self._saving, e) from e
+
+    def close(self) -> None:
+        """Lets the save under way complete and ends the thread. Raises nothing: it runs on the
+        way out of an error too, and `wait` has named any failure of a run that ended well."""
+        try:
+            self.wait()
+            self.manager.close()
+        except Exception as e:  # noqa: BLE001
+            log.debug("closing the checkpoints in %s: %s", self.directory, e)
+        finally:
+            self._checksummer.shutdown(wait=True)
+
+    def restore_latest_good(self, like: TrainState) -> tuple[TrainState, int, dict] | None:
+        """`restore_latest_good` of these checkpoints."""
+        return restore_latest_good(self.manager, like)
+
+    def restore(self, step: int, like: TrainState) -> TrainState:
+        return restore(self.manager, step, like)
+
+    def saved_config(self, step: int) -> dict:
+        return saved_config(self.manager, step)
+
+    def saved_dataset(self, step: int) -> dict | None:
+        return saved_dataset(self.manager, step)
+
+    def _finish_checksums(self) -> None:
+        """Waits for the checksums started at the last save; their failure is raised here."""
+        started, self._checksums = self._checksums, None
+        if started is not None:
+            started.result()
 
 
-def wait(manager: ocp.CheckpointManager) -> None:
-    """Blocks until every started save is complete on disk, and checksums it."""
-    try:
-        _finish_checksums(manager)
-        manager.wait_until_finished()
-        record_checksums(manager)
-    except Exception as e:  # noqa: BLE001
-        raise _write_error(manager, getattr(manager, "_descent_saving", None), e) from e
-
-
-# checksums are computed here, off the training thread (zlib and file reads release the GIL)
-_CHECKSUMMER = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="descent-checksums")
-
-
-def _finish_checksums(manager: ocp.CheckpointManager) -> None:
-    """Waits for the checksums started at the last save; their failure is raised here."""
-    started = getattr(manager, "_descent_checksums", None)
-    if started is not None:
-        manager._descent_checksums = None  # noqa: SLF001
-        started.result()
+def check_retention(keep: int, keep_best: int) -> None:
+    """Refuses `checkpoint.keep` < 1 (every checkpoint would be deleted) or `keep_best` < 0."""
+    if keep < 1 or keep_best < 0:
+        raise ValueError(f"checkpoint.keep={keep} and keep_best={keep_best}: keep at least 1 "
+                         f"latest checkpoint, and keep_best at least 0")
 
 
 def record_checksums(manager: ocp.CheckpointManager) -> None:
@@ -299,18 +355,18 @@ def saved_data_position(manager: ocp.CheckpointManager, step: int) -> dict:
     return manager.restore(step, args=ocp.args.Composite(data=ocp.args.JsonRestore())).data
 
 
-def remove_incomplete(workdir: str, log) -> None:
+def remove_incomplete(workdir: str) -> None:
     """Removes what an interrupted save left (orbax's temporary directories), saying so."""
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         return
     for name in sorted(os.listdir(directory)):
         if re.fullmatch(r"\d+\.orbax-checkpoint-tmp.*", name):
-            log(f"removing an incomplete checkpoint left by an interrupted save: {name}")
+            log.info("removing an incomplete checkpoint left by an interrupted save: %s", name)
             shutil.rmtree(os.path.join(directory, name))
 
 
-def restore_latest_good(manager: ocp.CheckpointManager, like: TrainState, log
+def restore_latest_good(manager: ocp.CheckpointManager, like: TrainState
                         ) -> tuple[TrainState, int, dict] | None:
     """(state, step, data position) of the newest checkpoint that reads back whole, or None.
 
@@ -325,16 +381,16 @@ def restore_latest_good(manager: ocp.CheckpointManager, like: TrainState, log
         except IncompatibleCheckpoint:
             raise
         except Exception as e:  # noqa: BLE001 - any read failure means this one is damaged
-            set_aside(manager, step, e, log)
+            set_aside(manager, step, e)
     return None
 
 
-def set_aside(manager: ocp.CheckpointManager, step: int, error: BaseException, log) -> str:
+def set_aside(manager: ocp.CheckpointManager, step: int, error: BaseException) -> str:
     """Moves the damaged checkpoint at `step` to `<workdir>/checkpoints-damaged/`, never
     deleting it, and says so; the manager then sees the ones before it."""
     aside = _move_aside(manager, step)
-    log(f"warning: the checkpoint at step {step} cannot be read ({_reason(error)}); moved to "
-        f"{aside}; falling back to the previous one")
+    log.warning("the checkpoint at step %s cannot be read (%s); moved to %s; falling back to "
+                "the previous one", step, _reason(error), aside)
     return aside
 
 

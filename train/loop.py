@@ -1,22 +1,28 @@
-"""The training loop: one function that reads top to bottom, its helpers beside it.
+"""The training loop, one for a run alone and for a group of runs trained as one program.
 
-It receives a model and a dataset and knows neither's kind: the dataset needs
-`steps_per_epoch(batch_size)`, `train_batches(batch_size, seed=, epoch=, start=,
-process_index=, process_count=)` (the epoch's batches from number `start` on),
-`eval_batches(split, batch_size, process_index=, process_count=)` and `task`
-("classification" or "regression").
+`fit` trains one run; `train.many.fit_many` trains runs that differ only in seed and learning
+rate as one vmapped program. Both hand `train_runs` the runs as a `Runs` object, which says how
+a step is compiled and called and how each run's state, metrics and evaluation are read from
+the running state; a run alone is `One`, a group `train.many.Group`. Everything else (the
+resume, the records, evaluation, early stopping, checkpoints, preemption, the final test) is
+written once, here. Messages go through `logging` (this module's logger); a run made with
+`console=False` logs its routine ones at DEBUG.
+
+The dataset meets `train.dataset.Dataset`; one that is `InMemory` keeps its training split on
+the devices, each step reading its batch there.
 """
+import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
-import json
+import logging
 import math
-import operator
 import os
 import signal
-import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Protocol
 
 import jax
 from jax.experimental import multihost_utils
@@ -24,11 +30,15 @@ import numpy as np
 from flax import nnx
 
 from train import checkpoint, report, workdir_lock
-from train.state import num_params
+from train.dataset import Dataset, Text
+from train.resume import (EarlyStopping, data_position, open_checkpoints, prepare_workdir,
+                          resume)
+from train.state import TrainState, num_params
 from train.throughput import Profile, speed
 from train.trainer import Trainer, total_steps
 from train.writers import Console, JsonLines, TensorBoard, Writers
 
+log = logging.getLogger(__name__)
 
 # Steps dispatched ahead of the one the host last waited for. Enough to keep a device busy
 # while the host prepares the next batch; bounded, because each queued step holds its batch in
@@ -54,116 +64,175 @@ class Preempted(Exception):
                          f"checkpoint is saved in {directory}. Run the same command to resume")
 
 
-def prepare_workdir(workdir: str) -> str:
-    """Creates `workdir` and proves it writable, before any work is done."""
-    try:
-        os.makedirs(workdir, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=workdir, prefix=".write-test-")  # never a link
-        os.close(fd)
-        os.remove(probe)
-    except OSError as e:
-        raise ValueError(f"workdir {workdir!r} cannot be written ({e.strerror}); "
-                         f"pass a --workdir you can write to") from None
-    for name in ("checkpoints", checkpoint.DAMAGED_DIR):  # descent writes inside it, only
-        if os.path.islink(os.path.join(workdir, name)):
-            raise ValueError(f"{os.path.join(workdir, name)} is a symbolic link; descent writes "
-                             f"only inside the work directory: make it a real directory")
-    return workdir
+class Runs(Protocol):
+    """The runs `train_runs` trains together: what differs between a run alone and a group.
+    The *running* state is what `step` takes; each run's canonical state is what checkpoints
+    hold and `Trainer.evaluate` takes."""
+    count: int
+    trainers: list[Trainer]  # one per run
+    devices: list            # the devices a step runs on
+
+    def join(self, states: list[TrainState]): ...           # canonical states -> running
+
+    def states(self, running) -> list[TrainState]: ...       # running -> canonical, per run
+
+    def batches(self, step: int, num_steps: int) -> Iterator[tuple[int, object]]: ...
+
+    def compile(self, running, batch) -> tuple[float, float | None]:
+        """Compiles the step for batches like `batch`: (seconds, FLOPs of a run's step per
+        device, where XLA counts them)."""
+
+    def step(self, running, batch) -> tuple[object, dict]: ...
+
+    def fetch(self, metrics: dict) -> list[dict]: ...        # device metrics -> floats, per run
+
+    def learning_rates(self, step: int) -> list[float]: ...  # each run's at update `step`
+
+    def evaluate(self, running, split: str, weights: str) -> list[dict]: ...
+
+    def starting_line(self, step: int, num_steps: int) -> str: ...
 
 
-def monitored(task: str, ema: bool = False) -> tuple[str, ...]:
-    """The metrics early stopping can watch (and best checkpoints be ranked by) for `task`; with
-    `ema`, those of the weights' moving average too."""
-    names = ("accuracy", "loss") if task == "classification" else ("loss", "mae")
-    return tuple(f"eval_{prefix}{n}" for prefix in ("", "ema_")[:1 + ema] for n in names)
-
-
-# Config keys a resumed run may change freely: how long it runs, and where (devices, data path).
-RESUMABLE_CHANGES = ("epochs", "steps", "parallel.strategy", "parallel.mesh", "dataset.data_dir",
-                     "dataset.on_device")
-HISTORY_FILE = "history.jsonl"
-
-
-def fit(config, workdir: str, model: nnx.Module | Callable[[], nnx.Module], dataset, *,
-        console: bool = True,
-        allow_config_change: bool = False, writers: Sequence = ()) -> dict:
+def fit(config, workdir: str, model: nnx.Module | Callable[[], nnx.Module], dataset: Dataset,
+        *, console: bool = True, allow_config_change: bool = False, writers: Sequence = (),
+        test_split: str | None = None) -> dict:
     """Trains `model` on `dataset` as `config` says; checkpoints, metrics and plot go to `workdir`.
     `model` may be a function that builds it: its state is then made in place (`Trainer`).
 
-    The work directory is locked while it trains (`train.workdir_lock`): a second trainer, or an
-    evaluation of it, is refused at once with the holder's pid, host and start time.
+    Every check of the config and the dataset runs before the work directory is created; it is
+    then locked while the run trains (`train.workdir_lock`): a second trainer, or an evaluation
+    of it, is refused at once with the holder's pid, host and start time.
 
     Resumes from the newest readable checkpoint in `workdir` if there is one, exactly where it
-    stopped. SIGTERM or SIGINT finishes the current step, saves and raises Preempted. Returns a
-    summary with the final state, the best checkpoint's step and why training stopped.
+    stopped. SIGTERM or SIGINT finishes the current step, saves and raises Preempted; a loss
+    that becomes NaN or infinite raises Diverged, keeping the last good checkpoint. Returns a
+    summary with the final state, the best checkpoint's step and why training stopped; with
+    `test_split`, also `test` (the best checkpoint's metrics on it, written to
+    `<workdir>/eval_<split>_<step>.json`) and `tests` (those of the raw weights and, with
+    `optimizer.ema_decay`, of their moving average).
 
     Every record (`train.writers`) goes to `<workdir>/metrics.jsonl`, to TensorBoard event files
     under `<workdir>/tensorboard/` (unless `log.tensorboard` is off), to the console, and to
     each of `writers`: callables, or objects with `write(record)` (on process 0 only).
-    `console=False` keeps the progress bar and the per-evaluation lines off the terminal (for
-    programs that train many runs and report on their own); the files are written all the same.
-    Resuming with a config that differs from the saved one in more than `RESUMABLE_CHANGES` is
-    refused, naming the keys, unless `allow_config_change` (the change then goes into
-    `<workdir>/history.jsonl`).
+    `console=False` keeps the progress bar and the per-evaluation lines off the terminal and
+    logs the run's routine messages at DEBUG (for programs that train many runs and report on
+    their own); the files are written all the same. Resuming with a config that differs from
+    the saved one in more than `RESUMABLE_CHANGES` is refused, naming the keys, unless
+    `allow_config_change` (the change then goes into `<workdir>/history.jsonl`); so is
+    resuming on other data.
     """
-    prepare_workdir(workdir)
-    chief_says = print if jax.process_index() == 0 and console else _silent
-    with workdir_lock.hold(workdir, exclusive=True, say=chief_says):
-        return _fit(config, workdir, model, dataset, console, allow_config_change, writers)
+    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size),
+                      dataset.task)
+    (summary,) = train_runs(One(trainer, dataset, config), [config], [workdir], dataset,
+                            console=console, allow_config_change=allow_config_change,
+                            writers=writers, test_split=test_split)
+    if summary["diverged"]:
+        raise Diverged(summary["diverged"], summary["diverged_at"])
+    return summary
 
 
-def _fit(config, workdir: str, model, dataset, console: bool,
-         allow_config_change: bool, user_writers: Sequence) -> dict:
-    # --- setup: everything that can fail on bad input fails here, before any checkpoint is touched
+@dataclasses.dataclass
+class _Run:
+    """One run's part of the loop: where it writes, and how far it got."""
+    config: object
+    workdir: str
+    stopping: EarlyStopping
+    checkpoints: checkpoint.Checkpoints | None = None
+    history: list = dataclasses.field(default_factory=list)
+    writers: Writers | None = None
+    stop_reason: str | None = None
+    diverged_at: int | None = None  # the step whose loss (or another metric) was not finite
+    final: TrainState | None = None  # the state of a run that stopped before the others
+
+    @property
+    def active(self) -> bool:
+        return self.stop_reason is None
+
+
+def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: Dataset, *,
+               console: bool = True, allow_config_change: bool = False,
+               writers: Sequence = (), test_split: str | None = None) -> list[dict]:
+    """Trains `runs` (one config and work directory each), as `fit` describes for one run;
+    returns a summary per run, with `diverged` (the message, or None) and `diverged_at`."""
+    # --- setup: everything that can fail on bad input fails here, before any file is touched
+    config = configs[0]
+    ema = runs.trainers[0].ema_decay > 0
+    members = [_Run(c, w, EarlyStopping(c.early_stopping, dataset.task, c.dataset.name, ema))
+               for c, w in zip(configs, workdirs)]
+    checkpoint.check_retention(config.checkpoint.keep, config.checkpoint.keep_best)
+    num_steps = total_steps(config, dataset.steps_per_epoch(config.dataset.batch_size))
+    profile = Profile(config.profile.start_step, config.profile.num_steps, workdirs[0],
+                      num_steps)
+    for split in dict.fromkeys(s for s in (config.eval_split, test_split) if s):
+        dataset.num_examples(split)  # a split the dataset lacks is named now
     chief = jax.process_index() == 0
-    say = print if chief and console else _silent
+    info = logging.INFO if console and chief else logging.DEBUG
+
+    # --- the work directories: made and locked once, each checkpoint manager opened in it
+    with contextlib.ExitStack() as held:
+        for run in members:
+            prepare_workdir(run.workdir)
+            held.enter_context(workdir_lock.hold(run.workdir, exclusive=True))
+        for run in members:
+            run.checkpoints = held.enter_context(open_checkpoints(run.workdir, run.config))
+        summaries = _train(runs, members, dataset, profile, info, console and chief,
+                           allow_config_change, writers)
+        if test_split:
+            _test(runs, members, summaries, dataset, test_split)
+        return summaries
+
+
+def _train(runs: Runs, members: list[_Run], dataset: Dataset, profile: Profile, info: int,
+           show: bool, allow_config_change: bool, user_writers: Sequence) -> list[dict]:
+    config = members[0].config
     steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
     num_steps = total_steps(config, steps_per_epoch)
     eval_every = config.eval_every or steps_per_epoch
     checkpoint_every = config.checkpoint.every or eval_every
-    trainer = Trainer(config, model, steps_per_epoch, dataset.task)
-    stopping = EarlyStopping(config.early_stopping, dataset.task, config.dataset.name,
-                             ema=trainer.ema_decay > 0)
-    profile = Profile(option(config, "profile.start_step", 0),
-                      option(config, "profile.num_steps", 1), workdir, num_steps, say)
-    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-    dataset.num_examples(config.eval_split)  # a split the dataset lacks is named now
-    described = dataset.description()
+    chief = jax.process_index() == 0
+
+    described = dataset.description()  # what rebuilds the dataset; saved with each checkpoint
 
     # --- resume: the newest checkpoint that reads back whole, and the data position saved with it
-    manager, state, step, history = _resume(config, workdir, trainer, steps_per_epoch,
-                                            described, allow_config_change, say)
-    stopping.replay(history)
-    say(dataset.summary())
-    say(_starting_line(trainer, step, num_steps, steps_per_epoch, config.dataset.batch_size))
+    states, step, histories = resume(
+        [run.checkpoints for run in members], [run.config for run in members],
+        [run.workdir for run in members], [t.initial_state for t in runs.trainers], described,
+        steps_per_epoch, allow_config_change, info)
+    for run, history in zip(members, histories):
+        run.history = history
+        run.stopping.replay(history)
+    log.log(info, "%s", dataset.summary())
+    log.log(info, "%s", runs.starting_line(step, num_steps))
     first_step = step + 1  # logged whatever log_every says: curves start there
     profile.resuming_at(first_step)
-    state = trainer.place(state)
-    # in-memory data is kept on the devices: each step is sent its batch's row numbers only
-    feed = (trainer.device_feed(dataset)
-            if step < num_steps and option(config, "dataset.on_device", True) else None)
-    put = feed.put if feed else trainer.put
-    batches = _batches(dataset, config, step, num_steps, steps_per_epoch, shard, feed)
+    state = runs.join(states)
+    batches = runs.batches(step, num_steps)
     first = next(batches, None)
     if chief:  # the curves' plotting library loads while XLA compiles, which frees the GIL
         report.import_plotting_behind()
-    compiled = trainer.compile(state, put(first[1]), feed) if first else None
-    shown = Console(num_steps, step, ("loss", *trainer.task.metrics), config.eval_split,
-                    show=chief and console)
-    writers = Writers([JsonLines(workdir), shown, *user_writers] + (
-        [TensorBoard(workdir, config.eval_split, history)]
-        if chief and option(config, "log.tensorboard", True) else []))
+    compiled = runs.compile(state, first[1]) if first else None
+    shown = Console(num_steps, step, ("loss", *runs.trainers[0].task.metrics), config.eval_split,
+                    show=show, label=f"{runs.count} runs" if runs.count > 1 else None)
+    for i, run in enumerate(members):
+        mine = ([shown, *user_writers] if runs.count == 1
+                else [_Tagged(w, i) for w in user_writers])
+        run.writers = Writers([JsonLines(run.workdir), *mine] + (
+            [TensorBoard(run.workdir, config.eval_split, run.history)]
+            if chief and config.log.tensorboard else []))
 
-    def _write(record: dict) -> None:
-        write_record(writers, history, record, manager, workdir)
-
-    # --- the loop
-    stop_reason, pending = None, []  # pending: (step, device metrics) not fetched yet
+    # --- the loop: every run steps together; a run that stops (early stopping, divergence)
+    # is no longer recorded or saved, and its state is kept as it stood
+    pending = []  # (step, device metrics) not fetched yet
+    saves = _Saves(behind=runs.count > 1)
     with stop_requests() as stop_signals, contextlib.ExitStack() as cleanup:
-        cleanup.callback(writers.close)
+        for run in members:
+            cleanup.callback(run.writers.close)
+        cleanup.callback(shown.close)
         cleanup.callback(profile.close)
+        cleanup.callback(saves.close)
         if compiled:
-            _write(_compile_record(first_step, compiled, trainer))
+            for run in members:
+                _write(run, _compile_record(first_step, *compiled, runs.devices), saves)
             batches = itertools.chain([first], batches)
         window_start = time.perf_counter()
         for step, batch in batches:
@@ -173,7 +242,7 @@ def _fit(config, workdir: str, model, dataset, console: bool,
             do_save = step % checkpoint_every == 0 or step == num_steps or preempted
             do_log = do_eval or do_save or step % config.log_every == 0 or step == first_step
             profile.before(step)
-            state, metrics = compiled.step(state, put(batch))
+            state, metrics = runs.step(state, batch)
             profile.after(step, state)
             shown.advance()
             pending.append((step, metrics))
@@ -181,276 +250,182 @@ def _fit(config, workdir: str, model, dataset, console: bool,
                 pending[-MAX_STEPS_IN_FLIGHT - 1][1]["loss"].block_until_ready()  # one is all
             if not do_log:
                 continue
-            fetched = [(s, trainer.fetch(m)) for s, m in pending]
+            fetched = [(s, runs.fetch(m)) for s, m in pending]
             pending = []
-            _stop_if_not_finite(fetched, manager)  # before anything is saved
-            record = _train_record(step, fetched, trainer, steps_per_epoch, compiled,
-                                   time.perf_counter() - window_start if step > first_step
-                                   else None)
-            canonical = trainer.gather(state) if do_eval or do_save else None
-            if do_eval:
-                record.update(_evaluate(trainer, canonical, dataset, config, shard))
-                stop_reason = stopping.update(record)
-            _write(record)
-            if do_save or stop_reason:
-                checkpoint.save(manager, step, canonical, config.to_dict(),
-                                data_position(step, steps_per_epoch, config),
-                                stopping.ranking(record), described)
+            per_run = [[(s, m[i]) for s, m in fetched] for i in range(runs.count)]
+            _stop_the_diverged(runs, members, state, per_run, saves)  # before anything is saved
+            if not any(run.active for run in members):
+                break
+            seconds = time.perf_counter() - window_start if step > first_step else None
+            canonical = runs.states(state) if do_eval or do_save else None
+            evaluated = _evaluate(runs, state, config) if do_eval else None
+            rates = runs.learning_rates(step - 1)
+            for i, run in enumerate(members):
+                if not run.active:
+                    continue
+                record = _train_record(step, per_run[i], runs, rates[i], steps_per_epoch,
+                                       seconds, compiled[1])
+                if evaluated:
+                    record.update(evaluated[i])
+                    run.stop_reason = run.stopping.update(record)
+                _write(run, record, saves)
+                if do_save or run.stop_reason:
+                    saves.start(run.checkpoints, step, canonical[i], run.config.to_dict(),
+                                data_position(step, steps_per_epoch, run.config),
+                                run.stopping.ranking(record), described)
+                if run.stop_reason:
+                    run.final = canonical[i]
+            saves.raise_failures()
             if preempted:
-                checkpoint.wait(manager)
+                _settle(members, saves)
                 raise Preempted(stop_signals[0] if stop_signals else signal.SIGTERM, step,
-                                str(manager.directory))
-            if stop_reason:
+                                ", ".join(run.checkpoints.directory for run in members))
+            if not any(run.active for run in members):
                 break
             window_start = time.perf_counter()  # evaluating and saving are not training time
-    checkpoint.wait(manager)
+        _settle(members, saves)
 
-    # --- what the run leaves behind
-    if stop_reason:
-        say(stop_reason)
-    title = f"{config.model.name} on {config.dataset.name}: {os.path.abspath(workdir)}"
-    curves = report.plot_curves(workdir, title, config.eval_split) if chief else None
-    return {"state": trainer.gather(state), "trainer": trainer, "best_step": manager.best_step(),
-            "latest_step": manager.latest_step(), "stop_reason": stop_reason or "finished",
-            "history": history, "curves": curves, "checkpoints": str(manager.directory)}
+    # --- what each run leaves behind
+    summaries = []
+    for run, trainer, final in zip(members, runs.trainers, runs.states(state)):
+        if run.stop_reason and run.diverged_at is None:
+            log.log(info, "%s", run.stop_reason)
+        title = f"{run.config.model.name} on {run.config.dataset.name}: " + os.path.abspath(
+            run.workdir)
+        curves = report.plot_curves(run.workdir, title, config.eval_split) if chief else None
+        summaries.append({
+            "state": run.final if run.final is not None else final, "trainer": trainer,
+            "best_step": run.checkpoints.best_step(),
+            "latest_step": run.checkpoints.latest_step(),
+            "stop_reason": run.stop_reason or "finished",
+            "diverged": run.stop_reason if run.diverged_at is not None else None,
+            "diverged_at": run.diverged_at, "history": run.history, "curves": curves,
+            "checkpoints": run.checkpoints.directory})
+    return summaries
 
 
 # --- the loop's helpers, in the order it calls them
 
-class EarlyStopping:
-    """Tracks the best value of `early_stopping.monitor` and the evaluations since it; the same
-    metric ranks the checkpoints to keep."""
-
-    def __init__(self, cfg, task: str, dataset_name: str, ema: bool):
-        self.monitor, self.patience = cfg.monitor, cfg.patience
-        if self.monitor not in monitored(task, ema):
-            raise ValueError(f"early_stopping.monitor={self.monitor!r} is not one of "
-                             f"{', '.join(monitored(task, ema))} (what a {task} dataset such "
-                             f"as {dataset_name} is evaluated on"
-                             f"{'' if ema else ' without optimizer.ema_decay'})")
-        self.better = operator.lt if checkpoint.metric_mode(self.monitor) == "min" else operator.gt
-        self.best, self.bad_evals = None, 0
-
-    def replay(self, history: list[dict]) -> None:
-        for record in history:
-            if self.monitor in record:
-                self.update(record)
-
-    def update(self, record: dict) -> str | None:
-        """Takes an evaluated record; returns why training should stop, or None."""
-        value = record[self.monitor]
-        if self.best is None or self.better(value, self.best):
-            self.best, self.bad_evals = value, 0
-        else:
-            self.bad_evals += 1
-        if self.patience and self.bad_evals >= self.patience:
-            return (f"early stopping: {self.monitor} did not improve on {self.best:.4f} for "
-                    f"{self.patience} evaluations")
-        return None
-
-    def ranking(self, record: dict) -> dict | None:
-        """What a checkpoint saved with `record` is ranked by (None if it was not evaluated)."""
-        return {self.monitor: record[self.monitor]} if self.monitor in record else None
-
-
-def _starting_line(trainer: Trainer, step: int, num_steps: int, steps_per_epoch: int,
-                   batch_size: int) -> str:
-    if step >= num_steps:
-        return (f"this run is finished: its checkpoint at step {step} is the last of its "
-                f"{num_steps} steps. To train it further, raise --config.epochs (or "
-                f"--config.steps)")
-    k = trainer.accumulate_steps
-    micro = f", accumulated over {k} micro-batches of {batch_size // k}" if k > 1 else ""
-    devices = trainer.mesh.devices.flat
-    return (f"training {num_params(trainer.initial_state):,} parameters for {num_steps} steps "
-            f"({steps_per_epoch} per epoch, batch {batch_size}{micro}) on "
-            f"{trainer.mesh.devices.size} {next(iter(devices)).platform} device(s) in "
-            f"{jax.process_count()} process(es), strategy {trainer.strategy}")
-
-
-def _batches(dataset, config, step: int, num_steps: int, steps_per_epoch: int, shard: dict,
-             feed=None):
-    """(step number, this process's batch) for every step after `step`, epoch after epoch,
-    up to `num_steps` (which may end mid-epoch); with a device `feed`, (step number, the
-    global batch's plan) instead."""
-    while step < num_steps:
-        epoch, offset = divmod(step, steps_per_epoch)
-        end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)
-        if feed is None:
-            batches = dataset.train_batches(config.dataset.batch_size, seed=config.seed,
-                                            epoch=epoch, start=offset, **shard)
-        else:
-            batches = dataset.train_plans(config.dataset.batch_size, seed=config.seed,
-                                          epoch=epoch, start=offset)
-        for batch in itertools.islice(batches, end - offset):
-            step += 1
-            yield step, batch
-
-
-def _compile_record(step: int, compiled, trainer: Trainer) -> dict:
-    """The compile time, once; XLA's FLOP count of a step (all devices) where it has one."""
-    record = {"step": step, "time": time.time(), "compile_s": compiled.seconds}
-    if compiled.flops:
-        record["flops_per_step"] = compiled.flops * trainer.mesh.devices.size
+def _compile_record(step: int, seconds: float, flops: float | None, devices: list) -> dict:
+    """The compile time, once; XLA's FLOP count of a run's step (all its devices) where it has
+    one."""
+    record = {"step": step, "time": time.time(), "compile_s": seconds}
+    if flops:
+        record["flops_per_step"] = flops * len(devices)
     return record
 
 
-def write_record(writers: Writers, history: list, record: dict, manager, workdir: str) -> None:
-    """Keeps `record` in `history` and hands it to `writers`; a disk that refuses it is named,
-    with the checkpoints already saved waited for."""
-    history.append(record)
+def _write(run: _Run, record: dict, saves: "_Saves") -> None:
+    """Keeps `record` in the run's history and hands it to its writers; a disk that refuses it
+    is named, with the checkpoints already saved waited for."""
+    run.history.append(record)
     try:
-        writers.write(record)
+        run.writers.write(record)
     except OSError as e:
-        checkpoint.wait(manager)
+        saves.finish()
+        run.checkpoints.wait()
         raise checkpoint.CheckpointWriteError(
-            f"could not write the metrics of step {record['step']} into {workdir} "
-            f"({e.strerror}); the checkpoints in {manager.directory} are intact. Free space "
-            f"or make the work directory writable, then rerun to resume") from e
+            f"could not write the metrics of step {record['step']} into {run.workdir} "
+            f"({e.strerror}); the checkpoints in {run.checkpoints.directory} are intact. Free "
+            f"space or make the work directory writable, then rerun to resume") from e
 
 
-def _stop_if_not_finite(fetched: list[tuple[int, dict]], manager) -> None:
-    for step, metrics in fetched:
-        bad = next((k for k, v in metrics.items() if not math.isfinite(v)), None)
-        if bad is None:
+def _stop_the_diverged(runs: Runs, members: list[_Run], state, per_run: list, saves) -> None:
+    """Stops each run one of whose metrics became NaN or infinite, naming its step and the
+    last good checkpoint it keeps."""
+    for i, (run, fetched) in enumerate(zip(members, per_run)):
+        bad = next(((s, k, v) for s, m in fetched for k, v in m.items()
+                    if not math.isfinite(v)), None)
+        if not run.active or bad is None:
             continue
-        checkpoint.wait(manager)
-        last = manager.latest_step()
-        kept = (f"the last good checkpoint (step {last}) is kept in {manager.directory}"
+        step, key, value = bad
+        saves.finish()
+        run.checkpoints.wait()
+        last = run.checkpoints.latest_step()
+        kept = (f"the last good checkpoint (step {last}) is kept in {run.checkpoints.directory}"
                 if last is not None else "no checkpoint had been saved yet")
-        raise Diverged(f"{bad} became {metrics[bad]} at step {step}; stopped, and {kept}. Try a "
-                       f"lower optimizer.learning_rate or optimizer.clip_norm", step)
+        run.stop_reason = (f"{key} became {value} at step {step}; stopped, and {kept}. Try a "
+                           f"lower optimizer.learning_rate or optimizer.clip_norm")
+        run.diverged_at, run.final = step, runs.states(state)[i]
 
 
-def _train_record(step: int, fetched: list[tuple[int, dict]], trainer: Trainer,
-                  steps_per_epoch: int, compiled, seconds: float | None) -> dict:
+def _train_record(step: int, fetched: list[tuple[int, dict]], runs: Runs, learning_rate: float,
+                  steps_per_epoch: int, seconds: float | None, flops: float | None) -> dict:
     """One record of the steps since the last: their mean loss (and objective, and the task's
     metrics), the learning rate and norms at the last, and, over `seconds` (None for the
-    first step, whose time holds one-off costs), the throughput."""
+    first step, whose time holds one-off costs), the throughput: a run's steps over the whole
+    program's time."""
     last = fetched[-1][1]
-    means = ["loss", "objective", *trainer.task.metrics]
+    means = ["loss", "objective", *runs.trainers[0].task.metrics]
     record = {"step": step, "epoch": step / steps_per_epoch, "time": time.time(),
               **{f"train_{k}": float(np.mean([m[k] for _, m in fetched]))
                  for k in means if k in last},
-              "learning_rate": float(trainer.learning_rate(step - 1)),
+              "learning_rate": learning_rate,
               **{k: last[k] for k in sorted(last, key=lambda k: (k != "grad_norm", k))
                  if k not in means}}
     if seconds is not None:
-        record.update(speed(len(fetched), seconds, trainer.batch_size, compiled.flops,
-                            list(trainer.mesh.devices.flat)))
+        record.update(speed(len(fetched), seconds, runs.trainers[0].batch_size, flops,
+                            runs.devices))
     return record
 
 
-def _evaluate(trainer: Trainer, state, dataset, config, shard: dict) -> dict:
-    """`eval_<metric>` of the raw weights on `eval_split`; with a moving average of the weights,
-    `eval_ema_<metric>` of it as well."""
-    out = {}
-    for weights in ("raw", "ema") if trainer.ema_decay else ("raw",):
-        result = trainer.evaluate(state, dataset.eval_batches(
-            config.eval_split, config.dataset.eval_batch_size, **shard), weights)
+def _evaluate(runs: Runs, state, config) -> list[dict]:
+    """Each run's `eval_<metric>` of the raw weights on `eval_split`; with a moving average of
+    the weights, `eval_ema_<metric>` of it as well."""
+    out = [{} for _ in range(runs.count)]
+    for weights in ("raw", "ema") if runs.trainers[0].ema_decay else ("raw",):
         prefix = "eval_ema_" if weights == "ema" else "eval_"
-        out.update({prefix + k: v for k, v in result.items() if k != "examples"})
+        for mine, result in zip(out, runs.evaluate(state, config.eval_split, weights)):
+            mine.update({prefix + k: v for k, v in result.items() if k != "examples"})
     return out
 
 
-def _silent(*_, **__) -> None:
-    pass
+def _settle(members: list[_Run], saves: "_Saves") -> None:
+    """Waits until every save started is complete on disk."""
+    saves.finish()
+    for run in members:
+        run.checkpoints.wait()
 
 
-def option(config, dotted: str, default):
-    """`config.<dotted>`, or `default` for a config saved before that field existed."""
-    node = config
-    for name in dotted.split("."):
-        if not hasattr(node, "keys") or name not in node:
-            return default
-        node = node[name]
-    return node
-
-
-def _resume(config, workdir: str, trainer: Trainer, steps_per_epoch: int, described: dict,
-            allow_config_change: bool, say):
-    """(manager, state, step, history): the newest checkpoint that reads back whole (or the
-    trainer's initial state at step 0) and the metrics records up to its step."""
-    if jax.process_index() == 0:
-        checkpoint.remove_incomplete(workdir, say)
-    if jax.process_count() > 1:
-        multihost_utils.sync_global_devices("descent: checkpoints cleaned")
-    manager = checkpoint.open_manager(workdir, keep=config.checkpoint.keep,
-                                      keep_best=config.checkpoint.keep_best,
-                                      monitor=config.early_stopping.monitor)
-    state, step = trainer.initial_state, 0
-    resumed = checkpoint.restore_latest_good(manager, state, say)
-    if resumed is not None:
-        state, step, position = resumed
-        _check_config_change(config.to_dict(), checkpoint.saved_config(manager, step), step,
-                             workdir, allow_config_change, say)
-        _check_data_change(checkpoint.saved_dataset(manager, step), described, step, workdir,
-                           allow_config_change)
-        say(f"resumed from the checkpoint at step {step} in {manager.directory}")
-        if position != data_position(step, steps_per_epoch, config):
-            say("warning: dataset.batch_size or seed differ from the run that saved this "
-                "checkpoint, so the data order differs from an uninterrupted run")
-    history = [r for r in report.read_metrics(workdir) if r["step"] <= step]
-    if jax.process_index() == 0:
-        _rewrite_metrics(workdir, history)
-    return manager, state, step, history
-
-
-def _check_config_change(now: dict, saved: dict, step: int, workdir: str, allowed: bool,
-                         say) -> None:
-    """Refuses to resume under another config (the saved configs would lie about what ran),
-    unless `allowed`: then the change is recorded in the work directory's history."""
-    # as saved: through JSON (tuples come back as lists); a key the saved config lacks is one
-    # added to descent's configs since, at its default, not a change of what ran
-    before, after = flat(saved), flat(json.loads(json.dumps(now)))
-    changed = {k: (before[k], after.get(k)) for k in sorted(before)
-               if before[k] != after.get(k) and k not in RESUMABLE_CHANGES}
-    if not changed:
+def _test(runs: Runs, members: list[_Run], summaries: list[dict], dataset: Dataset,
+          split: str) -> None:
+    """Adds `test` and `tests` to the summary of every run that did not diverge: the metrics
+    of its best checkpoint on `split`, scored by one evaluation of all of them."""
+    tested = [i for i, s in enumerate(summaries) if not s["diverged"]]
+    if not tested:
         return
-    listed = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changed.items())
-    if not allowed:
-        raise ValueError(f"the checkpoint at step {step} in {workdir} was trained with another "
-                         f"config ({listed}); resume with the config it was saved with, use "
-                         f"another --workdir, or pass --allow-config-change to go on and record "
-                         f"the change")
-    say(f"config changed on resume at step {step}: {listed} (recorded in {HISTORY_FILE})")
-    if jax.process_index() == 0:
-        report.append_line(os.path.join(workdir, HISTORY_FILE), {
-            "step": step, "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
-            "changed": {k: list(v) for k, v in changed.items()}})
+    steps, states = [], []
+    for i in tested:
+        summary, run = summaries[i], members[i]
+        best, last = summary["best_step"], int(summary["state"].step)
+        if best is None or best == last:
+            steps.append(last)
+            states.append(summary["state"])
+        else:
+            steps.append(best)
+            states.append(run.checkpoints.restore(best, runs.trainers[i].initial_state))
+    joined = runs.join(states)
+    for i in tested:
+        summaries[i]["tests"] = {}
+    for weights in ("raw", "ema") if runs.trainers[0].ema_decay else ("raw",):
+        for i, step, metrics in zip(tested, steps, runs.evaluate(joined, split, weights)):
+            summaries[i]["tests"][weights] = report.record_evaluation(members[i].workdir, {
+                "split": split, "step": step, "checkpoint": "best", "weights": weights,
+                **metrics, "counted": counted(dataset)})
+    for i in tested:
+        summaries[i]["test"] = summaries[i]["tests"][scored_weights(members[i].config)]
 
 
-def _check_data_change(saved: dict | None, now: dict, step: int, workdir: str,
-                       allowed: bool) -> None:
-    """Refuses to resume on other data than the checkpoint's (other files, other classes),
-    unless `allowed`."""
-    if saved is None or allowed:
-        return
-    changed = [k for k in ("fingerprint", "classes", "examples") if saved.get(k) != now.get(k)]
-    if changed:
-        raise ValueError(f"the checkpoint at step {step} in {workdir} was trained on other data "
-                         f"than {now.get('source', now['name'])} is now ({', '.join(changed)} "
-                         f"differ); resume on the data it was trained on, use another "
-                         f"--workdir, or pass --allow-config-change to go on")
+def scored_weights(config) -> str:
+    """`ema` when the run ranks its checkpoints by the moving average of its weights
+    (`early_stopping.monitor=eval_ema_...`), else `raw`: what its test and `descent eval`
+    score unless told otherwise."""
+    return "ema" if config.early_stopping.monitor.startswith("eval_ema_") else "raw"
 
 
-def flat(tree, prefix: str = "") -> dict:
-    """{"optimizer.learning_rate": 0.001, ...} of a nested dict (a config's `to_dict()`)."""
-    out = {}
-    for key, value in tree.items():
-        out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict)
-                   else {f"{prefix}{key}": value})
-    return out
-
-
-def data_position(step: int, steps_per_epoch: int, config) -> dict:
-    """Where the data stands after `step` updates: the epoch and batch of the next batch.
-
-    Batches are a pure function of (seed, epoch), so this is all a resumed run needs.
-    """
-    epoch, batch = divmod(step, steps_per_epoch)
-    return {"epoch": epoch, "batch": batch, "seed": config.seed,
-            "batch_size": config.dataset.batch_size}
+def counted(dataset: Dataset) -> str:
+    """What an evaluation's `examples` count: characters for a language model, else examples."""
+    return "characters" if isinstance(dataset, Text) else "examples"
 
 
 @contextlib.contextmanager
@@ -473,9 +448,121 @@ def stop_requests():
             signal.signal(s, handler)
 
 
-def _rewrite_metrics(workdir: str, records: list[dict]) -> None:
-    """Keeps only the records up to the resumed step; written whole, then renamed into place."""
-    path = os.path.join(workdir, report.METRICS_FILE)
-    if not os.path.exists(path):
-        return
-    report.write_atomically(path, "".join(report.json_line(r) for r in records))
+class _Saves:
+    """Checkpoint saves, made in the order they are started. A run alone saves inline: its
+    state's buffers go to the next step (donated), so orbax must copy them off the devices
+    before that step. A group saves in one thread behind training: each run's state is a
+    slice of the group's that no step takes, and orbax's Python work (~0.06 s a checkpoint
+    here) done once per run would stall the group."""
+
+    def __init__(self, behind: bool):
+        self._pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="descent-saves")
+                      if behind else None)
+        self._started = []
+
+    def start(self, checkpoints: checkpoint.Checkpoints, *args) -> None:
+        if self._pool is None:
+            checkpoints.save(*args)
+        else:
+            self._started.append(self._pool.submit(checkpoints.save, *args))
+
+    def raise_failures(self) -> None:
+        """Raises the error of the first finished save that failed; forgets those that did not."""
+        while self._started and self._started[0].done():
+            self._started.pop(0).result()
+
+    def finish(self) -> None:
+        while self._started:
+            self._started.pop(0).result()
+
+    def close(self) -> None:  # on the way out, after an error too: saves under way complete
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
+class _Tagged:
+    """A user's writer, handed each record of a group's run with the run's index under `run`."""
+
+    def __init__(self, writer, run: int):
+        self.writer, self.run = writer, run
+
+    def write(self, record: dict) -> None:
+        record = {**record, "run": self.run}
+        self.writer.write(record) if hasattr(self.writer, "write") else self.writer(record)
+
+
+class One:
+    """A run alone: its Trainer's compiled step on the run's mesh, fed from the host or, for a
+    dataset held in memory, from its training split kept on the devices."""
+    count = 1
+
+    def __init__(self, trainer: Trainer, dataset: Dataset, config):
+        self.trainer, self.trainers, self.dataset, self.config = trainer, [trainer], dataset, config
+        self.devices = list(trainer.mesh.devices.flat)
+        self._shard = dict(process_index=jax.process_index(),
+                           process_count=jax.process_count())
+        self._feed, self._compiled = None, None
+
+    def join(self, states: list[TrainState]):
+        return self.trainer.place(states[0])
+
+    def states(self, running) -> list[TrainState]:
+        return [self.trainer.gather(running)]
+
+    def batches(self, step: int, num_steps: int) -> Iterator[tuple[int, dict]]:
+        """(step number, this process's batch) for every step after `step`, epoch after epoch,
+        up to `num_steps` (which may end mid-epoch); with the data on the devices, (step
+        number, the global batch's plan) instead."""
+        if step < num_steps and self.config.dataset.on_device:
+            self._feed = self.trainer.device_feed(self.dataset)  # None: not held in memory
+        return self._batches(step, num_steps)
+
+    def _batches(self, step: int, num_steps: int) -> Iterator[tuple[int, dict]]:
+        batch_size, seed = self.config.dataset.batch_size, self.config.seed
+        steps_per_epoch = self.dataset.steps_per_epoch(batch_size)
+        while step < num_steps:
+            epoch, offset = divmod(step, steps_per_epoch)
+            end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)
+            if self._feed is None:
+                batches = self.dataset.train_batches(batch_size, seed=seed, epoch=epoch,
+                                                     start=offset, **self._shard)
+            else:
+                batches = self.dataset.train_plans(batch_size, seed=seed, epoch=epoch,
+                                                   start=offset)
+            for batch in itertools.islice(batches, end - offset):
+                step += 1
+                yield step, batch
+
+    def _put(self, batch: dict) -> dict:
+        return self._feed.put(batch) if self._feed else self.trainer.put(batch)
+
+    def compile(self, running, batch) -> tuple[float, float | None]:
+        self._compiled = self.trainer.compile(running, self._put(batch), self._feed)
+        return self._compiled.seconds, self._compiled.flops
+
+    def step(self, running, batch):
+        return self._compiled.step(running, self._put(batch))
+
+    def fetch(self, metrics: dict) -> list[dict]:
+        return [self.trainer.fetch(metrics)]
+
+    def learning_rates(self, step: int) -> list[float]:
+        return [float(self.trainer.learning_rate(step))]
+
+    def evaluate(self, running, split: str, weights: str) -> list[dict]:
+        batches = self.dataset.eval_batches(split, self.config.dataset.eval_batch_size,
+                                            **self._shard)
+        return [self.trainer.evaluate(self.trainer.gather(running), batches, weights)]
+
+    def starting_line(self, step: int, num_steps: int) -> str:
+        if step >= num_steps:
+            return (f"this run is finished: its checkpoint at step {step} is the last of its "
+                    f"{num_steps} steps. To train it further, raise --config.epochs (or "
+                    f"--config.steps)")
+        trainer, batch_size = self.trainer, self.config.dataset.batch_size
+        k = trainer.accumulate_steps
+        micro = f", accumulated over {k} micro-batches of {batch_size // k}" if k > 1 else ""
+        return (f"training {num_params(trainer.initial_state):,} parameters for {num_steps} "
+                f"steps ({self.dataset.steps_per_epoch(batch_size)} per epoch, batch "
+                f"{batch_size}{micro}) on {len(self.devices)} {self.devices[0].platform} "
+                f"device(s) in {jax.process_count()} process(es), strategy {trainer.strategy}")

@@ -6,11 +6,16 @@ descent neither switches matplotlib's backend nor adds to a notebook's figures.
 import importlib
 import io
 import json
+import logging
 import os
 import sys
 import threading
 
+import jax
+
 from train.files import append_line, json_line, write_atomically  # noqa: F401
+
+log = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.jsonl"
 CURVES_FILE = "curves.png"
@@ -30,11 +35,29 @@ def read_metrics(workdir: str) -> list[dict]:
             records.append(json.loads(line))
         except json.JSONDecodeError as e:
             if number == len(lines):  # no newline after it: a write cut short (a full disk)
-                print(f"warning: dropped the unfinished last line of {path}", file=sys.stderr)
+                log.warning("dropped the unfinished last line of %s", path)
                 continue
             raise ValueError(f"{path} line {number} is not JSON ({e.msg}); fix or remove that "
                              f"line") from None
     return records
+
+
+def record_evaluation(workdir: str, metrics: dict) -> dict:
+    """Writes `metrics` to `<workdir>/eval_<split>_<step>.json` (`..._ema.json` for the moving
+    average of the weights) on process 0 and returns them.
+
+    A work directory that cannot be written loses no result: the metrics come back with
+    `"not_saved"` saying why, and the reason is logged as a warning."""
+    if jax.process_index() == 0:
+        suffix = "_ema" if metrics.get("weights") == "ema" else ""
+        path = os.path.join(workdir, f"eval_{metrics['split']}_{metrics['step']}{suffix}.json")
+        try:
+            write_atomically(path, json.dumps(metrics, indent=2))
+        except OSError as e:
+            metrics = {**metrics, "not_saved": f"could not write {path} ({e.strerror}); the "
+                                               f"metrics above are all there is of them"}
+            log.warning("%s", metrics["not_saved"])
+    return metrics
 
 
 def import_plotting_behind() -> None:

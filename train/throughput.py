@@ -1,8 +1,11 @@
 """What a step achieves on the hardware: FLOP/s and utilisation against the device's peak, peak
 memory, and `jax.profiler` traces of chosen steps."""
+import logging
 import os
 
 import jax
+
+log = logging.getLogger(__name__)
 
 # Peak dense bfloat16 FLOP/s per device by `device_kind` (vendor data sheets, without sparsity).
 # A device not listed gets no utilisation figure rather than a guessed one.
@@ -67,21 +70,20 @@ class Profile:
     with the tensorboard-plugin-profile package) or load its `perfetto_trace.json.gz` into
     https://ui.perfetto.dev. `start_step` 0 traces nothing."""
 
-    def __init__(self, start_step: int, num_steps: int, workdir: str, last_step: int,
-                 say=print):
+    def __init__(self, start_step: int, num_steps: int, workdir: str, last_step: int):
         if start_step > last_step:
             raise ValueError(f"profile.start_step={start_step} is after the run's last step "
                              f"{last_step}; trace a step the run reaches")
         self.start, self.stop = start_step, min(start_step + num_steps - 1, last_step)
         self.active = bool(start_step) and jax.process_index() == 0
         self.directory = os.path.join(workdir, PROFILE_DIR)
-        self.tracing, self.say = False, say
+        self.tracing = False
 
     def resuming_at(self, first_step: int) -> None:
         """A resumed run starts at `first_step`: steps before it are not traced again."""
         if self.active and self.start < first_step:
-            self.say(f"profile.start_step={self.start} is before the step this run resumes at "
-                     f"({first_step}): nothing is traced")
+            log.warning("profile.start_step=%s is before the step this run resumes at (%s): "
+                        "nothing is traced", self.start, first_step)
             self.active = False
 
     def before(self, step: int) -> None:
@@ -93,9 +95,9 @@ class Profile:
         if self.tracing and step == self.stop:
             jax.block_until_ready(state)  # the trace holds the steps' execution, not dispatch
             self.close()
-            self.say(f"profiled steps {self.start}-{self.stop} into {self.directory}: open it "
-                     f"with tensorboard --logdir {os.path.dirname(self.directory)} (Profile "
-                     f"tab), or its perfetto_trace.json.gz in https://ui.perfetto.dev")
+            log.info("profiled steps %s-%s into %s: open it with tensorboard --logdir %s "
+                     "(Profile tab), or its perfetto_trace.json.gz in https://ui.perfetto.dev",
+                     self.start, self.stop, self.directory, os.path.dirname(self.directory))
 
     def close(self) -> None:
         if self.tracing:

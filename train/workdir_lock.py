@@ -6,19 +6,22 @@ releases the lock when its process dies, however it dies, so a crashed run never
 directory locked; the holder's pid, host and start time are written into the file for the
 message a second trainer gets, and cleared on a clean exit (what is found there on taking the
 lock was left by a run that crashed). In multi-process runs process 0 holds it for all.
+Each command takes it once, for as long as it works in the directory.
 """
 import contextlib
 import datetime
 import errno
 import fcntl
 import json
+import logging
 import os
 import socket
 
 import jax
 
+log = logging.getLogger(__name__)
+
 LOCK_FILE = ".descent.lock"
-_held: dict[str, int] = {}  # path -> depth: a process may nest, e.g. train then evaluate
 
 
 class WorkdirBusy(ValueError):
@@ -26,19 +29,12 @@ class WorkdirBusy(ValueError):
 
 
 @contextlib.contextmanager
-def hold(workdir: str, *, exclusive: bool, say=print):
+def hold(workdir: str, *, exclusive: bool):
     """Holds `workdir`'s lock (exclusive for training) while the block runs; a directory in use
     raises WorkdirBusy at once, naming the holder."""
     path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
     if jax.process_index() != 0:
         yield
-        return
-    if path in _held:  # this process holds it already
-        _held[path] += 1
-        try:
-            yield
-        finally:
-            _held[path] -= 1
         return
     try:  # held open read-only: a file open for writing would keep the disk from being
         # remounted read-only, and flock does not need write access
@@ -56,21 +52,19 @@ def hold(workdir: str, *, exclusive: bool, say=print):
         except OSError as e:  # a file system without locks (some network mounts): go on
             if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
                 raise
-            say(f"warning: {workdir} cannot be locked here ({e.strerror}); make sure no other "
-                f"run uses it")
+            log.warning("%s cannot be locked here (%s); make sure no other run uses it",
+                        workdir, e.strerror)
         if exclusive:
             left = _holder(fd)
             if left:
-                say(f"took over the lock of {workdir}, left by pid {left.get('pid')} on "
-                    f"{left.get('host')} (started {left.get('since')}), which is no longer "
-                    f"running")
+                log.info("took over the lock of %s, left by pid %s on %s (started %s), which "
+                         "is no longer running", workdir, left.get("pid"), left.get("host"),
+                         left.get("since"))
             _write(path, {"pid": os.getpid(), "host": socket.gethostname(),
                           "since": datetime.datetime.now().isoformat(timespec="seconds")})
-        _held[path] = 1
         try:
             yield
         finally:
-            del _held[path]
             if exclusive:
                 with contextlib.suppress(OSError):  # e.g. the disk went read-only meanwhile
                     _write(path, None)  # a clean exit: nothing to take over

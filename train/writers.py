@@ -9,9 +9,11 @@ taking the record, or an object with `write(record)` and, if it holds resources,
     wandb.init(project="descent")
     run.train_and_evaluate(config, "runs/a", writers=[lambda r: wandb.log(r, step=r["step"])])
 
-Only process 0 writes. Adding a writer never edits the loop.
+Only process 0 writes. Adding a writer never edits the loop. Messages (a run starting,
+resuming, stopping) are not records: they go through `logging` (see `train.messages`).
 """
 import glob
+import logging
 import os
 import sys
 import time
@@ -23,6 +25,8 @@ from tqdm import tqdm
 
 from train.files import append_line
 from train.report import METRICS_FILE
+
+log = logging.getLogger(__name__)
 
 TENSORBOARD_DIR = "tensorboard"
 
@@ -145,8 +149,8 @@ class TensorBoard:
             for w in self._runs.values():
                 w.close()
         except OSError as e:  # at the end, or while another error stops the run: say, go on
-            print(f"warning: could not finish the TensorBoard files in {self.root} "
-                  f"({e.strerror}); {METRICS_FILE} holds every record", file=sys.stderr)
+            log.warning("could not finish the TensorBoard files in %s (%s); %s holds every "
+                        "record", self.root, e.strerror, METRICS_FILE)
         self._runs = {}
 
 
@@ -155,13 +159,14 @@ _SHORT = {"accuracy": "acc"}  # console abbreviations
 
 class Console:
     """The progress bar (its postfix shows the latest train metrics), a line per evaluation, and
-    the compile time once. `names` are the metrics shown: the loss and the task's metrics."""
+    the compile time once. `names` are the metrics shown: the loss and the task's metrics;
+    `label` stands before the bar."""
 
     def __init__(self, total: int, done: int, names: tuple[str, ...], eval_split: str,
-                 show: bool = True):
+                 show: bool = True, label: str | None = None):
         self.names, self.eval_split, self.show = names, eval_split, show
         self.bar = tqdm(total=total, initial=done, unit="step", dynamic_ncols=True,
-                        disable=None if show else True)
+                        disable=None if show else True, desc=label)
 
     def advance(self) -> None:
         self.bar.update()
@@ -190,3 +195,4 @@ class Console:
 
     def close(self) -> None:
         self.bar.close()
+

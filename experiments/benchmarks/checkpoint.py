@@ -63,23 +63,24 @@ def main():
     jax.block_until_ready(state)
 
     shutil.rmtree(args.dir, ignore_errors=True)
-    manager = checkpoint.open_manager(args.dir, keep=2, keep_best=0)
+    checkpoints = checkpoint.Checkpoints(args.dir, keep=2, keep_best=0)
+    manager = checkpoints.manager
     blocked, sync, restore, unverified, verify_alone = [], [], [], [], []
     step = 0
     for _ in range(args.repeats):
         step += 1  # a save the loop made earlier: on disk by now, not yet checksummed
-        checkpoint.save(manager, step, state, {}, {"epoch": 0, "batch": step})
+        checkpoints.save(step, state, {}, {"epoch": 0, "batch": step})
         manager.wait_until_finished()
         step += 1  # async: the loop is blocked while save() copies the state off the devices
         start = time.perf_counter()  # (the one before is checksummed in a thread meanwhile)
-        checkpoint.save(manager, step, state, {}, {"epoch": 0, "batch": step})
+        checkpoints.save(step, state, {}, {"epoch": 0, "batch": step})
         blocked.append(time.perf_counter() - start)
-        checkpoint.wait(manager)
+        checkpoints.wait()
 
         step += 1  # sync: save and wait for it to be on disk
         start = time.perf_counter()
-        checkpoint.save(manager, step, state, {}, {"epoch": 0, "batch": step})
-        checkpoint.wait(manager)
+        checkpoints.save(step, state, {}, {"epoch": 0, "batch": step})
+        checkpoints.wait()
         sync.append(time.perf_counter() - start)
 
         pair = ((False, unverified), (True, restore))
