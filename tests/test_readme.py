@@ -1,6 +1,7 @@
-"""The README's commands, run as written (or as the table below says and why), and the output
-lines it quotes, matched against what the commands print."""
+"""The commands of the README and of every page in docs/, run as written (or as the table below
+says and why), and the output lines they quote, matched against what the commands print."""
 import concurrent.futures
+import glob
 import os
 import re
 import shlex
@@ -11,106 +12,142 @@ import pytest
 
 from conftest import ROOT, xla_flags
 
-README = os.path.join(ROOT, "README.md")
 BIN = os.path.dirname(sys.executable)
 
 OWN = ("the reader's own files; tests/test_own_data.py trains, evaluates and predicts the same "
        "way on an .npz, a folder of PNGs and CSV tables it writes")
+CLUSTER = "needs a {} cluster; tests/test_distributed_env.py simulates its variables"
 
-# Every `descent ...` command in the README's sh blocks, in order (comments stripped). Each one
-# is run as written, with `runs/` inside a temporary folder and one CPU device as on a user's
-# machine, unless it is changed ("as": a variant the README names, e.g. :tiny for a 12-minute
-# run) or skipped ("skip": why, and which test covers it). "quote": the line the README says it
-# ends with: it must be in the README and be the command's last line.
+# Every `descent ...` command in the sh blocks of each page, in order (comments stripped), the
+# README first. Each one is run as written, with `runs/` inside one temporary folder shared by
+# all pages (docs/checkpoints.md evaluates the README's runs/cnn) and one CPU device as on a
+# user's machine, unless it is changed ("as": a variant the page names, e.g. :tiny for a
+# 12-minute run) or skipped ("skip": why, and which test covers it). A command written on two
+# pages runs once. "quote": the line the page says it ends with: it must be on that page and be
+# the command's last line. "data": it reads the prepared real datasets ("flag": pass their
+# folder), and is not run where they are not.
 COMMANDS = {
-    "python3 -m venv .venv && .venv/bin/pip install -e . && .venv/bin/descent train --config "
-    "experiments/configs/digits_mlp.py --workdir runs/digits_mlp": {
-        "as": "descent train --config experiments/configs/digits_mlp.py --workdir "
-              "runs/digits_mlp",  # the venv and install are CI's own first step
-        "quote": "best checkpoint: step 663; test accuracy 0.9778 (360 examples), loss 0.1707"},
-    "descent train --config experiments/configs/digits_cnn.py --workdir runs/cnn "
-    "--config.optimizer.name=sgd --config.optimizer.learning_rate=0.05 --config.epochs=10": {},
-    "descent train --config experiments/configs/digits_mlp.py:tiny --workdir runs/quick": {},
-    "descent eval --workdir runs/digits_mlp": {},
-    "descent eval --workdir runs/digits_mlp --checkpoint latest --split validation": {},
-    "descent eval --workdir runs/digits_mlp --checkpoint 663": {},
-    "descent train --config experiments/configs/function_mlp.py --workdir runs/function": {
-        "quote": "best checkpoint: step 2100; test mse 0.0004907, mae 0.009579 (400 examples)"},
-    "descent train --config experiments/configs/digits_mlp.py:tiny --workdir runs/profiled "
-    "--config.profile.start_step=10 --config.profile.num_steps=5": {},
-    "descent train --config experiments/configs/digits_mlp.py --workdir runs/accumulated "
-    "--config.dataset.batch_size=128 --config.optimizer.accumulate_steps=4": {},
-    "descent train --config experiments/configs/digits_mlp.py --workdir runs/ema "
-    "--config.optimizer.ema_decay=0.99 --config.early_stopping.monitor=eval_ema_accuracy": {
-        "quote": "best checkpoint: step 1560; test accuracy 0.9833 (360 examples), loss "
-                 "0.1716 (moving average of the weights)"},
-    "descent eval --workdir runs/ema --weights raw": {},
-    "descent train --config experiments/configs/digits_mlp.py --workdir runs/seeds --seeds 0-4": {
-        "as": "descent train --config experiments/configs/digits_mlp.py:tiny --workdir "
-              "runs/seeds --seeds 0-4"},  # 5 full runs are a minute; tests/test_many.py too
-    "descent train --config experiments/configs/digits_mlp.py --workdir runs/lr --sweep "
-    "optimizer.learning_rate=0.0003,0.001,0.003": {
-        "as": "descent train --config experiments/configs/digits_mlp.py:tiny --workdir runs/lr "
-              "--sweep optimizer.learning_rate=0.0003,0.001,0.003"},
-    "descent eval --workdir runs/seeds/seed_3": {},
-    "descent study list": {},
-    "descent study activations --quick": {
-        "skip": "tests/test_study_activations.py runs this study at --quick size"},
-    "descent study activations": {"skip": "minutes; its quick form is tested"},
-    "descent study all --out experiments/studies/gallery": {
-        "skip": "half an hour; it regenerates the committed gallery"},
-    "descent train --config experiments/configs/shakespeare_lstm.py:cpu --workdir runs/lstm": {
-        "as": "descent train --config experiments/configs/shakespeare_lstm.py:tiny --workdir "
-              "runs/lstm", "data": "flag"},  # :cpu is 12 minutes
-    'descent sample --workdir runs/lstm --prompt "ROMEO:" --length 500 --temperature 0.8': {
-        "data": "needs"},
-    "descent data prepare mnist --manual-dir /data/mnist-raw": {
-        "skip": "/data is a placeholder; the `prepared` fixture runs this with ../shared/data"},
-    "descent data prepare fashion_mnist --manual-dir /usr/share/datasets/fashion-mnist": {
-        "skip": "needs Debian's package installed; tests/test_prepare.py prepares its files"},
-    "descent data prepare cifar10 --manual-dir /data/cifar": {
-        "skip": "/data is a placeholder; tests/test_prepare.py prepares a CIFAR-format archive"},
-    "descent data prepare imagenet2012 --manual-dir /data/imagenet": {
-        "skip": "/data is a placeholder; tests/test_prepare.py prepares ImageNet-format tars"},
-    "descent data prepare tiny_shakespeare --manual-dir /data/shakespeare": {
-        "skip": "/data is a placeholder; the `prepared` fixture runs this with ../shared/data"},
-    "descent train --config experiments/configs/digits_cnn.py --workdir runs/mine "
-    "--config.dataset.name=arrays --config.dataset.path=mnist.npz": {"skip": OWN},
-    "descent train --config experiments/configs/digits_cnn.py --workdir runs/pets "
-    "--config.dataset.name=image_folder --config.dataset.path=photos "
-    "--config.dataset.image_size=64": {"skip": OWN},
-    "descent train --config experiments/configs/digits_mlp.py --workdir runs/iris "
-    "--config.dataset.name=csv --config.dataset.path=iris.csv "
-    "--config.dataset.target=species": {"skip": OWN},
-    "descent train --config experiments/configs/diabetes_mlp.py --workdir runs/houses "
-    "--config.dataset.name=csv --config.dataset.path=houses.csv "
-    "--config.dataset.target=price": {"skip": OWN},
-    "descent predict --workdir runs/pets photos/unsorted --top-k 3": {"skip": OWN},
-    "descent predict --workdir runs/iris new_flowers.csv": {"skip": OWN},
-    "descent eval --workdir runs/cnn": {},
-    "descent eval --workdir runs/cnn --checkpoint latest --split validation": {},
-    'gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command "cd descent && '
-    '.venv/bin/descent train --distributed --config experiments/configs/digits_cnn.py '
-    '--workdir /mnt/bucket/run"': {"skip": "needs a Cloud TPU pod slice"},
-    "srun --nodes 4 --ntasks-per-node 1 --gpus-per-node 8 .venv/bin/descent train --config "
-    "experiments/configs/digits_cnn.py --workdir /shared/runs/cnn": {
-        "skip": "needs a Slurm cluster; tests/test_distributed_env.py simulates its variables"},
-    "srun --nodes 4 --ntasks-per-node 8 --gpus-per-node 8 .venv/bin/descent train --config "
-    "experiments/configs/digits_cnn.py --workdir /shared/runs/cnn": {
-        "skip": "needs a Slurm cluster; tests/test_distributed_env.py simulates its variables"},
-    "mpirun -np 4 --npernode 1 .venv/bin/descent train --config ... --workdir ...": {
-        "skip": "needs an Open MPI cluster; tests/test_distributed_env.py simulates its variables"},
-    "descent train --coordinator 10.0.0.1:1234 --num-processes 4 --process-id $RANK --config "
-    "... --workdir ...": {"skip": "a template for other clusters"},
-    "descent launch-local --num-processes 2 --devices-per-process 4 -- train --config "
-    "experiments/configs/digits_cnn.py:tiny --workdir runs/two_processes": {
-        "skip": "tests/test_parallel.py runs launch-local with 2 processes of 4 devices"},
+    "README.md": {
+        "descent train --config experiments/configs/digits_mlp.py --workdir runs/digits_mlp": {
+            "quote": "best checkpoint: step 663; test accuracy 0.9778 (360 examples), "
+                     "loss 0.1707"},
+        "descent train --config experiments/configs/digits_cnn.py --workdir runs/cnn "
+        "--config.optimizer.name=sgd --config.optimizer.learning_rate=0.05 "
+        "--config.epochs=10": {},
+        "descent train --config experiments/configs/digits_mlp.py:tiny --workdir runs/quick": {},
+        "descent eval --workdir runs/digits_mlp": {},
+        "descent eval --workdir runs/digits_mlp --checkpoint latest --split validation": {},
+        "descent eval --workdir runs/digits_mlp --checkpoint 663": {},
+        "descent study list": {},
+    },
+    "docs/checkpoints.md": {
+        "descent eval --workdir runs/cnn": {},
+        "descent eval --workdir runs/cnn --checkpoint latest --split validation": {},
+    },
+    "docs/configs-and-cli.md": {
+        "descent train --config experiments/configs/digits_cnn.py --workdir runs/cnn "
+        "--config.optimizer.name=sgd --config.optimizer.learning_rate=0.05 "
+        "--config.epochs=10": {},
+    },
+    "docs/data.md": {
+        "descent data prepare mnist --manual-dir /data/mnist-raw": {
+            "skip": "/data is a placeholder; the `prepared` fixture runs this with "
+                    "../shared/data"},
+        "descent data prepare fashion_mnist --manual-dir /usr/share/datasets/fashion-mnist": {
+            "skip": "needs Debian's package installed; tests/test_prepare.py prepares its files"},
+        "descent data prepare cifar10 --manual-dir /data/cifar": {
+            "skip": "/data is a placeholder; tests/test_prepare.py prepares a CIFAR-format "
+                    "archive"},
+        "descent data prepare imagenet2012 --manual-dir /data/imagenet": {
+            "skip": "/data is a placeholder; tests/test_prepare.py prepares ImageNet-format tars"},
+        "descent data prepare tiny_shakespeare --manual-dir /data/shakespeare": {
+            "skip": "/data is a placeholder; the `prepared` fixture runs this with "
+                    "../shared/data"},
+        "descent train --config experiments/configs/digits_cnn.py --workdir runs/mine "
+        "--config.dataset.name=arrays --config.dataset.path=mnist.npz": {"skip": OWN},
+        "descent train --config experiments/configs/digits_cnn.py --workdir runs/pets "
+        "--config.dataset.name=image_folder --config.dataset.path=photos "
+        "--config.dataset.image_size=64": {"skip": OWN},
+        "descent train --config experiments/configs/digits_mlp.py --workdir runs/iris "
+        "--config.dataset.name=csv --config.dataset.path=iris.csv "
+        "--config.dataset.target=species": {"skip": OWN},
+        "descent train --config experiments/configs/diabetes_mlp.py --workdir runs/houses "
+        "--config.dataset.name=csv --config.dataset.path=houses.csv "
+        "--config.dataset.target=price": {"skip": OWN},
+        "descent predict --workdir runs/pets photos/unsorted --top-k 3": {"skip": OWN},
+        "descent predict --workdir runs/iris new_flowers.csv": {"skip": OWN},
+    },
+    "docs/design.md": {},
+    "docs/performance.md": {},
+    "docs/scaling.md": {
+        'gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command "cd descent && '
+        '.venv/bin/descent train --distributed --config experiments/configs/digits_cnn.py '
+        '--workdir /mnt/bucket/run"': {"skip": "needs a Cloud TPU pod slice"},
+        "srun --nodes 4 --ntasks-per-node 1 --gpus-per-node 8 .venv/bin/descent train --config "
+        "experiments/configs/digits_cnn.py --workdir /shared/runs/cnn": {
+            "skip": CLUSTER.format("Slurm")},
+        "srun --nodes 4 --ntasks-per-node 8 --gpus-per-node 8 .venv/bin/descent train --config "
+        "experiments/configs/digits_cnn.py --workdir /shared/runs/cnn": {
+            "skip": CLUSTER.format("Slurm")},
+        "mpirun -np 4 --npernode 1 .venv/bin/descent train --config ... --workdir ...": {
+            "skip": CLUSTER.format("Open MPI")},
+        "descent train --coordinator 10.0.0.1:1234 --num-processes 4 --process-id $RANK "
+        "--config ... --workdir ...": {"skip": "a template for other clusters"},
+        "descent launch-local --num-processes 2 --devices-per-process 4 -- train --config "
+        "experiments/configs/digits_cnn.py:tiny --workdir runs/two_processes": {
+            "skip": "tests/test_parallel.py runs launch-local with 2 processes of 4 devices"},
+    },
+    "docs/studies.md": {
+        "descent study list": {},
+        "descent study activations --quick": {
+            "skip": "tests/test_study_activations.py runs this study at --quick size"},
+        "descent study activations": {"skip": "minutes; its quick form is tested"},
+        "descent study all --out experiments/studies/gallery": {
+            "skip": "half an hour; it regenerates the committed gallery"},
+    },
+    "docs/training.md": {
+        "descent train --config experiments/configs/function_mlp.py --workdir runs/function": {
+            "quote": "best checkpoint: step 2100; test mse 0.0004907, mae 0.009579 "
+                     "(400 examples)"},
+        "descent train --config experiments/configs/digits_mlp.py:tiny --workdir runs/profiled "
+        "--config.profile.start_step=10 --config.profile.num_steps=5": {},
+        "descent train --config experiments/configs/digits_mlp.py --workdir runs/accumulated "
+        "--config.dataset.batch_size=128 --config.optimizer.accumulate_steps=4": {},
+        "descent train --config experiments/configs/digits_mlp.py --workdir runs/ema "
+        "--config.optimizer.ema_decay=0.99 --config.early_stopping.monitor=eval_ema_accuracy": {
+            "quote": "best checkpoint: step 1560; test accuracy 0.9833 (360 examples), loss "
+                     "0.1716 (moving average of the weights)"},
+        "descent eval --workdir runs/ema --weights raw": {},
+        "descent train --config experiments/configs/digits_mlp.py --workdir runs/seeds "
+        "--seeds 0-4": {
+            "as": "descent train --config experiments/configs/digits_mlp.py:tiny --workdir "
+                  "runs/seeds --seeds 0-4"},  # 5 full runs are a minute; tests/test_many.py too
+        "descent train --config experiments/configs/digits_mlp.py --workdir runs/lr --sweep "
+        "optimizer.learning_rate=0.0003,0.001,0.003": {
+            "as": "descent train --config experiments/configs/digits_mlp.py:tiny --workdir "
+                  "runs/lr --sweep optimizer.learning_rate=0.0003,0.001,0.003"},
+        "descent eval --workdir runs/seeds/seed_3": {},
+    },
+    "docs/zoo.md": {
+        "descent train --config experiments/configs/shakespeare_lstm.py:cpu --workdir "
+        "runs/lstm": {
+            "as": "descent train --config experiments/configs/shakespeare_lstm.py:tiny "
+                  "--workdir runs/lstm", "data": "flag"},  # :cpu is 12 minutes
+        'descent sample --workdir runs/lstm --prompt "ROMEO:" --length 500 '
+        '--temperature 0.8': {"data": "needs"},
+    },
 }
 
 
-def readme_commands() -> list[str]:
-    """The `descent` command lines of the README's sh blocks, continuations joined."""
-    text = open(README).read()
+def pages() -> list[str]:
+    """The README, then every page of docs/, as paths relative to the repository."""
+    docs = sorted(glob.glob(os.path.join(ROOT, "docs", "*.md")))
+    return ["README.md"] + [os.path.relpath(p, ROOT) for p in docs]
+
+
+def page_commands(page: str) -> list[str]:
+    """The `descent` command lines of a page's sh blocks, continuations joined."""
+    text = open(os.path.join(ROOT, page)).read()
     commands = []
     for block in re.findall(r"```sh\n(.*?)```", text, re.S):
         for line in block.replace("\\\n", " ").splitlines():
@@ -120,16 +157,28 @@ def readme_commands() -> list[str]:
     return commands
 
 
-def test_every_readme_command_is_in_the_table_and_every_quote_in_the_readme():
-    assert readme_commands() == list(COMMANDS)  # a new or changed command is classified here
-    text = " ".join(open(README).read().split())
-    for spec in COMMANDS.values():
-        if "quote" in spec:
-            assert f"`{spec['quote']}`" in text
+def test_every_page_command_is_in_the_table_and_every_quote_on_its_page():
+    assert list(COMMANDS) == pages()  # a new page is listed here, in this order
+    for page, table in COMMANDS.items():
+        assert page_commands(page) == list(table), page  # a new or changed command too
+        text = " ".join(open(os.path.join(ROOT, page)).read().split())
+        for spec in table.values():
+            if "quote" in spec:
+                assert f"`{spec['quote']}`" in text, page
+
+
+def test_the_readme_links_to_every_page_of_docs():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for page in pages()[1:]:
+        assert f"]({page})" in readme, page
+
+
+def test_the_readme_is_short():
+    assert len(open(os.path.join(ROOT, "README.md")).read().splitlines()) <= 300
 
 
 def chains(commands: list[str]) -> list[list[str]]:
-    """The commands grouped by the run folder they name (`runs/NAME...`), in README order: a
+    """The commands grouped by the run folder they name (`runs/NAME...`), in page order: a
     chain's commands depend on each other (train, then eval), different chains never do."""
     by_run = {}
     for command in commands:
@@ -138,7 +187,7 @@ def chains(commands: list[str]) -> list[list[str]]:
     return list(by_run.values())
 
 
-def test_commands_of_one_run_folder_form_one_chain_in_readme_order():
+def test_commands_of_one_run_folder_form_one_chain_in_page_order():
     grouped = chains(["descent train --workdir runs/a", "descent study list",
                       "descent train --workdir runs/b", "descent eval --workdir runs/a/seed_3",
                       "descent eval --workdir runs/a --checkpoint 5"])
@@ -147,7 +196,7 @@ def test_commands_of_one_run_folder_form_one_chain_in_readme_order():
                        ["descent study list"], ["descent train --workdir runs/b"]]
 
 
-def test_the_readme_commands_run_and_print_what_it_quotes(tmp_path, request):
+def test_the_commands_run_and_print_what_their_pages_quote(tmp_path, request):
     env = {**os.environ, "XLA_FLAGS": xla_flags(),
            "PATH": BIN + os.pathsep + os.environ["PATH"]}
     no_data = ""
@@ -155,15 +204,19 @@ def test_the_readme_commands_run_and_print_what_it_quotes(tmp_path, request):
         data_dir = request.getfixturevalue("prepared")
     except pytest.skip.Exception as e:
         data_dir, no_data = None, str(e)
+    specs = {}  # command -> (page, spec); a command on two pages runs once, as first written
+    for page, table in COMMANDS.items():
+        for command, spec in table.items():
+            specs.setdefault(command, (page, spec))
     runnable = []
-    for command, spec in COMMANDS.items():
+    for command, (page, spec) in specs.items():
         if "skip" in spec or (spec.get("data") and data_dir is None):
-            print(f"not run: {command}: {spec.get('skip', no_data)}")
+            print(f"not run ({page}): {command}: {spec.get('skip', no_data)}")
         else:
             runnable.append(command)
 
     def run(command: str):
-        spec = COMMANDS[command]
+        spec = specs[command][1]
         argv = shlex.split(spec.get("as", command))
         argv = [a.replace("runs/", str(tmp_path / "runs") + "/") for a in argv]
         if spec.get("data") == "flag":
@@ -183,7 +236,27 @@ def test_the_readme_commands_run_and_print_what_it_quotes(tmp_path, request):
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         done = [r for results in pool.map(run_chain, chains(runnable)) for r in results]
     for command, result in done:
-        assert result.returncode == 0, f"{command}\n{result.stderr[-2000:]}"
-        if "quote" in COMMANDS[command]:
-            quote = COMMANDS[command]["quote"]
-            assert result.stdout.strip().splitlines()[-1] == quote, command
+        page, spec = specs[command]
+        assert result.returncode == 0, f"{page}: {command}\n{result.stderr[-2000:]}"
+        if "quote" in spec:
+            assert result.stdout.strip().splitlines()[-1] == spec["quote"], f"{page}: {command}"
+
+
+def anchor(heading: str) -> str:
+    """The anchor a Markdown heading gets (GitHub's rule, for headings without links)."""
+    return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
+
+
+def test_every_relative_link_leads_to_a_file_and_heading_that_exist():
+    for page in pages():
+        folder = os.path.dirname(os.path.join(ROOT, page))
+        for target in re.findall(r"\]\(([^)\s]+)\)", open(os.path.join(ROOT, page)).read()):
+            if re.match(r"[a-z]+:", target):
+                continue  # a web address
+            path, _, fragment = target.partition("#")
+            path = os.path.normpath(os.path.join(folder, path)) if path else \
+                os.path.join(ROOT, page)
+            assert os.path.exists(path), f"{page}: {target}"
+            if fragment:
+                headings = re.findall(r"^#+ (.*)$", open(path).read(), re.M)
+                assert fragment in map(anchor, headings), f"{page}: {target}"
