@@ -17,8 +17,8 @@ channels-first (NCHW), interleaved in one process, and checks that both give the
 
 Measured 2026-12-04 on the 2-core development machine with nothing else running, `--repeats 7
 --steps 10 --flags --torch build/torchvenv/bin/python`: xla 92.0 ms/step [80.9-105.1]; im2col
-0.98x; every flag in FLAG_RUNS 0.96-1.10x (noise); PyTorch 2.13 eager 0.65x. The README's
-"Convolutions on CPU" has the table, and a loaded run beside it.
+0.98x; every flag in FLAG_RUNS 0.96-1.10x (noise); PyTorch 2.13 eager 0.65x. docs/performance.md,
+"Convolutions on CPU", has the table, and a loaded run beside it.
 """
 import argparse
 import json
