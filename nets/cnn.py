@@ -1,4 +1,5 @@
-"""A small convolutional network: conv -> (batch norm) -> activation -> 2x2 max-pool blocks, dense head."""
+"""A small convolutional network: conv -> (batch norm) -> activation -> 2x2 pool blocks, then a
+dense head."""
 import jax
 from flax import nnx
 
@@ -19,17 +20,32 @@ def max_pool_2x2(x_BxHxWxC):
     return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
 
 
+def avg_pool_2x2(x_BxHxWxC):
+    """2x2 average-pool, the same reshape as `max_pool_2x2` with a mean. Unlike the max, a
+    smooth function of its input: its gradient has no argmax to switch when two values tie."""
+    b, h, w, c = x_BxHxWxC.shape
+    x = x_BxHxWxC[:, : h // 2 * 2, : w // 2 * 2, :]
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+POOLS = {"max": max_pool_2x2, "avg": avg_pool_2x2}
+
+
 class CNN(nnx.Module):
-    """`channels[i]` filters of `kernel_size` per block, each block halving height and width,
-    then a hidden dense layer of `dense` units (none if 0) and the linear head. `init` names the
-    weights' initialisation (lecun, glorot, he: `nets.inits`). `conv_impl` names how the
-    convolutions are computed (`nets.conv`: auto = the fastest measured on the backend; xla;
-    im2col): the parameters are nnx.Conv's whichever it is."""
+    """`channels[i]` filters of `kernel_size` per block, each block halving height and width
+    (`pool`: a 2x2 max or avg pool), then a hidden dense layer of `dense` units (none if 0) and
+    the linear head. `init` names the weights' initialisation (lecun, glorot, he:
+    `nets.inits`). `conv_impl` names how the convolutions are computed (`nets.conv`: auto =
+    the fastest measured on the backend; xla; im2col): the parameters are nnx.Conv's whichever
+    it is."""
 
     def __init__(self, *, input_shape, num_classes, channels=(32, 64), kernel_size=3,
                  dense=128, activation="relu", dropout=0.0, batch_norm=False, init="lecun",
-                 dtype="float32", conv_impl="auto", rngs: nnx.Rngs):
+                 dtype="float32", conv_impl="auto", pool="max", rngs: nnx.Rngs):
         activations.activation(activation)  # an unknown name fails here, not at first call
+        if pool not in POOLS:
+            raise ValueError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
+        self.pool = pool
         convolve = conv_function(conv_impl)
         self.act = activation
         self.dtype = dt = compute_dtype(dtype)
@@ -67,7 +83,7 @@ class CNN(nnx.Module):
             x = conv(x)
             if self.norms:
                 x = self.norms[i](x, use_running_average=not train)
-            x = max_pool_2x2(act(x))
+            x = POOLS[self.pool](act(x))
             outputs.append(x)
         return outputs
 

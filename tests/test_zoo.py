@@ -208,6 +208,8 @@ def test_bad_fields_name_the_fix():
         nets.build("resnet50", input_shape=(32, 32, 3), num_classes=10, depth=18)
     with pytest.raises(ValueError, match="unknown ResNet stem 'tiny'; known: imagenet, cifar"):
         nets.build("resnet18", input_shape=(32, 32, 3), num_classes=10, stem="tiny")
+    with pytest.raises(ValueError, match="unknown pool 'min'; known: max, avg"):
+        nets.build("cnn", input_shape=(8, 8, 1), num_classes=10, pool="min")
     with pytest.raises(ValueError, match="unknown dtype 'float16'; known: float32, bfloat16"):
         nets.build("gpt", input_shape=(8,), num_classes=5, dtype="float16", width=8, heads=2)
     with pytest.raises(ValueError, match="width=30 does not divide into model.heads=4"):
@@ -219,6 +221,15 @@ def test_bad_fields_name_the_fix():
     model = nets.build("gpt", input_shape=(8,), num_classes=5, width=8, heads=2, layers=1)
     with pytest.raises(ValueError, match="9 tokens exceed the model's context of 8"):
         model(jnp.zeros((1, 9), jnp.int32))
+
+
+def test_the_cnn_pools_each_2x2_window_by_its_max_or_its_mean():
+    from nets.cnn import POOLS
+    x = jnp.arange(20.0).reshape(1, 4, 5, 1)  # the odd last column is cropped
+    np.testing.assert_array_equal(POOLS["max"](x)[0, :, :, 0], [[6.0, 8.0], [16.0, 18.0]])
+    np.testing.assert_array_equal(POOLS["avg"](x)[0, :, :, 0], [[3.0, 5.0], [13.0, 15.0]])
+    model = nets.build("cnn", input_shape=(8, 8, 1), num_classes=10, channels=(4,), pool="avg")
+    assert model(jnp.ones((2, 8, 8, 1))).shape == (2, 10)
 
 
 # --- learning real text: the loss falls below what character frequencies alone give
