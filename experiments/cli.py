@@ -176,8 +176,12 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from train.messages import shown
+
     argv = sys.argv[1:] if argv is None else argv
-    return _main(argv, verbose="--verbose" in argv)
+    verbose = "--verbose" in argv
+    with shown(verbose):  # descent's log messages as lines: information on stdout, as printed
+        return _main(argv, verbose)
 
 
 def _main(argv: list[str], verbose: bool) -> int:

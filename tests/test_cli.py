@@ -288,6 +288,27 @@ def test_verbose_shows_the_traceback(tmp_path):
     assert not logging.getLogger("train").handlers  # the next command in this process is quiet
 
 
+def test_descents_messages_reach_the_terminal_while_a_command_runs(capsys, monkeypatch):
+    import experiments.config
+
+    load = experiments.config.load_config
+
+    def loading(path):  # a module of descent with something to say during a command
+        log = logging.getLogger("experiments.config")
+        log.debug("a detail")
+        log.info("loading")
+        log.warning("careful")
+        return load(path)
+
+    monkeypatch.setattr(experiments.config, "load_config", loading)
+    assert main(["config", "show", TINY]) == 0
+    out, err = capsys.readouterr()
+    assert out.startswith("loading\n") and err == "warning: careful\n" and "detail" not in out
+    assert main(["--verbose", "config", "show", TINY]) == 0
+    assert capsys.readouterr().out.startswith("a detail\nloading\n")
+    assert not logging.getLogger("experiments").handlers  # only while the command ran
+
+
 def test_failed_run_leaves_existing_checkpoints_untouched(capsys, tmp_path):
     assert main(["train", "--config", TINY, "--workdir", str(tmp_path)]) == 0
     snapshot = {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
