@@ -48,6 +48,9 @@ COMMANDS = {
         "descent train --config experiments/configs/digits_cnn.py --workdir runs/cnn "
         "--config.optimizer.name=sgd --config.optimizer.learning_rate=0.05 "
         "--config.epochs=10": {},
+        "descent train --config experiments/configs/digits_mlp.py:tiny --workdir runs/he "
+        "--config.model.init=he": {},
+        "descent config show experiments/configs/digits_mlp.py --config.model.name=cnn": {},
     },
     "docs/data.md": {
         "descent data prepare mnist --manual-dir /data/mnist-raw": {
