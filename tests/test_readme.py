@@ -263,3 +263,18 @@ def test_every_relative_link_leads_to_a_file_and_heading_that_exist():
             if fragment:
                 headings = re.findall(r"^#+ (.*)$", open(path).read(), re.M)
                 assert fragment in map(anchor, headings), f"{page}: {target}"
+
+
+def test_every_design_note_the_code_cites_is_in_docs_design():
+    sections = set(re.findall(r"^## (\d+)\. ", open(os.path.join(ROOT, "docs", "design.md")).read(),
+                              re.M))
+    sources = [os.path.join(ROOT, "pyproject.toml")] + [
+        path for package in ("nets", "data", "train", "experiments", "tests")
+        for path in glob.glob(os.path.join(ROOT, package, "**", "*.py"), recursive=True)]
+    cited = {}
+    for path in sources:
+        text = " ".join(open(path).read().split())
+        for number in re.findall(r"docs/design\.md,? (?:section )?(\d+)", text):
+            cited.setdefault(number, os.path.relpath(path, ROOT))
+    assert cited  # the pattern still finds the citations
+    assert {n: p for n, p in cited.items() if n not in sections} == {}
