@@ -64,6 +64,14 @@ def test_any_config_can_set_any_field_of_its_net():
     assert config.model.init == "he" and keys == ["model.init"] and rest == []
     assert config.model.width == 512 and config.model.dropout == 0.2  # the file's own values
     assert load_config(MLP).model.init == nets.fields("mlp")["init"]  # the constructor's
+    assert main(["models", "--config", MLP, "--config.model.init=he"]) == 0  # and it builds
+
+
+def test_models_counts_the_net_a_switched_config_trains(capsys):
+    assert main(["models", "--config", MLP, "--config.model.name=cnn"]) == 0
+    counted = capsys.readouterr().out
+    assert "parameters: cnn (" in counted and "channels=(32, 64)" in counted
+    assert "depth=" not in counted and "width=" not in counted
 
 
 def test_switching_the_net_brings_its_fields_and_drops_the_old_ones():
