@@ -28,8 +28,9 @@ class _Parser(argparse.ArgumentParser):
         raise _UsageError(f"{message} (see `{self.prog} --help`)")
 
 
-class _Once(argparse._StoreAction):  # noqa: SLF001 - argparse's own action, made strict
-    """Refuses an option given twice (`--workdir a --workdir b`) rather than taking the last."""
+class _Once(argparse.Action):
+    """Stores the value, as argparse's default action does, but refuses an option given twice
+    (`--workdir a --workdir b`) rather than taking the last."""
 
     def __call__(self, parser, namespace, values, option_string=None):
         given = namespace.__dict__.setdefault("_given", set())
@@ -37,7 +38,7 @@ class _Once(argparse._StoreAction):  # noqa: SLF001 - argparse's own action, mad
             raise _UsageError(f"{option_string} is given twice ("
                               f"{getattr(namespace, self.dest)!r} and {values!r}); give it once")
         given.add(self.dest)
-        super().__call__(parser, namespace, values, option_string)
+        setattr(namespace, self.dest, values)
 
 
 class _UsageError(ValueError):
@@ -424,7 +425,7 @@ def print_models(config=None) -> None:
     if config is not None:
         from experiments import run
         dataset = run.load_dataset(config)
-        fields = {k: v for k, v in config.model.items() if k != "name"}
+        fields = {k: config.model[k] for k in nets.fields(config.model.name)}  # in its order
         count = nets.count_params(config.model.name, dataset.input_shape, dataset.num_outputs,
                                   **fields)
         print(f"{count:,} parameters: {config.model.name} "
