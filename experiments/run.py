@@ -202,8 +202,7 @@ def _restore(workdir: str, which, strategy, mesh, weights, given=None) -> Restor
         elif given is None and described is not None:
             dataset = data.from_description(described)
         model, dataset = build(config, dataset, deferred=True)  # without a description: by config
-        trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size),
-                          dataset.task)
+        trainer = Trainer(config, model, dataset)
         try:
             state = checkpoint.restore(manager, step, trainer.initial_state)
         except checkpoint.IncompatibleCheckpoint:

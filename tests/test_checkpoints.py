@@ -1,6 +1,7 @@
 """Checkpoints survive kill -9, SIGTERM, damage, full and read-only disks, and other topologies."""
 import concurrent.futures
 import json
+import logging
 import os
 import re
 import signal
@@ -278,7 +279,7 @@ def test_evaluating_from_python_keeps_orbax_routine_read_only_notice_quiet(tmp_p
         with caplog.at_level("WARNING"):
             run.evaluate(str(tmp_path), "latest", "validation")
         assert not [r for r in caplog.records if "read only" in r.getMessage()]
-        monkeypatch.setenv("DESCENT_VERBOSE", "1")  # asked for: it is there
+        caplog.set_level(logging.DEBUG, logger="train")  # asked for (--verbose): it is there
         with caplog.at_level("WARNING"):
             run.evaluate(str(tmp_path), "latest", "validation")
         assert [r for r in caplog.records if "Given directory is read only" in r.getMessage()]

@@ -66,8 +66,8 @@ class Preempted(Exception):
 
 class Runs(Protocol):
     """The runs `train_runs` trains together: what differs between a run alone and a group.
-    The *running* state is what `step` takes; each run's canonical state is what checkpoints
-    hold and `Trainer.evaluate` takes."""
+    The *running* state is what `step` takes: a run alone's is its canonical state (what
+    checkpoints hold and `Trainer.evaluate` takes), a group's its runs' states stacked."""
     count: int
     trainers: list[Trainer]  # one per run
     devices: list            # the devices a step runs on
@@ -121,8 +121,7 @@ def fit(config, workdir: str, model: nnx.Module | Callable[[], nnx.Module], data
     `allow_config_change` (the change then goes into `<workdir>/history.jsonl`); so is
     resuming on other data.
     """
-    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size),
-                      dataset.task)
+    trainer = Trainer(config, model, dataset)
     (summary,) = train_runs(One(trainer, dataset, config), [config], [workdir], dataset,
                             console=console, allow_config_change=allow_config_change,
                             writers=writers, test_split=test_split)
@@ -283,7 +282,7 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, profile: Profile, 
             if not any(run.active for run in members):
                 break
             window_start = time.perf_counter()  # evaluating and saving are not training time
-        _settle(members, saves)
+    _settle(members, saves)
 
     # --- what each run leaves behind
     summaries = []
@@ -292,7 +291,7 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, profile: Profile, 
             log.log(info, "%s", run.stop_reason)
         title = f"{run.config.model.name} on {run.config.dataset.name}: " + os.path.abspath(
             run.workdir)
-        curves = report.plot_curves(run.workdir, title, config.eval_split) if chief else None
+        curves = _plot(run.workdir, title, config.eval_split) if chief else None
         summaries.append({
             "state": run.final if run.final is not None else final, "trainer": trainer,
             "best_step": run.checkpoints.best_step(),
@@ -416,6 +415,16 @@ def _test(runs: Runs, members: list[_Run], summaries: list[dict], dataset: Datas
         summaries[i]["test"] = summaries[i]["tests"][scored_weights(members[i].config)]
 
 
+def _plot(workdir: str, title: str, eval_split: str) -> str | None:
+    """The run's curves as a PNG in `workdir`; a disk that refuses it loses nothing else."""
+    try:
+        return report.plot_curves(workdir, title, eval_split)
+    except OSError as e:
+        log.warning("could not draw the curves into %s (%s); %s holds every record", workdir,
+                    e.strerror, report.METRICS_FILE)
+        return None
+
+
 def scored_weights(config) -> str:
     """`ema` when the run ranks its checkpoints by the moving average of its weights
     (`early_stopping.monitor=eval_ema_...`), else `raw`: what its test and `descent eval`
@@ -503,11 +512,11 @@ class One:
                            process_count=jax.process_count())
         self._feed, self._compiled = None, None
 
-    def join(self, states: list[TrainState]):
-        return self.trainer.place(states[0])
+    def join(self, states: list[TrainState]) -> TrainState:
+        return states[0]  # a run alone trains its canonical state
 
-    def states(self, running) -> list[TrainState]:
-        return [self.trainer.gather(running)]
+    def states(self, running: TrainState) -> list[TrainState]:
+        return [running]
 
     def batches(self, step: int, num_steps: int) -> Iterator[tuple[int, dict]]:
         """(step number, this process's batch) for every step after `step`, epoch after epoch,
@@ -552,7 +561,7 @@ class One:
     def evaluate(self, running, split: str, weights: str) -> list[dict]:
         batches = self.dataset.eval_batches(split, self.config.dataset.eval_batch_size,
                                             **self._shard)
-        return [self.trainer.evaluate(self.trainer.gather(running), batches, weights)]
+        return [self.trainer.evaluate(running, batches, weights)]
 
     def starting_line(self, step: int, num_steps: int) -> str:
         if step >= num_steps:

@@ -147,8 +147,7 @@ def fit_many(configs: Sequence, workdirs: Sequence[str], models: Sequence, datas
     if configs[0].profile.start_step:
         raise ValueError("profile.start_step applies to single runs; profile one run with "
                          "descent train --config ... (without --seeds)")
-    steps_per_epoch = dataset.steps_per_epoch(configs[0].dataset.batch_size)
-    trainers = [Trainer(c, m, steps_per_epoch, dataset.task) for c, m in zip(configs, models)]
+    trainers = [Trainer(c, m, dataset) for c, m in zip(configs, models)]
     return train_runs(Group(trainers, configs, dataset), configs, list(workdirs), dataset,
                       console=console, allow_config_change=allow_config_change,
                       writers=writers, test_split=test_split)
