@@ -243,8 +243,10 @@ def _run(argv: list[str]) -> int:
     elif any(arg.startswith("--config.") for arg in rest):
         raise _UsageError(f"--config.* overrides apply to `descent train`, `config show` and "
                           f"`models --config`, not `{args.command}`")
-    if rest:
-        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    if rest:  # absl reads `--config.log.tensorboard false` as true, then `false` is left over
+        hint = ("; a true/false field takes its value after '=': --config.KEY=false"
+                if any(arg.lower() in ("true", "false") for arg in rest) else "")
+        parser.error(f"unrecognized arguments: {' '.join(rest)}{hint}")
     if args.command == "data":
         from data.prepare import prepare
         prepare(args.name, args.manual_dir, args.data_dir, quiet=not args.verbose)

@@ -146,6 +146,7 @@ def override(config: ml_collections.ConfigDict, args: Sequence[str]
     name = _parse(copy.deepcopy(config), args, strict=False)[0].model.name
     if name != config.model.name:
         config.model = switch_model(config.model, name)
+    defaults = copy.deepcopy(config)
     config, flag_values, rest = _parse(config, args, strict=True)
     keys = list(flag_values["config"].override_values)
     for key in keys:
@@ -155,7 +156,21 @@ def override(config: ml_collections.ConfigDict, args: Sequence[str]
         if isinstance(_get(config, key), ml_collections.ConfigDict):
             raise ValueError(f"config.{key} is a group; set one of its keys: "
                              f"{', '.join(_get(config, key))}")
+        _check_elements(key, _get(config, key), _get(defaults, key))
     return config, keys, rest
+
+
+def _check_elements(key: str, value, default) -> None:
+    """config_flags types a tuple but not its elements: (8, 16) must not become ('a', 'b')."""
+    if not isinstance(default, tuple) or not default:
+        return
+    kinds = {type(v) for v in default}
+    if float in kinds and kinds <= {int, float}:
+        kinds = {int, float}  # 2 is a fine float
+    if not all(type(v) in kinds for v in value):
+        raise ValueError(f"config.{key}={value!r} is not a tuple of "
+                         f"{' or '.join(sorted(k.__name__ for k in kinds))} (the default is "
+                         f"{default!r}); write e.g. {','.join(map(str, default))}")
 
 
 def switch_model(model: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
@@ -180,6 +195,9 @@ def _parse(config, args: Sequence[str], strict: bool):
         rest = flag_values(argv, known_only=True)[1:]
     except (KeyError, AttributeError):
         raise ValueError(_unknown_key(config, args)) from None
+    except (ValueError, SyntaxError) as e:  # a key config_flags cannot read, e.g. `--config.`
+        raise ValueError(f"an override is --config.KEY=VALUE, KEY a dotted path such as "
+                         f"optimizer.name ({e})") from None
     except flags.Error as e:
         raise ValueError(_bad_value(config, str(e))) from None
     return holder.value, flag_values, rest

@@ -157,6 +157,11 @@ def test_tuples_are_written_with_commas_or_given_once_per_element():
     (["--config.optimizer=3"], "config.optimizer is a group; set one of its keys: "),
     (["--config.epochs"], "--config.epochs needs a value: --config.epochs=VALUE"),
     (["--config.model.name=resnet9"], "unknown model 'resnet9'; known: bert, cnn"),
+    (["--config.model.name=cnn", "--config.model.channels=a,b"],
+     "config.model.channels=('a,b',) is not a tuple of int (the default is (32, 64)); write "
+     "e.g. 32,64"),
+    (["--config.model.name=cnn", "--config.model.channels=8,1.5"], "is not a tuple of int"),
+    (["--config.", "1"], "an override is --config.KEY=VALUE, KEY a dotted path"),
 ])
 def test_bad_overrides_are_one_readable_line(args, message):
     with pytest.raises(ValueError) as error:
