@@ -3,10 +3,10 @@
 `fit` trains one run; `train.many.fit_many` trains runs that differ only in seed and learning
 rate as one vmapped program. Both hand `train_runs` the runs as a `Runs` object, which says how
 a step is compiled and called and how each run's state, metrics and evaluation are read from
-the running state; a run alone is `One`, a group `train.many.Group`. Everything else (the
-resume, the records, evaluation, early stopping, checkpoints, preemption, the final test) is
-written once, here. Messages go through `logging` (this module's logger); a run made with
-`console=False` logs its routine ones at DEBUG.
+the running state (`train.runs`); a run alone is `One`, a group `train.many.Group`.
+Everything else (the resume, the records, evaluation, early stopping, checkpoints,
+preemption, the final test) is written once, here. Messages go through `logging` (this
+module's logger); a run made with `console=False` logs its routine ones at DEBUG.
 
 The dataset meets `train.dataset.Dataset`; one that is `InMemory` keeps its training split on
 the devices, each step reading its batch there.
@@ -21,8 +21,8 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from typing import Protocol
+from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 import jax
 from jax.experimental import multihost_utils
@@ -33,7 +33,8 @@ from train import checkpoint, report, workdir_lock
 from train.dataset import Dataset, Text
 from train.resume import (EarlyStopping, data_position, open_checkpoints, prepare_workdir,
                           resume)
-from train.state import TrainState, num_params
+from train.runs import One, Runs
+from train.state import TrainState
 from train.throughput import Profile, speed
 from train.trainer import Trainer, total_steps
 from train.writers import Console, JsonLines, TensorBoard, Writers
@@ -62,35 +63,6 @@ class Preempted(Exception):
         self.signum, self.step = signum, step
         super().__init__(f"stopped by {signal.Signals(signum).name} after step {step}; its "
                          f"checkpoint is saved in {directory}. Run the same command to resume")
-
-
-class Runs(Protocol):
-    """The runs `train_runs` trains together: what differs between a run alone and a group.
-    The *running* state is what `step` takes: a run alone's is its canonical state (what
-    checkpoints hold and `Trainer.evaluate` takes), a group's its runs' states stacked."""
-    count: int
-    trainers: list[Trainer]  # one per run
-    devices: list            # the devices a step runs on
-
-    def join(self, states: list[TrainState]): ...           # canonical states -> running
-
-    def states(self, running) -> list[TrainState]: ...       # running -> canonical, per run
-
-    def batches(self, step: int, num_steps: int) -> Iterator[tuple[int, object]]: ...
-
-    def compile(self, running, batch) -> tuple[float, float | None]:
-        """Compiles the step for batches like `batch`: (seconds, FLOPs of a run's step per
-        device, where XLA counts them)."""
-
-    def step(self, running, batch) -> tuple[object, dict]: ...
-
-    def fetch(self, metrics: dict) -> list[dict]: ...        # device metrics -> floats, per run
-
-    def learning_rates(self, step: int) -> list[float]: ...  # each run's at update `step`
-
-    def evaluate(self, running, split: str, weights: str) -> list[dict]: ...
-
-    def starting_line(self, step: int, num_steps: int) -> str: ...
 
 
 def fit(config, workdir: str, model: nnx.Module | Callable[[], nnx.Module], dataset: Dataset,
@@ -148,6 +120,15 @@ class _Run:
         return self.stop_reason is None
 
 
+class _Plan(NamedTuple):
+    """When things happen, in steps."""
+    steps_per_epoch: int
+    num_steps: int
+    eval_every: int
+    checkpoint_every: int
+    log_every: int
+
+
 def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: Dataset, *,
                console: bool = True, allow_config_change: bool = False,
                writers: Sequence = (), test_split: str | None = None) -> list[dict]:
@@ -159,9 +140,12 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
     members = [_Run(c, w, EarlyStopping(c.early_stopping, dataset.task, c.dataset.name, ema))
                for c, w in zip(configs, workdirs)]
     checkpoint.check_retention(config.checkpoint.keep, config.checkpoint.keep_best)
-    num_steps = total_steps(config, dataset.steps_per_epoch(config.dataset.batch_size))
+    steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
+    eval_every = config.eval_every or steps_per_epoch
+    plan = _Plan(steps_per_epoch, total_steps(config, steps_per_epoch), eval_every,
+                 config.checkpoint.every or eval_every, config.log_every)
     profile = Profile(config.profile.start_step, config.profile.num_steps, workdirs[0],
-                      num_steps)
+                      plan.num_steps)
     for split in dict.fromkeys(s for s in (config.eval_split, test_split) if s):
         dataset.num_examples(split)  # a split the dataset lacks is named now
     chief = jax.process_index() == 0
@@ -174,61 +158,49 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
             held.enter_context(workdir_lock.hold(run.workdir, exclusive=True))
         for run in members:
             run.checkpoints = held.enter_context(open_checkpoints(run.workdir, run.config))
-        summaries = _train(runs, members, dataset, profile, info, console and chief,
+        summaries = _train(runs, members, dataset, plan, profile, info, console and chief,
                            allow_config_change, writers)
         if test_split:
             _test(runs, members, summaries, dataset, test_split)
         return summaries
 
 
-def _train(runs: Runs, members: list[_Run], dataset: Dataset, profile: Profile, info: int,
-           show: bool, allow_config_change: bool, user_writers: Sequence) -> list[dict]:
-    config = members[0].config
-    steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
-    num_steps = total_steps(config, steps_per_epoch)
-    eval_every = config.eval_every or steps_per_epoch
-    checkpoint_every = config.checkpoint.every or eval_every
-    chief = jax.process_index() == 0
-
+def _train(runs: Runs, members: list[_Run], dataset: Dataset, plan: _Plan, profile: Profile,
+           info: int, show: bool, allow_config_change: bool, user_writers: Sequence
+           ) -> list[dict]:
+    config, chief = members[0].config, jax.process_index() == 0
     described = dataset.description()  # what rebuilds the dataset; saved with each checkpoint
 
     # --- resume: the newest checkpoint that reads back whole, and the data position saved with it
     states, step, histories = resume(
         [run.checkpoints for run in members], [run.config for run in members],
         [run.workdir for run in members], [t.initial_state for t in runs.trainers], described,
-        steps_per_epoch, allow_config_change, info)
+        plan.steps_per_epoch, allow_config_change, info)
     for run, history in zip(members, histories):
         run.history = history
         run.stopping.replay(history)
     log.log(info, "%s", dataset.summary())
-    log.log(info, "%s", runs.starting_line(step, num_steps))
+    log.log(info, "%s", runs.starting_line(step, plan.num_steps))
     first_step = step + 1  # logged whatever log_every says: curves start there
     profile.resuming_at(first_step)
     state = runs.join(states)
-    batches = runs.batches(step, num_steps)
+    batches = runs.batches(step, plan.num_steps)
     first = next(batches, None)
     if chief:  # the curves' plotting library loads while XLA compiles, which frees the GIL
         report.import_plotting_behind()
     compiled = runs.compile(state, first[1]) if first else None
-    shown = Console(num_steps, step, ("loss", *runs.trainers[0].task.metrics), config.eval_split,
-                    show=show, label=f"{runs.count} runs" if runs.count > 1 else None)
-    for i, run in enumerate(members):
-        mine = ([shown, *user_writers] if runs.count == 1
-                else [_Tagged(w, i) for w in user_writers])
-        run.writers = Writers([JsonLines(run.workdir), *mine] + (
-            [TensorBoard(run.workdir, config.eval_split, run.history)]
-            if chief and config.log.tensorboard else []))
+    shown = Console(plan.num_steps, step, ("loss", *runs.trainers[0].task.metrics),
+                    config.eval_split, show=show,
+                    label=f"{runs.count} runs" if runs.count > 1 else None)
+    _open_writers(members, shown, user_writers)
 
     # --- the loop: every run steps together; a run that stops (early stopping, divergence)
     # is no longer recorded or saved, and its state is kept as it stood
     pending = []  # (step, device metrics) not fetched yet
     saves = _Saves(behind=runs.count > 1)
     with stop_requests() as stop_signals, contextlib.ExitStack() as cleanup:
-        for run in members:
-            cleanup.callback(run.writers.close)
-        cleanup.callback(shown.close)
-        cleanup.callback(profile.close)
-        cleanup.callback(saves.close)
+        for closing in [run.writers for run in members] + [shown, profile, saves]:
+            cleanup.callback(closing.close)
         if compiled:
             for run in members:
                 _write(run, _compile_record(first_step, *compiled, runs.devices), saves)
@@ -237,9 +209,9 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, profile: Profile, 
         for step, batch in batches:
             preempted = (multihost_utils.reached_preemption_sync_point(step)
                          if jax.process_count() > 1 else bool(stop_signals))
-            do_eval = step % eval_every == 0 or step == num_steps
-            do_save = step % checkpoint_every == 0 or step == num_steps or preempted
-            do_log = do_eval or do_save or step % config.log_every == 0 or step == first_step
+            do_eval = step % plan.eval_every == 0 or step == plan.num_steps
+            do_save = step % plan.checkpoint_every == 0 or step == plan.num_steps or preempted
+            do_log = do_eval or do_save or step % plan.log_every == 0 or step == first_step
             profile.before(step)
             state, metrics = runs.step(state, batch)
             profile.after(step, state)
@@ -253,28 +225,10 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, profile: Profile, 
             pending = []
             per_run = [[(s, m[i]) for s, m in fetched] for i in range(runs.count)]
             _stop_the_diverged(runs, members, state, per_run, saves)  # before anything is saved
-            if not any(run.active for run in members):
-                break
-            seconds = time.perf_counter() - window_start if step > first_step else None
-            canonical = runs.states(state) if do_eval or do_save else None
-            evaluated = _evaluate(runs, state, config) if do_eval else None
-            rates = runs.learning_rates(step - 1)
-            for i, run in enumerate(members):
-                if not run.active:
-                    continue
-                record = _train_record(step, per_run[i], runs, rates[i], steps_per_epoch,
-                                       seconds, compiled[1])
-                if evaluated:
-                    record.update(evaluated[i])
-                    run.stop_reason = run.stopping.update(record)
-                _write(run, record, saves)
-                if do_save or run.stop_reason:
-                    saves.start(run.checkpoints, step, canonical[i], run.config.to_dict(),
-                                data_position(step, steps_per_epoch, run.config),
-                                run.stopping.ranking(record), described)
-                if run.stop_reason:
-                    run.final = canonical[i]
-            saves.raise_failures()
+            if any(run.active for run in members):
+                seconds = time.perf_counter() - window_start if step > first_step else None
+                _log(runs, members, state, step, per_run, seconds, compiled[1], do_eval,
+                     do_save, plan, described, saves)
             if preempted:
                 _settle(members, saves)
                 raise Preempted(stop_signals[0] if stop_signals else signal.SIGTERM, step,
@@ -285,25 +239,47 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, profile: Profile, 
     _settle(members, saves)
 
     # --- what each run leaves behind
-    summaries = []
-    for run, trainer, final in zip(members, runs.trainers, runs.states(state)):
-        if run.stop_reason and run.diverged_at is None:
-            log.log(info, "%s", run.stop_reason)
-        title = f"{run.config.model.name} on {run.config.dataset.name}: " + os.path.abspath(
-            run.workdir)
-        curves = _plot(run.workdir, title, config.eval_split) if chief else None
-        summaries.append({
-            "state": run.final if run.final is not None else final, "trainer": trainer,
-            "best_step": run.checkpoints.best_step(),
-            "latest_step": run.checkpoints.latest_step(),
-            "stop_reason": run.stop_reason or "finished",
-            "diverged": run.stop_reason if run.diverged_at is not None else None,
-            "diverged_at": run.diverged_at, "history": run.history, "curves": curves,
-            "checkpoints": run.checkpoints.directory})
-    return summaries
+    return _summaries(runs, members, state, info)
 
 
 # --- the loop's helpers, in the order it calls them
+
+def _open_writers(members: list[_Run], shown: Console, user_writers: Sequence) -> None:
+    """Each run's writers: its metrics file and TensorBoard files (process 0), and the user's;
+    a run alone's go to the console too, a group's users see each run's index."""
+    chief = jax.process_index() == 0
+    for i, run in enumerate(members):
+        mine = [shown, *user_writers] if len(members) == 1 else [_Tagged(w, i)
+                                                                 for w in user_writers]
+        run.writers = Writers([JsonLines(run.workdir), *mine] + (
+            [TensorBoard(run.workdir, run.config.eval_split, run.history)]
+            if chief and run.config.log.tensorboard else []))
+
+
+def _log(runs: Runs, members: list[_Run], state, step: int, per_run: list, seconds, flops,
+         do_eval: bool, do_save: bool, plan: _Plan, described: dict, saves: "_Saves") -> None:
+    """A logging point: each active run's record written (evaluated, with `do_eval`, which may
+    stop it early) and its checkpoint saved (with `do_save`, or when it stops)."""
+    canonical = runs.states(state) if do_eval or do_save else None
+    evaluated = _evaluate(runs, state, members[0].config) if do_eval else None
+    rates = runs.learning_rates(step - 1)
+    for i, run in enumerate(members):
+        if not run.active:
+            continue
+        record = _train_record(step, per_run[i], runs, rates[i], plan.steps_per_epoch, seconds,
+                               flops)
+        if evaluated:
+            record.update(evaluated[i])
+            run.stop_reason = run.stopping.update(record)
+        _write(run, record, saves)
+        if do_save or run.stop_reason:
+            saves.start(run.checkpoints, step, canonical[i], run.config.to_dict(),
+                        data_position(step, plan.steps_per_epoch, run.config),
+                        run.stopping.ranking(record), described)
+        if run.stop_reason:
+            run.final = canonical[i]
+    saves.raise_failures()
+
 
 def _compile_record(step: int, seconds: float, flops: float | None, devices: list) -> dict:
     """The compile time, once; XLA's FLOP count of a run's step (all its devices) where it has
@@ -415,6 +391,27 @@ def _test(runs: Runs, members: list[_Run], summaries: list[dict], dataset: Datas
         summaries[i]["test"] = summaries[i]["tests"][scored_weights(members[i].config)]
 
 
+def _summaries(runs: Runs, members: list[_Run], state, info: int) -> list[dict]:
+    """What each run leaves behind: its curves, and the summary `fit` returns."""
+    summaries = []
+    for run, trainer, final in zip(members, runs.trainers, runs.states(state)):
+        if run.stop_reason and run.diverged_at is None:
+            log.log(info, "%s", run.stop_reason)
+        title = f"{run.config.model.name} on {run.config.dataset.name}: " + os.path.abspath(
+            run.workdir)
+        curves = (_plot(run.workdir, title, run.config.eval_split)
+                  if jax.process_index() == 0 else None)
+        summaries.append({
+            "state": run.final if run.final is not None else final, "trainer": trainer,
+            "best_step": run.checkpoints.best_step(),
+            "latest_step": run.checkpoints.latest_step(),
+            "stop_reason": run.stop_reason or "finished",
+            "diverged": run.stop_reason if run.diverged_at is not None else None,
+            "diverged_at": run.diverged_at, "history": run.history, "curves": curves,
+            "checkpoints": run.checkpoints.directory})
+    return summaries
+
+
 def _plot(workdir: str, title: str, eval_split: str) -> str | None:
     """The run's curves as a PNG in `workdir`; a disk that refuses it loses nothing else."""
     try:
@@ -498,80 +495,3 @@ class _Tagged:
     def write(self, record: dict) -> None:
         record = {**record, "run": self.run}
         self.writer.write(record) if hasattr(self.writer, "write") else self.writer(record)
-
-
-class One:
-    """A run alone: its Trainer's compiled step on the run's mesh, fed from the host or, for a
-    dataset held in memory, from its training split kept on the devices."""
-    count = 1
-
-    def __init__(self, trainer: Trainer, dataset: Dataset, config):
-        self.trainer, self.trainers, self.dataset, self.config = trainer, [trainer], dataset, config
-        self.devices = list(trainer.mesh.devices.flat)
-        self._shard = dict(process_index=jax.process_index(),
-                           process_count=jax.process_count())
-        self._feed, self._compiled = None, None
-
-    def join(self, states: list[TrainState]) -> TrainState:
-        return states[0]  # a run alone trains its canonical state
-
-    def states(self, running: TrainState) -> list[TrainState]:
-        return [running]
-
-    def batches(self, step: int, num_steps: int) -> Iterator[tuple[int, dict]]:
-        """(step number, this process's batch) for every step after `step`, epoch after epoch,
-        up to `num_steps` (which may end mid-epoch); with the data on the devices, (step
-        number, the global batch's plan) instead."""
-        if step < num_steps and self.config.dataset.on_device:
-            self._feed = self.trainer.device_feed(self.dataset)  # None: not held in memory
-        return self._batches(step, num_steps)
-
-    def _batches(self, step: int, num_steps: int) -> Iterator[tuple[int, dict]]:
-        batch_size, seed = self.config.dataset.batch_size, self.config.seed
-        steps_per_epoch = self.dataset.steps_per_epoch(batch_size)
-        while step < num_steps:
-            epoch, offset = divmod(step, steps_per_epoch)
-            end = min(steps_per_epoch, num_steps - epoch * steps_per_epoch)
-            if self._feed is None:
-                batches = self.dataset.train_batches(batch_size, seed=seed, epoch=epoch,
-                                                     start=offset, **self._shard)
-            else:
-                batches = self.dataset.train_plans(batch_size, seed=seed, epoch=epoch,
-                                                   start=offset)
-            for batch in itertools.islice(batches, end - offset):
-                step += 1
-                yield step, batch
-
-    def _put(self, batch: dict) -> dict:
-        return self._feed.put(batch) if self._feed else self.trainer.put(batch)
-
-    def compile(self, running, batch) -> tuple[float, float | None]:
-        self._compiled = self.trainer.compile(running, self._put(batch), self._feed)
-        return self._compiled.seconds, self._compiled.flops
-
-    def step(self, running, batch):
-        return self._compiled.step(running, self._put(batch))
-
-    def fetch(self, metrics: dict) -> list[dict]:
-        return [self.trainer.fetch(metrics)]
-
-    def learning_rates(self, step: int) -> list[float]:
-        return [float(self.trainer.learning_rate(step))]
-
-    def evaluate(self, running, split: str, weights: str) -> list[dict]:
-        batches = self.dataset.eval_batches(split, self.config.dataset.eval_batch_size,
-                                            **self._shard)
-        return [self.trainer.evaluate(running, batches, weights)]
-
-    def starting_line(self, step: int, num_steps: int) -> str:
-        if step >= num_steps:
-            return (f"this run is finished: its checkpoint at step {step} is the last of its "
-                    f"{num_steps} steps. To train it further, raise --config.epochs (or "
-                    f"--config.steps)")
-        trainer, batch_size = self.trainer, self.config.dataset.batch_size
-        k = trainer.accumulate_steps
-        micro = f", accumulated over {k} micro-batches of {batch_size // k}" if k > 1 else ""
-        return (f"training {num_params(trainer.initial_state):,} parameters for {num_steps} "
-                f"steps ({self.dataset.steps_per_epoch(batch_size)} per epoch, batch "
-                f"{batch_size}{micro}) on {len(self.devices)} {self.devices[0].platform} "
-                f"device(s) in {jax.process_count()} process(es), strategy {trainer.strategy}")

@@ -154,7 +154,7 @@ def fit_many(configs: Sequence, workdirs: Sequence[str], models: Sequence, datas
 
 
 class Group:
-    """Runs trained as one program (`train.loop.Runs`): their states stacked on a leading run
+    """Runs trained as one program (`train.runs.Runs`): their states stacked on a leading run
     axis, each step `make_many_step`, each evaluation every run's at once."""
 
     def __init__(self, trainers: list[Trainer], configs: list, dataset: Dataset):

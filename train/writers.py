@@ -15,7 +15,6 @@ resuming, stopping) are not records: they go through `logging` (see `train.messa
 import glob
 import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
