@@ -184,3 +184,21 @@ def test_the_flop_count_is_the_whole_steps_whatever_the_device_count(tmp_path):
     # two backward (6 FLOPs), plus the optimizer's and activations' elementwise work
     weights = 64 * 64 + 64 * 64 + 64 * 10
     assert 6 * 32 * weights <= counted["data=1"] <= 1.5 * 6 * 32 * weights
+
+
+def test_messages_show_as_plain_lines_only_while_the_command_line_asks(capsys):
+    from train import messages
+    said = logging.getLogger("train.loop")
+    said.info("before: not shown")  # importing descent installs no handler
+    with messages.shown():
+        said.info("resumed from the checkpoint at step 39")
+        said.debug("routine detail")
+        logging.getLogger("experiments.run").warning("the checkpoint at step 78 cannot be read")
+    with messages.shown(verbose=True):
+        said.debug("routine detail, asked for")
+    said.info("after: not shown")
+    out, err = capsys.readouterr()
+    assert out == "resumed from the checkpoint at step 39\nroutine detail, asked for\n"
+    assert err == "warning: the checkpoint at step 78 cannot be read\n"
+    assert not logging.getLogger("train").handlers
+    assert logging.getLogger("train").level == logging.NOTSET
