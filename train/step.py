@@ -84,8 +84,9 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, tx: optax.GradientTransf
     parameters as their bias-corrected exponential moving average: after update t,
     sum_i d^(t-i) (1 - d) params_i / (1 - d^t).
 
-    Under `jax.pmap`, pass the mapped `axis_name`: gradients and metrics are then averaged
-    over it (`lax.pmean`), so every device applies the same update.
+    Mapped over devices (the `pmap` strategy, train/pmap.py), pass the mapped `axis_name`:
+    gradients and metrics are then averaged over it (`lax.pmean`), so every device applies the
+    same update.
     """
 
     loss_of = make_loss_fn(graphdef, task)
