@@ -54,7 +54,7 @@ def model_config(model, **more):
 def train_in_process(config):
     trainer, dataset = trainer_for(config)
     batches = dataset.train_batches(config.dataset.batch_size, seed=config.seed, epoch=0)
-    state = trainer.place(trainer.initial_state)
+    state = trainer.initial_state
     for _ in range(STEPS):
         state, metrics = trainer.train_step(state, trainer.put(next(batches)))
         jax.block_until_ready(metrics)  # one step in flight: XLA's CPU collectives over 8
@@ -66,7 +66,6 @@ def train_in_process(config):
     if trainer.strategy == "fsdp":
         specs = [s.spec for s in jax.tree.leaves(trainer.state_sharding.params)]
         assert any("data" in spec for spec in specs), "fsdp sharded no parameter"
-    state = trainer.gather(state)
     test = trainer.evaluate(state, dataset.eval_batches("test", config.dataset.eval_batch_size))
     return jax.device_get({"params": state.params, "model_state": state.model_state}), test
 

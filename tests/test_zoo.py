@@ -256,12 +256,12 @@ def test_language_models_learn_tiny_shakespeare(prepared, name, fields, learning
     trainer = Trainer(config, model, text.steps_per_epoch(config.dataset.batch_size))
     validation = functools.partial(text.eval_batches, "validation", 512)
     before = trainer.evaluate(trainer.initial_state, validation())["loss"]
-    state = trainer.place(trainer.initial_state)
+    state = trainer.initial_state
     for batch in text.train_batches(config.dataset.batch_size, seed=0, epoch=0):
         state, _ = trainer.train_step(state, trainer.put(batch))
-        if int(trainer.gather(state).step) == config.steps:
+        if int(state.step) == config.steps:
             break
-    after = trainer.evaluate(trainer.gather(state), validation())["loss"]
+    after = trainer.evaluate(state, validation())["loss"]
     floor = unigram_entropy(text.splits["train"])
     with capsys.disabled():
         print(f"\n{name} on tiny_shakespeare, {config.steps} steps: validation loss "
@@ -371,12 +371,12 @@ def test_sequence_classifiers_read_digits_row_by_row(name, fields):
     config.model = ml_collections.ConfigDict({"name": name, **fields})
     model, dataset = run.build(config)
     trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size))
-    state = trainer.place(trainer.initial_state)
+    state = trainer.initial_state
     for epoch in range(config.epochs):
         for batch in dataset.train_batches(config.dataset.batch_size, seed=0, epoch=epoch):
             state, metrics = trainer.train_step(state, trainer.put(batch))
             jax.block_until_ready(metrics)  # as train.loop does: never hundreds of steps queued
-    result = trainer.evaluate(trainer.gather(state), dataset.eval_batches("test", 360))
+    result = trainer.evaluate(state, dataset.eval_batches("test", 360))
     assert result["accuracy"] > 0.85, result  # chance is 0.1
 
 

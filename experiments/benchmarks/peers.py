@@ -208,7 +208,7 @@ def run_trainer(net: str, data: str, steps: int) -> dict:
     config, dataset = descent_setup(net, data)
     model, _ = run.build(config, dataset)
     trainer = Trainer(config, model, dataset.steps_per_epoch(BATCH), dataset.task)
-    state = trainer.place(trainer.initial_state)
+    state = trainer.initial_state
     x, y = dataset.splits["train"]["inputs"], dataset.splits["train"]["targets"]
 
     def one(i):

@@ -54,7 +54,7 @@ def main():
         model = nets.build("cnn", input_shape=(28, 28, 1), num_classes=10,
                            **{k: v for k, v in config.model.items() if k != "name"})
         trainer = Trainer(config, model, dataset.steps_per_epoch(args.batch))
-        state = trainer.place(trainer.initial_state)
+        state = trainer.initial_state
         placed = [trainer.put(b) for b in batches]
         start = time.perf_counter()
         state, metrics = trainer.train_step(state, placed[0])
