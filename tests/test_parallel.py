@@ -70,17 +70,26 @@ def train_in_process(config):
     return jax.device_get({"params": state.params, "model_state": state.model_state}), test
 
 
-def train_two_processes(config_name, fields, workdir):
+def start_two_processes(config_name, fields, workdir) -> subprocess.Popen:
+    """The same run as 2 processes of 4 devices, started in the background: it trains while
+    the in-process runs do (most of its time is its processes' start and compilation)."""
     overrides = [f"--config.{k}={v}" for k, v in {**fields, "steps": STEPS}.items()]
-    result = subprocess.run(
+    return subprocess.Popen(
         [sys.executable, "-m", "experiments", "launch-local", "--num-processes", "2",
          "--devices-per-process", "4", "--", "train", "--config",
          os.path.join("experiments", "configs", config_name) + ":tiny", "--workdir", workdir,
-         *overrides], capture_output=True, text=True, timeout=240,
+         *overrides], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "in 2 process(es)" in result.stdout
-    assert "[Gloo]" not in result.stdout  # the collective library's chatter: only with --verbose
+
+
+def finish_two_processes(proc: subprocess.Popen, workdir):
+    try:
+        stdout, stderr = proc.communicate(timeout=240)
+    finally:
+        proc.kill()  # nothing left running after a timeout
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "in 2 process(es)" in stdout
+    assert "[Gloo]" not in stdout  # the collective library's chatter: only with --verbose
     restored = run.restore(workdir, "latest")
     assert restored.step == STEPS
     with open(os.path.join(workdir, f"eval_test_{STEPS}.json")) as f:
@@ -97,10 +106,15 @@ def largest_relative_difference(a, b):
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_strategy_and_process_count_gives_the_same_numbers(model, tmp_path, capsys):
-    results = {label: train_in_process(model_config(model, **{"parallel.mesh": mesh,
-                                                              "parallel.strategy": strategy}))
-               for label, mesh, strategy in IN_PROCESS}
-    results["2 processes x 4"] = train_two_processes(*MODELS[model], str(tmp_path))
+    two_processes = start_two_processes(*MODELS[model], str(tmp_path))
+    try:
+        results = {label: train_in_process(model_config(model, **{"parallel.mesh": mesh,
+                                                                  "parallel.strategy": strategy}))
+                   for label, mesh, strategy in IN_PROCESS}
+    except BaseException:
+        two_processes.kill()
+        raise
+    results["2 processes x 4"] = finish_two_processes(two_processes, str(tmp_path))
     reference, reference_test = results.pop("1 device")
     assert reference_test["examples"] == 360
     for label, (state, test) in results.items():
