@@ -8,8 +8,8 @@ conv-pool-BN-GELU blocks of 64, 256 and 256 channels, logits scaled by 1/9), bfl
 batch 1,024, Nesterov SGD, label smoothing 0.2, flip test-time augmentation and the learning
 rate and weight decay are airbench94's (Jordan 2024: 94.0 % mean test accuracy in 2.59 s on an
 A100), converted to a mean loss. The goal is 94 % mean test accuracy over seeds in <= 5 s of
-training on an H100. ACCURACY NOT MEASURED YET: no copy of CIFAR-10 could reach a GPU in the
-session that wrote this; treat 94 % as a target until a run on CIFAR-10 fills it in here.
+training on an H100. ACCURACY NOT MEASURED YET: this recipe has not yet been trained on CIFAR-10
+itself on a GPU; treat 94 % as a target until a run on CIFAR-10 fills it in here.
 Speed, measured on one H200 on synthetic CIFAR-shaped data (2026-12-04, JAX 0.11.2, 5 runs):
 the 430 training steps took 2.4-2.75 s (about 170,000 images/s; 2.0 s without the moving
 average), compiling 13.6-14.4 s in a fresh process; a whole run, its evaluation and checkpoint
