@@ -105,14 +105,33 @@ def test_resuming_all_runs_from_one_step_equals_training_them_at_once(group, tmp
             numbers(r) for r in report.read_metrics(whole) if "train_loss" in r]
 
 
-def test_resuming_runs_at_different_steps_is_refused_and_touches_nothing(group, tmp_path):
+def test_a_group_keeps_checkpoints_another_group_saved_and_refuses_naming_them(group,
+                                                                            tmp_path):
+    """A run of another group beside a fresh one: the step both hold is 0, and the other
+    group's checkpoints, which this group would not write again, are kept and named."""
     workdir, _ = group
     configs = list(run.variants(tiny_config(), SEEDS).values())
     dirs = [os.path.join(workdir, "seed_0-learning_rate_0.003"), str(tmp_path / "fresh")]
     before = sorted(os.listdir(os.path.join(dirs[0], "checkpoints")))
-    with pytest.raises(ValueError, match=r"different steps \(.*: 78, .*fresh: none\)"):
+    with pytest.raises(ValueError, match=r"checkpoints/39 is newer than step 0, the newest every "
+                                         r"run of this group holds, and was not saved by this "
+                                         r"group of 2 runs"):
         run.train_many(configs, dirs, console=False)
     assert sorted(os.listdir(os.path.join(dirs[0], "checkpoints"))) == before
+
+
+def test_runs_of_a_group_with_no_step_in_common_are_refused_naming_each_runs_steps(group,
+                                                                                  tmp_path):
+    workdir, _ = group
+    named = run.variants(tiny_config(), SEEDS, RATES)
+    dirs = [shutil.copytree(os.path.join(workdir, name), str(tmp_path / name)) for name in named]
+    shutil.rmtree(os.path.join(dirs[0], "checkpoints", "78"))
+    shutil.rmtree(os.path.join(dirs[1], "checkpoints", "39"))
+    with pytest.raises(ValueError, match=r"hold no checkpoint at a step common to all \(.*"
+                                         r"seed_0-learning_rate_0.003: 39; .*"
+                                         r"seed_0-learning_rate_0.01: 78; "):
+        run.train_many(list(named.values()), dirs, console=False)
+    assert sorted(os.listdir(os.path.join(dirs[1], "checkpoints"))) == ["78"]
 
 
 @pytest.mark.parametrize("change,message", [

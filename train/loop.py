@@ -31,8 +31,8 @@ from flax import nnx
 
 from train import checkpoint, report, workdir_lock
 from train.dataset import Dataset, Text
-from train.resume import (EarlyStopping, data_position, open_checkpoints, prepare_workdir,
-                          resume)
+from train.resume import (EarlyStopping, data_position, group_of, open_checkpoints,
+                          prepare_workdir, resume)
 from train.runs import One, Runs
 from train.state import TrainState
 from train.throughput import Profile, speed
@@ -157,7 +157,8 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
             prepare_workdir(run.workdir)
             held.enter_context(workdir_lock.hold(run.workdir, exclusive=True))
         for run in members:
-            run.checkpoints = held.enter_context(open_checkpoints(run.workdir, run.config))
+            run.checkpoints = held.enter_context(open_checkpoints(run.workdir, run.config,
+                                                                  group=len(members) > 1))
         summaries = _train(runs, members, dataset, plan, profile, info, console and chief,
                            allow_config_change, writers)
         if test_split:
@@ -198,7 +199,9 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, plan: _Plan, profi
     # is no longer recorded or saved, and its state is kept as it stood
     pending = []  # (step, device metrics) not fetched yet
     saves = _Saves(behind=runs.count > 1)
-    with stop_requests() as stop_signals, contextlib.ExitStack() as cleanup:
+    with contextlib.ExitStack() as held:
+        stop_signals = held.enter_context(stop_requests())
+        cleanup = held.enter_context(contextlib.ExitStack())
         for closing in [run.writers for run in members] + [shown, profile, saves]:
             cleanup.callback(closing.close)
         if compiled:
@@ -236,7 +239,11 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, plan: _Plan, profi
             if not any(run.active for run in members):
                 break
             window_start = time.perf_counter()  # evaluating and saving are not training time
-    _settle(members, saves)
+        cleanup.close()  # the writers closed and the saves started made, then all on disk,
+        _settle(members, saves)  # with SIGTERM and SIGINT still collected
+    if stop_signals:  # they came while the last saves completed: the run ended, and says so
+        raise Preempted(stop_signals[0], step,
+                        ", ".join(run.checkpoints.directory for run in members))
 
     # --- what each run leaves behind
     return _summaries(runs, members, state, info)
@@ -261,6 +268,7 @@ def _log(runs: Runs, members: list[_Run], state, step: int, per_run: list, secon
     """A logging point: each active run's record written (evaluated, with `do_eval`, which may
     stop it early) and its checkpoint saved (with `do_save`, or when it stops)."""
     canonical = runs.states(state) if do_eval or do_save else None
+    group = group_of([run.config for run in members])  # saved with each run's data position
     evaluated = _evaluate(runs, state, members[0].config) if do_eval else None
     rates = runs.learning_rates(step - 1)
     for i, run in enumerate(members):
@@ -274,7 +282,7 @@ def _log(runs: Runs, members: list[_Run], state, step: int, per_run: list, secon
         _write(run, record, saves)
         if do_save or run.stop_reason:
             saves.start(run.checkpoints, step, canonical[i], run.config.to_dict(),
-                        data_position(step, plan.steps_per_epoch, run.config),
+                        data_position(step, plan.steps_per_epoch, run.config, group),
                         run.stopping.ranking(record), described)
         if run.stop_reason:
             run.final = canonical[i]
@@ -459,18 +467,23 @@ class _Saves:
     state's buffers go to the next step (donated), so orbax must copy them off the devices
     before that step. A group saves in one thread behind training: each run's state is a
     slice of the group's that no step takes, and orbax's Python work (~0.06 s a checkpoint
-    here) done once per run would stall the group."""
+    here) done once per run would stall the group. One step's saves at most are behind: the
+    next step's wait for them, so a signal stops a group within a step and a save, and the
+    states waiting to be saved are one per run, not a queue that grows."""
 
     def __init__(self, behind: bool):
         self._pool = (concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="descent-saves")
                       if behind else None)
-        self._started = []
+        self._started, self._step = [], None
 
-    def start(self, checkpoints: checkpoint.Checkpoints, *args) -> None:
+    def start(self, checkpoints: checkpoint.Checkpoints, step: int, *args) -> None:
         if self._pool is None:
-            checkpoints.save(*args)
-        else:
-            self._started.append(self._pool.submit(checkpoints.save, *args))
+            checkpoints.save(step, *args)
+            return
+        if step != self._step:
+            self.finish()
+        self._step = step
+        self._started.append(self._pool.submit(checkpoints.save, step, *args))
 
     def raise_failures(self) -> None:
         """Raises the error of the first finished save that failed; forgets those that did not."""

@@ -2,12 +2,22 @@
 (what an interrupted save left removed), the newest good checkpoint restored, and the checks
 that the config and the data are those it was trained with. Early stopping, replayed from the
 records a resumed run keeps, lives here too: its metric also ranks the checkpoints.
+
+A group of runs (`train.many`) saves its runs one after another, so a kill can leave runs whose
+newest checkpoints differ by one save. The group resumes from the newest step that every run
+holds a good checkpoint at; a run's checkpoints newer than that are removed, since they were
+written by this same group (its runs' seeds and learning rates, saved with each checkpoint's
+data position) and training from the common step writes them again bit for bit. Checkpoints
+newer than the common step that another group or a run alone wrote are never removed: the
+resume is refused, naming them. With no step common to every run, it is refused naming each
+run's steps (docs/design.md, section 11).
 """
 import contextlib
 import json
 import logging
 import operator
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -17,6 +27,7 @@ from jax.experimental import multihost_utils
 
 from train import checkpoint, report
 from train.state import TrainState
+from train.workdir import check as workdir_check
 
 log = logging.getLogger(__name__)
 
@@ -27,30 +38,36 @@ HISTORY_FILE = "history.jsonl"
 
 
 def prepare_workdir(workdir: str) -> str:
-    """Creates `workdir` and proves it writable, before any work is done."""
+    """Checks `workdir` (a name orbax can take, no link inside: `train.workdir.check`), then
+    creates it and proves it writable, before any work is done; returns its absolute path."""
+    path = workdir_check(workdir)
     try:
-        os.makedirs(workdir, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=workdir, prefix=".write-test-")  # never a link
-        os.close(fd)
-        os.remove(probe)
+        os.makedirs(path, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")  # never a link
+        try:  # a byte and its sync: a full disk still makes empty files
+            os.write(fd, b"\0")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+            os.remove(probe)
     except OSError as e:
         raise ValueError(f"workdir {workdir!r} cannot be written ({e.strerror}); "
                          f"pass a --workdir you can write to") from None
-    for name in ("checkpoints", checkpoint.DAMAGED_DIR):  # descent writes inside it, only
-        if os.path.islink(os.path.join(workdir, name)):
-            raise ValueError(f"{os.path.join(workdir, name)} is a symbolic link; descent writes "
-                             f"only inside the work directory: make it a real directory")
-    return workdir
+    return path
 
 
 @contextlib.contextmanager
-def open_checkpoints(workdir: str, config):
-    """The run's `Checkpoints`, once what an interrupted save left is removed."""
+def open_checkpoints(workdir: str, config, group: bool = False):
+    """The run's `Checkpoints`, once what an interrupted save left is removed; `group` for a
+    run trained in a group of runs."""
     if jax.process_index() == 0:
         checkpoint.remove_incomplete(workdir)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("descent: checkpoints cleaned")
-    with checkpoint.Checkpoints(workdir, keep=config.checkpoint.keep,
+    # a group keeps two latest checkpoints at least: a kill between two runs' saves must leave
+    # a step that every run still holds (section 11 of docs/design.md)
+    keep = config.checkpoint.keep if not group else max(config.checkpoint.keep, 2)
+    with checkpoint.Checkpoints(workdir, keep=keep,
                                 keep_best=config.checkpoint.keep_best,
                                 monitor=config.early_stopping.monitor) as checkpoints:
         yield checkpoints
@@ -60,19 +77,18 @@ def resume(checkpoints: Sequence[checkpoint.Checkpoints], configs: Sequence,
            workdirs: Sequence[str], initial_states: Sequence[TrainState], described: dict,
            steps_per_epoch: int, allow_config_change: bool, info: int = logging.INFO
            ) -> tuple[list[TrainState], int, list[list[dict]]]:
-    """(states, step, histories): every run's newest checkpoint that reads back whole, all at
-    one step (or every run's initial state at step 0), and each run's metrics records up to
-    that step (`metrics.jsonl` is cut there). A run whose config or data changed since its
-    checkpoint is refused unless `allow_config_change`; `info` is the level of the messages."""
-    found = [c.restore_latest_good(like) for c, like in zip(checkpoints, initial_states)]
-    steps = [f[1] if f is not None else 0 for f in found]
-    if len(set(steps)) > 1:
-        listed = ", ".join(f"{w}: {s or 'none'}" for w, s in zip(workdirs, steps))
-        raise ValueError(f"the runs' work directories hold their latest checkpoints at "
-                         f"different steps ({listed}); resuming them as one program needs one "
-                         f"step for all. Resume them one by one with descent train, or use new "
-                         f"work directories")
-    step, states = steps[0], []
+    """(states, step, histories): a run alone's newest checkpoint that reads back whole, a
+    group's at the newest step every run holds one at (or every run's initial state at step
+    0), and each run's metrics records up to that step (`metrics.jsonl` is cut there). A run
+    whose config or data changed since its checkpoint is refused unless `allow_config_change`;
+    `info` is the level of the messages."""
+    if len(checkpoints) == 1:
+        found = [checkpoints[0].restore_latest_good(initial_states[0])]
+        step = found[0][1] if found[0] is not None else 0
+    else:
+        step, found = _restore_common(checkpoints, workdirs, initial_states,
+                                      group_of(configs))
+    states = []
     for saved, config, workdir, like, resumed in zip(checkpoints, configs, workdirs,
                                                       initial_states, found):
         if resumed is None:
@@ -84,7 +100,9 @@ def resume(checkpoints: Sequence[checkpoint.Checkpoints], configs: Sequence,
         _check_data_change(saved.saved_dataset(step), described, step, workdir,
                            allow_config_change)
         log.log(info, "resumed from the checkpoint at step %d in %s", step, saved.directory)
-        if position != data_position(step, steps_per_epoch, config):
+        expected = data_position(step, steps_per_epoch, config)
+        if any(position.get(k) != expected[k] for k in ("epoch", "batch", "seed",
+                                                          "batch_size")):
             log.warning("dataset.batch_size or seed differ from the run that saved this "
                         "checkpoint, so the data order differs from an uninterrupted run")
         states.append(state)
@@ -94,6 +112,96 @@ def resume(checkpoints: Sequence[checkpoint.Checkpoints], configs: Sequence,
         if jax.process_index() == 0:
             _rewrite_metrics(workdir, histories[-1])
     return states, step, histories
+
+
+def group_of(configs: Sequence) -> list[list] | None:
+    """What names a group of runs trained as one program: each run's seed and learning rate,
+    in order (the program's results depend on its runs); None for a run alone."""
+    if len(configs) == 1:
+        return None
+    return [[c.seed, c.optimizer.learning_rate] for c in configs]
+
+
+def _restore_common(checkpoints: Sequence[checkpoint.Checkpoints], workdirs: Sequence[str],
+                    initial_states: Sequence[TrainState], group: list
+                    ) -> tuple[int, list[tuple | None]]:
+    """(step, each run's (state, step, data position) or None at step 0): the newest step at
+    which every run of the group holds a checkpoint that reads back whole. A damaged one is set
+    aside and the search goes on; the checkpoints newer than the step are removed once it is
+    found (`_remove_ahead`)."""
+    while True:
+        held = [set(_steps(c)) for c in checkpoints]
+        step = _newest_common(held, workdirs)
+        found = [None] * len(checkpoints)
+        if step:
+            found = [_restore_at(c, step, like) for c, like in zip(checkpoints, initial_states)]
+            if any(f is None for f in found):  # one was set aside: look again
+                continue
+        for saved, steps, workdir in zip(checkpoints, held, workdirs):
+            _remove_ahead(saved, step, sorted(s for s in steps if s > step), workdir, group)
+        return step, found
+
+
+def _steps(saved: checkpoint.Checkpoints) -> list[int]:
+    saved.manager.reload()
+    return saved.manager.all_steps()
+
+
+def _newest_common(held: list[set[int]], workdirs: Sequence[str]) -> int:
+    """The newest step every run holds; 0 when a run holds none (the group never finished its
+    first save in every run). Refuses runs that hold checkpoints but none at one step."""
+    if not all(held):
+        return 0
+    common = set.intersection(*held)
+    if common:
+        return max(common)
+    listed = "; ".join(f"{w}: {', '.join(map(str, sorted(h)))}" for w, h in zip(workdirs, held))
+    raise ValueError(f"the runs' work directories hold no checkpoint at a step common to all "
+                     f"({listed}), so they cannot resume as one program; resume each with "
+                     f"descent train --workdir <its directory> (without --seeds or --sweep), "
+                     f"or train the group in new work directories")
+
+
+def _restore_at(saved: checkpoint.Checkpoints, step: int, like: TrainState) -> tuple | None:
+    """(state, step, data position) of the checkpoint at `step`, or None when it cannot be read
+    back whole: it is then set aside, as a run alone's would be."""
+    try:
+        state = saved.restore(step, like)
+        return state, step, checkpoint.saved_data_position(saved.manager, step)
+    except checkpoint.IncompatibleCheckpoint:
+        raise
+    except Exception as e:  # noqa: BLE001 - any read failure means this one is damaged
+        checkpoint.set_aside(saved.manager, step, e)
+        return None
+
+
+def _remove_ahead(saved: checkpoint.Checkpoints, common: int, ahead: list[int], workdir: str,
+                  group: list) -> None:
+    """Removes a run's checkpoints at `ahead` (newer than `common`, the step the group resumes
+    from), which training writes again bit for bit, but only once each is proved to be this
+    group's: saved by the same runs (`group_of`). Anything else is refused, removing nothing."""
+    for step in ahead:
+        try:
+            position = checkpoint.saved_data_position(saved.manager, step)
+        except Exception:  # noqa: BLE001 - an unreadable one cannot prove whose it is
+            position = {}
+        if position.get("group") != group:
+            raise ValueError(
+                f"{os.path.join(saved.directory, str(step))} is newer than step {common}, the "
+                f"newest every run of this group holds, and was not saved by this group of "
+                f"{len(group)} runs, so descent keeps it and stops; resume that run alone with "
+                f"descent train --workdir {workdir}, or train the group in new work directories")
+    if jax.process_index() != 0:
+        return
+    for step in ahead:
+        # renamed first, as orbax names a save under way: a kill mid-removal leaves what the next
+        # start removes (`checkpoint.remove_incomplete`), never half a checkpoint at its step
+        gone = os.path.join(saved.directory, f"{step}.orbax-checkpoint-tmp-superseded")
+        os.rename(os.path.join(saved.directory, str(step)), gone)
+        shutil.rmtree(gone)
+        log.info("removed the checkpoint at step %d in %s: the group resumes from an earlier "
+                 "step every run holds, and writes it again", step, saved.directory)
+    saved.manager.reload()
 
 
 def _check_config_change(now: dict, saved: dict, step: int, workdir: str, allowed: bool,
@@ -144,14 +252,16 @@ def flat(tree, prefix: str = "") -> dict:
     return out
 
 
-def data_position(step: int, steps_per_epoch: int, config) -> dict:
-    """Where the data stands after `step` updates: the epoch and batch of the next batch.
+def data_position(step: int, steps_per_epoch: int, config, group: list | None = None) -> dict:
+    """Where the data stands after `step` updates: the epoch and batch of the next batch, and,
+    for a run of a group, the group (`group_of`), which says whose checkpoint it is.
 
     Batches are a pure function of (seed, epoch), so this is all a resumed run needs.
     """
     epoch, batch = divmod(step, steps_per_epoch)
-    return {"epoch": epoch, "batch": batch, "seed": config.seed,
-            "batch_size": config.dataset.batch_size}
+    position = {"epoch": epoch, "batch": batch, "seed": config.seed,
+                "batch_size": config.dataset.batch_size}
+    return position if group is None else {**position, "group": group}
 
 
 def _rewrite_metrics(workdir: str, records: list[dict]) -> None:
