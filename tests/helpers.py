@@ -26,7 +26,7 @@ def tiny_config(name="digits_mlp.py", **overrides):
 
 def trainer_for(config):
     model, dataset = build(config)
-    return Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size)), dataset
+    return Trainer(config, model, dataset), dataset
 
 
 def tensorboard_scalars(run_dir) -> dict[str, list[tuple[int, float]]]:

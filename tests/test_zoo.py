@@ -253,7 +253,7 @@ def test_language_models_learn_tiny_shakespeare(prepared, name, fields, learning
     text = data.load("tiny_shakespeare", data_dir=prepared, context=config.dataset.context)
     model = nets.build(name, input_shape=text.input_shape, num_classes=text.num_classes,
                        **fields)
-    trainer = Trainer(config, model, text.steps_per_epoch(config.dataset.batch_size))
+    trainer = Trainer(config, model, text)
     validation = functools.partial(text.eval_batches, "validation", 512)
     before = trainer.evaluate(trainer.initial_state, validation())["loss"]
     state = trainer.initial_state
@@ -370,7 +370,7 @@ def test_sequence_classifiers_read_digits_row_by_row(name, fields):
     config = tiny_config("digits_mlp.py", **{"epochs": 8, "optimizer.learning_rate": 3e-3})
     config.model = ml_collections.ConfigDict({"name": name, **fields})
     model, dataset = run.build(config)
-    trainer = Trainer(config, model, dataset.steps_per_epoch(config.dataset.batch_size))
+    trainer = Trainer(config, model, dataset)
     state = trainer.initial_state
     for epoch in range(config.epochs):
         for batch in dataset.train_batches(config.dataset.batch_size, seed=0, epoch=epoch):

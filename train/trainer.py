@@ -44,23 +44,15 @@ class Trainer:
     mapping over devices lives inside it (`train.pmap`).
     """
 
-    def __init__(self, config, model: nnx.Module | Callable[[], nnx.Module],
-                 dataset: Dataset | int, task: str = "classification"):
+    def __init__(self, config, model: nnx.Module | Callable[[], nnx.Module], dataset: Dataset):
         """`model` is a built model, or a function that builds it: then the state is never
         built eagerly, array by array, but traced for its shapes and created by one compiled
         program directly in its place on the mesh (each device makes only its share of an
         `fsdp` state). `dataset` is what the run trains on: its steps per epoch (at
         `dataset.batch_size`) shape the learning-rate schedule, and its task, `classification`
-        (integer labels) or `regression` (float targets), the metrics beside the loss.
-
-        The older form passes the steps per epoch and the task themselves:
-        `Trainer(config, model, steps_per_epoch, task)`."""
-        if isinstance(dataset, int):
-            steps_per_epoch = dataset
-        else:
-            check_dataset(dataset)
-            steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
-            task = dataset.task
+        (integer labels) or `regression` (float targets), the metrics beside the loss."""
+        check_dataset(dataset)
+        steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
         self.steps_per_epoch = steps_per_epoch
         self.strategy = config.parallel.strategy
         sharding.check_strategy(self.strategy)
@@ -76,7 +68,7 @@ class Trainer:
         self.learning_rate = jax.jit(learning_rate_schedule(
             config.optimizer, num_steps, steps_per_epoch, config.dataset.batch_size))
         # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
-        self.task = make_task(task, config.loss.name, config.loss.label_smoothing)
+        self.task = make_task(dataset.task, config.loss.name, config.loss.label_smoothing)
         opt = config.optimizer
         self.accumulate_steps = opt.get("accumulate_steps", 1)
         check_accumulation(config.dataset.batch_size, self.accumulate_steps, self.mesh)
@@ -121,14 +113,6 @@ class Trainer:
         self._gradients = jax.jit(make_gradient_step(self.graphdef, self.task),
                                   in_shardings=(self.state_sharding, self.batch_sharding),
                                   out_shardings=self.state_sharding.params)
-
-    def place(self, state: TrainState) -> TrainState:
-        """The identity, kept for callers written when `pmap` had a layout of its own."""
-        return state
-
-    def gather(self, state: TrainState) -> TrainState:
-        """The identity, kept for callers written when `pmap` had a layout of its own."""
-        return state
 
     def put(self, batch: dict) -> dict:
         """This process's numpy batch -> global arrays on the mesh, as `train_step` takes them."""

@@ -60,7 +60,7 @@ def main():
         config.parallel.mesh = "data=1"
         fields = {k: v for k, v in config.model.items() if k != "name"}
         model = nets.build("cnn", input_shape=shape, num_classes=10, **fields)
-        trainer = Trainer(config, model, 100)  # steps per epoch
+        trainer = Trainer(config, model, datasets[label])
         batch = trainer.put(next(datasets[label].train_batches(args.batch, seed=0, epoch=0)))
         state, m = trainer.train_step(trainer.initial_state, batch)  # compile
         jax.block_until_ready(m)

@@ -76,8 +76,7 @@ def time_bare(config, dataset, timed_end: int, norms: bool = False) -> float:
     from train.trainer import Trainer
 
     model, _ = run.build(config)
-    steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
-    trainer = Trainer(config, model, steps_per_epoch, dataset.task)  # the same optax chain
+    trainer = Trainer(config, model, dataset)  # the same optax chain
     graphdef, tx, loss = trainer.graphdef, trainer.tx, trainer.task.loss
     params, rest = trainer.initial_state.params, trainer.initial_state.model_state
     key = jax.random.PRNGKey(config.seed)
@@ -97,7 +96,7 @@ def time_bare(config, dataset, timed_end: int, norms: bool = False) -> float:
     step = jax.jit(step, donate_argnums=(0, 1))
     params, opt_state = jax.tree.map(np.copy, jax.device_get((params, tx.init(params))))
     done, start = 0, None
-    for epoch in range(timed_end // steps_per_epoch + 1):
+    for epoch in range(timed_end // trainer.steps_per_epoch + 1):
         for batch in dataset.train_batches(config.dataset.batch_size, seed=config.seed,
                                            epoch=epoch):
             batch = jax.device_put(batch)

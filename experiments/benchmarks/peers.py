@@ -207,7 +207,7 @@ def run_trainer(net: str, data: str, steps: int) -> dict:
 
     config, dataset = descent_setup(net, data)
     model, _ = run.build(config, dataset)
-    trainer = Trainer(config, model, dataset.steps_per_epoch(BATCH), dataset.task)
+    trainer = Trainer(config, model, dataset)
     state = trainer.initial_state
     x, y = dataset.splits["train"]["inputs"], dataset.splits["train"]["targets"]
 

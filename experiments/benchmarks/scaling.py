@@ -53,7 +53,7 @@ def main():
         config.parallel.mesh, config.parallel.strategy = mesh, strategy
         model = nets.build("cnn", input_shape=(28, 28, 1), num_classes=10,
                            **{k: v for k, v in config.model.items() if k != "name"})
-        trainer = Trainer(config, model, dataset.steps_per_epoch(args.batch))
+        trainer = Trainer(config, model, dataset)
         state = trainer.initial_state
         placed = [trainer.put(b) for b in batches]
         start = time.perf_counter()

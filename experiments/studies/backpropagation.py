@@ -147,7 +147,7 @@ def _toolkit_sgd_step(study, digits, seed: int) -> dict:
         "dataset.batch_size": BATCH})
     model = nets.build("mlp", input_shape=digits.input_shape, num_classes=10, seed=seed,
                        depth=config.model.depth, width=16)
-    trainer = Trainer(config, model, digits.steps_per_epoch(BATCH), digits.task)
+    trainer = Trainer(config, model, digits)
     batch = next(digits.train_batches(BATCH, seed=seed, epoch=0))
     state = trainer.initial_state
     grads = trainer.gradients(state, batch)

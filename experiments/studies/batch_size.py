@@ -63,7 +63,7 @@ def run(study) -> dict:
         config = _config(study, BATCH_SIZES[0], LEARNING_RATE, s["epochs"], seed,
                          n // BATCH_SIZES[0])
         model, dataset = run_api.build(config)
-        fresh = Trainer(config, model, dataset.steps_per_epoch(BATCH_SIZES[0]), dataset.task)
+        fresh = Trainer(config, model, dataset)
         variance["init"].append(_variances(fresh, fresh.initial_state, dataset, seed,
                                            s["batches"]))
         if "trained" in variance:
