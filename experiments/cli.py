@@ -6,6 +6,7 @@ another model); 128 + signal number (143 for SIGTERM, 130 for SIGINT) preempted:
 flight was finished and saved, and the same command resumes.
 """
 import argparse
+import math
 import os
 import signal
 import socket
@@ -240,6 +241,9 @@ def _run(argv: list[str]) -> int:
         from experiments.config import load_config, override
         config = load_config(args.file if args.command == "config" else args.config)
         config, overridden, rest = override(config, rest)
+        if args.command != "config":  # `config show` shows any config; what runs is checked
+            from experiments.config import check_values
+            check_values(config)
     elif any(arg.startswith("--config.") for arg in rest):
         raise _UsageError(f"--config.* overrides apply to `descent train`, `config show` and "
                           f"`models --config`, not `{args.command}`")
@@ -247,6 +251,7 @@ def _run(argv: list[str]) -> int:
         hint = ("; a true/false field takes its value after '=': --config.KEY=false"
                 if any(arg.lower() in ("true", "false") for arg in rest) else "")
         parser.error(f"unrecognized arguments: {' '.join(rest)}{hint}")
+    _check_numbers(args)
     if args.command == "data":
         from data.prepare import prepare
         prepare(args.name, args.manual_dir, args.data_dir, quiet=not args.verbose)
@@ -285,8 +290,6 @@ def _run(argv: list[str]) -> int:
         if "not_saved" in m:  # the result is printed; that it was not saved is bad input
             return USAGE_EXIT
     elif args.command == "predict":
-        if args.top_k < 1:
-            raise _UsageError(f"--top-k must be at least 1, got {args.top_k}")
         restored = run.restore(args.workdir, args.checkpoint, mesh="data=1",
                                weights=args.weights)
         for what, prediction in run.predict_files(restored, args.paths):
@@ -298,6 +301,36 @@ def _run(argv: list[str]) -> int:
 
 
 SWEEPABLE = ("optimizer.learning_rate",)
+# More runs than any machine holds as one program; the bound also keeps `--seeds 0-99999999999`
+# from building its list of seeds before the group's own size check can refuse it.
+MAX_SEEDS = 2**16
+
+
+def _check_numbers(args) -> None:
+    """Refuses a numeric option no command can use (NaN, inf, out of range) before any work:
+    argparse's `type=float` takes 'nan' and '1e999', `type=int` any size."""
+    from experiments.configs.common import INT_LIMIT
+
+    def at_least(option: str, low: int, value, high: int = INT_LIMIT) -> None:
+        if value is not None and not (math.isfinite(value) and low <= value < high):
+            raise _UsageError(f"{option} {value} must be from {low} to {high - 1:,}")
+
+    given = vars(args)
+    at_least("--top-k", 1, given.get("top_k"))
+    at_least("--length", 1, given.get("length"))
+    at_least("--seed", 0, given.get("seed"))
+    if given.get("temperature") is not None and not (
+            math.isfinite(args.temperature) and args.temperature >= 0):
+        raise _UsageError(f"--temperature {args.temperature} must be a finite number, at least "
+                          f"0 (0 always takes the most likely character)")
+    at_least("--coordinator-timeout", 1, given.get("coordinator_timeout"))
+    if args.command != "launch-local":
+        at_least("--num-processes", 1, given.get("num_processes"))
+        at_least("--process-id", 0, given.get("process_id"))
+    if args.command == "study":
+        at_least("--seeds", 1, args.seeds)
+
+
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -313,6 +346,9 @@ def parse_seeds(text: str) -> list[int]:
         if low < 0 or high < low:
             raise _UsageError(f"--seeds {text!r}: {part.strip()!r} is not a range from a lower "
                               f"to a higher seed, both at least 0; write e.g. 0-4")
+        if len(seeds) + high - low + 1 > MAX_SEEDS:
+            raise _UsageError(f"--seeds {text!r} names more than {MAX_SEEDS:,} runs; train "
+                              f"fewer seeds at once")
         seeds += range(low, high + 1)
     repeated = sorted({s for s in seeds if seeds.count(s) > 1})
     if repeated:
@@ -336,8 +372,9 @@ def parse_sweep(text: str, overrides: list[str]) -> list[float]:
     except ValueError:
         raise _UsageError(f"--sweep {text!r}: the values are not numbers; write e.g. "
                           f"optimizer.learning_rate=0.001,0.003,0.01") from None
-    if any(not r > 0 for r in rates) or len(set(rates)) < len(rates):
-        raise _UsageError(f"--sweep {text!r}: learning rates must be above 0, each once")
+    if any(not (math.isfinite(r) and r > 0) for r in rates) or len(set(rates)) < len(rates):
+        raise _UsageError(f"--sweep {text!r}: learning rates must be finite numbers above 0, "
+                          f"each once")
     return rates
 
 
@@ -405,8 +442,6 @@ def study(args) -> int:
         print("Run one with `descent study NAME` (--quick for seconds), all with "
               "`descent study all`.")
         return 0
-    if args.seeds is not None and args.seeds < 1:
-        raise _UsageError(f"--seeds must be at least 1, got {args.seeds}")
     options = dict(quick=args.quick, seeds=args.seeds, data_dir=args.data_dir,
                    progress=lambda line: print(line, flush=True))
     if args.name == "all":
@@ -504,6 +539,11 @@ def gloo_chatter(line: str) -> bool:
     return "[Gloo]" in line or line.startswith("Expected number of connected peer ranks")
 
 
+# Each process on this machine is a whole JAX runtime (an interpreter, XLA, its devices'
+# buffers): past this many, one machine runs out of memory or cores before they train.
+MAX_LOCAL_PROCESSES = 64
+
+
 def launch_local(num_processes: int, devices_per_process: int, command: list[str], *,
                  verbose: bool = False) -> int:
     """Runs `descent COMMAND` as `num_processes` CPU processes joined on localhost.
@@ -512,8 +552,10 @@ def launch_local(num_processes: int, devices_per_process: int, command: list[str
     "[Gloo] Rank N is connected..." lines unless `verbose`. Returns the first non-zero exit code
     (and stops the other processes), or 0.
     """
-    if num_processes < 1 or devices_per_process < 1:
-        raise _UsageError("--num-processes and --devices-per-process must be at least 1")
+    if not (1 <= num_processes <= MAX_LOCAL_PROCESSES and 1 <= devices_per_process <= 1024):
+        raise _UsageError(f"--num-processes must be from 1 to {MAX_LOCAL_PROCESSES} and "
+                          f"--devices-per-process from 1 to 1024 (got {num_processes} and "
+                          f"{devices_per_process})")
     if not command or command[0] not in ("train", "eval"):
         raise _UsageError("launch-local runs `train ...` or `eval ...` after `--`")
     with socket.socket() as s:  # a free port for the coordinator

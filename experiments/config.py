@@ -6,8 +6,10 @@ overrides (`--config.optimizer.name=adamw`) are applied by ml_collections' own `
 typed as the field's default, unknown keys refused. Every error here is a ValueError whose
 message names the fix.
 """
+import contextlib
 import copy
 import importlib.util
+import math
 import os
 import re
 import traceback
@@ -16,7 +18,7 @@ from collections.abc import Mapping, Sequence
 import ml_collections
 
 import nets
-from experiments.configs.common import DEFAULTS, MODEL_RANGES, base_config
+from experiments.configs.common import DEFAULTS, INT_LIMIT, MODEL_RANGES, base_config
 
 
 def load_config(path: str) -> ml_collections.ConfigDict:
@@ -34,29 +36,65 @@ def load_config(path: str) -> ml_collections.ConfigDict:
     spec = importlib.util.spec_from_file_location("descent_config", path)
     module = importlib.util.module_from_spec(spec)
     try:  # a config file is code: whatever it does wrong is named by file and line
-        spec.loader.exec_module(module)
-        if not hasattr(module, "get_config"):
-            raise ValueError(f"config file {path!r} defines no get_config()")
-        config = module.get_config(variant) if variant else module.get_config()
+        with _no_hard_exit():
+            spec.loader.exec_module(module)
+            if not hasattr(module, "get_config"):
+                raise ValueError(f"config file {path!r} defines no get_config()")
+            config = module.get_config(variant) if variant else module.get_config()
     except ValueError:  # our own messages (an unknown variant) and the one above: as they are
         raise
     except SyntaxError as e:
         raise ValueError(f"config file {path}:{e.lineno}: syntax error: {e.msg}") from e
     except SystemExit as e:
-        raise ValueError(f"config file {path} called sys.exit({e.code!r}) instead of returning "
+        how = "os._exit" if isinstance(e, _HardExit) else "sys.exit"
+        raise ValueError(f"config file {path} called {how}({e.code!r}) instead of returning "
                          f"a config") from None
-    except Exception as e:  # noqa: BLE001 - the traceback is there under --verbose
+    except (Exception, KeyboardInterrupt) as e:  # noqa: BLE001 - traceback under --verbose
         line = next((frame.lineno for frame in reversed(traceback.extract_tb(e.__traceback__))
                      if os.path.abspath(frame.filename) == os.path.abspath(path)), "?")
-        raise ValueError(f"config file {path}:{line}: {type(e).__name__}: {e}") from e
+        said = f"{type(e).__name__}: {e}" if str(e) else f"raised {type(e).__name__}"
+        raise ValueError(f"config file {path}:{line}: {said}") from e
     if not isinstance(config, ml_collections.ConfigDict):
         raise ValueError(f"config file {path}: get_config() returned a {type(config).__name__}, "
                          f"not an ml_collections.ConfigDict")
+    missing = [key for key, _, _ in DEFAULTS if not _has(config, key)]
+    if missing:
+        raise ValueError(f"config file {path}: get_config() returned a config without "
+                         f"{', '.join(missing[:4])}{', ...' if len(missing) > 4 else ''}; start "
+                         f"it from experiments.configs.common.base_config(), which has every "
+                         f"field")
     try:
         config.model = model_fields(config.model.name, config.model)
     except ValueError as e:
         raise ValueError(f"config file {path}: {e}") from None
     return config
+
+
+class _HardExit(SystemExit):
+    pass
+
+
+@contextlib.contextmanager
+def _no_hard_exit():
+    """os._exit, called by a config file, would end descent at once with its code (0: success,
+    silently); while the file runs it raises instead, so that it is reported like sys.exit."""
+    def refuse(code):
+        raise _HardExit(code)
+
+    hard_exit, os._exit = os._exit, refuse
+    try:
+        yield
+    finally:
+        os._exit = hard_exit
+
+
+def _has(config: ml_collections.ConfigDict, key: str) -> bool:
+    node = config
+    for name in key.split("."):
+        if not isinstance(node, ml_collections.ConfigDict) or name not in node:
+            return False
+        node = node[name]
+    return True
 
 
 def model_fields(name: str, given: Mapping = ()) -> ml_collections.ConfigDict:
@@ -108,9 +146,18 @@ def _overlay(node: ml_collections.ConfigDict, saved: Mapping) -> None:
 
 
 def check_values(config: ml_collections.ConfigDict) -> None:
-    """Refuses a value no run can use (a batch of 0, a negative learning rate, keeping no
-    checkpoint) before anything is built or any checkpoint is touched: the ranges of `DEFAULTS`
-    and of the nets' shared fields (`MODEL_RANGES`)."""
+    """Refuses a value no run can use before anything is built or any checkpoint is touched:
+    a number that is not finite (NaN, inf) or an integer past `INT_LIMIT` anywhere in the
+    config, then the ranges of `DEFAULTS` and of the nets' shared fields (`MODEL_RANGES`): a
+    batch of 0, a negative learning rate, keeping no checkpoint."""
+    for key, value in _numbers(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"config.{key}={value} is not a finite number; give a finite "
+                             f"value (`descent config show FILE` shows the default)")
+        if isinstance(value, int) and abs(value) >= INT_LIMIT:
+            raise ValueError(f"config.{key}={value} is too large: integers must be below 2**31 "
+                             f"({INT_LIMIT:,}), the range of JAX's 32-bit step counter and "
+                             f"seeds")
     checks = [(key, allowed) for key, _, allowed in DEFAULTS if allowed is not None]
     checks += [(f"model.{field}", allowed) for field, allowed in MODEL_RANGES.items()]
     for key, allowed in checks:
@@ -121,6 +168,17 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     if not config.steps and config.epochs < 1:
         raise ValueError(f"config.epochs={config.epochs} must be at least 1 (or set "
                          f"config.steps)")
+
+
+def _numbers(node: ml_collections.ConfigDict, prefix: str = ""):
+    """(dotted key, number) for every int and float in `node`, tuples' elements included."""
+    for key, value in node.items():
+        if isinstance(value, ml_collections.ConfigDict):
+            yield from _numbers(value, f"{prefix}{key}.")
+            continue
+        for element in (value if isinstance(value, (tuple, list)) else (value,)):
+            if isinstance(element, (int, float)) and not isinstance(element, bool):
+                yield f"{prefix}{key}", element
 
 
 def _get(config: ml_collections.ConfigDict, key: str):

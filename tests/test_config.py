@@ -184,6 +184,7 @@ def test_overrides_leave_the_given_config_alone_and_lock_the_result():
 
 # Every value range, each with a value just outside it and one at its edge that a run can use.
 RANGES = [
+    ("seed", -1, 0), ("dataset.split_seed", -1, 0),
     ("dataset.batch_size", 0, 1), ("dataset.eval_batch_size", 0, 1),
     ("dataset.train_examples", -1, 0), ("dataset.image_size", -1, 0),
     ("dataset.max_in_memory_mb", -1, 0), ("dataset.validation_fraction", 1.0, 0.0),
@@ -239,3 +240,56 @@ def test_a_config_saved_before_a_field_existed_is_completed_from_the_defaults(na
     restored = complete(saved)
     assert restored == config and restored.model.init == nets.fields(config.model.name)["init"]
     assert complete(config.to_dict()) == config
+
+
+def _set(config, key, value):
+    *groups, leaf = key.split(".")
+    node = config
+    for group in groups:
+        node = node[group]
+    with node.ignore_type():
+        node[leaf] = value
+
+
+# Non-finite numbers compare false with every bound, so a range check alone lets them through.
+@pytest.mark.parametrize("key", ["optimizer.learning_rate", "model.dropout",
+                                 "optimizer.warmup_epochs", "loss.label_smoothing"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+def test_a_number_that_is_not_finite_is_refused_wherever_it_is(key, value):
+    config = load_config(MLP)
+    _set(config, key, value)
+    with pytest.raises(ValueError, match=rf"^config\.{key}={value} is not a finite number"):
+        check_values(config)
+
+
+@pytest.mark.parametrize("key", ["steps", "epochs", "seed", "model.width", "eval_every"])
+def test_an_integer_past_32_bits_is_refused_with_the_reason(key):
+    config = load_config(MLP)
+    _set(config, key, 2**31 - 1)  # the largest JAX's 32-bit step counter and seeds hold
+    if key != "model.width":  # a net that wide is refused by the net itself, later
+        check_values(config)
+    _set(config, key, 2**31)
+    with pytest.raises(ValueError, match=rf"^config\.{key}=2147483648 is too large: .* 2\*\*31"):
+        check_values(config)
+
+
+def test_a_tuple_of_numbers_is_checked_element_by_element():
+    config = load_config(config_path("digits_cnn.py") + ":tiny")
+    _set(config, "model.features", (8, 2**40))
+    with pytest.raises(ValueError, match=r"^config\.model\.features=1099511627776 is too"):
+        check_values(config)
+
+
+def test_configs_that_misbehave_are_refused_as_one_line(tmp_path):
+    bodies = {
+        "raise KeyboardInterrupt": "raised KeyboardInterrupt",
+        "import os; os._exit(0)": "called os._exit(0) instead of returning a config",
+        "import ml_collections; return ml_collections.ConfigDict({'model': {'name': 'mlp'}})":
+            "returned a config without seed, dataset.name",
+    }
+    for body, said in bodies.items():
+        path = tmp_path / "bad.py"
+        path.write_text(f"def get_config():\n    {body}\n")
+        with pytest.raises(ValueError) as error:
+            load_config(str(path))
+        assert said in str(error.value) and "\n" not in str(error.value), str(error.value)

@@ -5,6 +5,7 @@ A config file starts from `base_config()` and sets what its experiment changes. 
 group is the exception: its fields and their defaults are the chosen net's constructor's
 (`nets.fields`), filled in when the config is loaded (`experiments.config.load_config`).
 """
+import math
 from typing import NamedTuple
 
 import ml_collections
@@ -18,13 +19,19 @@ class Range(NamedTuple):
     high: float | None = None
 
     def refuses(self, value) -> bool:
-        return value < self.low or (value == self.low and not self.low_allowed) or (
+        return not math.isfinite(value) or value < self.low or (
+            value == self.low and not self.low_allowed) or (
             self.high is not None and value >= self.high)
 
     def __str__(self) -> str:
         lower = f"at least {self.low}" if self.low_allowed else f"above {self.low}"
         return lower + (f" and below {self.high}" if self.high is not None else "")
 
+
+# Every integer of a config is below this: JAX computes in 32 bits unless told otherwise, so the
+# step counter is an int32 (a run of 2**31 steps would wrap it) and a seed of 2**32 or more is
+# cut silently to another one (`jax.random.PRNGKey(2**40)` is the key of seed 0).
+INT_LIMIT = 2**31
 
 COUNT = Range(1)          # a batch, an interval between logs: one or more
 NON_NEGATIVE = Range(0)   # 0 is allowed, and usually means "off" or "the default"
@@ -33,11 +40,11 @@ FRACTION = Range(0, high=1)
 
 DEFAULTS = (
     # key, default, allowed values (None: any value of the default's type)
-    ("seed", 0, None),
+    ("seed", 0, NON_NEGATIVE),
 
     ("dataset.name", "", None),
     ("dataset.data_dir", "", None),             # where prepared datasets live ("": the default)
-    ("dataset.split_seed", 0, None),            # how datasets without a standard split split
+    ("dataset.split_seed", 0, NON_NEGATIVE),    # how datasets without a standard split split
     ("dataset.batch_size", 128, COUNT),         # global, over all devices and processes
     ("dataset.eval_batch_size", 256, COUNT),
     ("dataset.train_examples", 0, NON_NEGATIVE),  # > 0: train on this many (stratified)
