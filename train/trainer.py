@@ -50,7 +50,9 @@ class Trainer:
         program directly in its place on the mesh (each device makes only its share of an
         `fsdp` state). `dataset` is what the run trains on: its steps per epoch (at
         `dataset.batch_size`) shape the learning-rate schedule, and its task, `classification`
-        (integer labels) or `regression` (float targets), the metrics beside the loss."""
+        (integer labels) or `regression` (float targets), the metrics beside the loss.
+        `config` has every field of the defaults (one saved by an older descent is completed
+        before it gets here)."""
         check_dataset(dataset)
         steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
         self.steps_per_epoch = steps_per_epoch
@@ -70,9 +72,9 @@ class Trainer:
         # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
         self.task = make_task(dataset.task, config.loss.name, config.loss.label_smoothing)
         opt = config.optimizer
-        self.accumulate_steps = opt.get("accumulate_steps", 1)
+        self.accumulate_steps = opt.accumulate_steps
         check_accumulation(config.dataset.batch_size, self.accumulate_steps, self.mesh)
-        self.ema_decay = opt.get("ema_decay", 0.0)
+        self.ema_decay = opt.ema_decay
 
         def fresh_state(model):
             return create_state(model, self.tx, config.seed, ema=self.ema_decay > 0)
@@ -92,7 +94,7 @@ class Trainer:
         l2 = opt.weight_decay if opt.name != "adamw" else 0.0  # adamw's decay is decoupled
         step_of = functools.partial(
             make_train_step, task=self.task, tx=self.tx,
-            layer_grad_norms=config.get("log", {}).get("layer_grad_norms", False),
+            layer_grad_norms=config.log.layer_grad_norms,
             accumulate_steps=self.accumulate_steps, ema_decay=self.ema_decay, l2=l2,
             report_objective=bool(config.loss.label_smoothing or l2))
         # The program XLA counts FLOPs on: the global step under `jit`; one device's under
