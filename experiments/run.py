@@ -19,6 +19,7 @@ from train.dataset import Dataset, InMemory, Preprocesses, ReadsImageFiles, Text
 from train.loop import counted, fit, scored_weights
 from train.trainer import Trainer
 from train.state import TrainState
+from train.workdir import check as check_workdir
 
 
 LANGUAGE_MODELS = ("gpt", "lstm", "gru", "rnn")  # the nets with logits at every position
@@ -91,6 +92,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     trains on a dataset made in Python instead of the one `config.dataset` names.
     """
     check_values(config)
+    check_workdir(workdir)  # a link inside it, or a name orbax cannot take: before any work
     model, dataset = build(config, dataset, deferred=True)
     return fit(config, workdir, model, dataset, console=console,
                allow_config_change=allow_config_change, writers=writers,
@@ -130,6 +132,8 @@ def train_many(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[
     for c in configs:
         check_values(c)
     many.check_group(configs)
+    for workdir in workdirs:  # before any work, as train_and_evaluate
+        check_workdir(workdir)
     dataset = dataset if dataset is not None else load_dataset(configs[0])
     models = [build(c, dataset)[0] for c in configs]
     return many.fit_many(configs, workdirs, models, dataset, console=console,

@@ -1,21 +1,47 @@
-"""Writing into a work directory: whole files by rename, lines by append, never through a link."""
+"""Writing into a work directory: whole files by rename, lines by append, never through a link.
+
+A file descent appends to or reads back is opened with O_NOFOLLOW and refused if it has another
+name (a hard link), so a link planted after `train.workdir.check` is not followed either.
+"""
 import contextlib
+import errno
 import json
 import os
 import tempfile
 
 
-def append_line(path: str, record: dict) -> None:
-    """Appends `record` as one line of JSON to `path`, never through a symbolic link."""
+def open_own(path: str, flags: int, mode: int = 0o644) -> int:
+    """`os.open(path, flags)` that follows no symbolic link at `path` and refuses a file with
+    more than one name (writing it would change the file under its other names). O_TRUNC
+    takes effect only once the file is known to be descent's alone."""
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = os.open(path, (flags & ~os.O_TRUNC) | os.O_NOFOLLOW, mode)
     except OSError as e:
-        if os.path.islink(path):
-            raise OSError(e.errno, f"{path} is a symbolic link, which descent does not write "
-                                   f"through") from None
+        if e.errno == errno.ELOOP or os.path.islink(path):
+            raise OSError(errno.ELOOP, f"{path} is a symbolic link, which descent does not "
+                                       f"follow; remove it") from None
         raise
+    if os.fstat(fd).st_nlink > 1:
+        os.close(fd)
+        raise OSError(errno.EMLINK, f"{path} is a hard link (a file with more than one name), "
+                                    f"which descent does not write; replace it by a copy of "
+                                    f"its own")
+    if flags & os.O_TRUNC:
+        os.ftruncate(fd, 0)
+    return fd
+
+
+def append_line(path: str, record: dict) -> None:
+    """Appends `record` as one line of JSON to `path`, never through a link."""
+    fd = open_own(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     with os.fdopen(fd, "a") as f:
         f.write(json_line(record))
+
+
+def read_bytes(path: str) -> bytes:
+    """The bytes of `path`, read without following a link."""
+    with os.fdopen(open_own(path, os.O_RDONLY), "rb") as f:
+        return f.read()
 
 
 def write_atomically(path: str, data: str | bytes) -> None:

@@ -13,7 +13,8 @@ import threading
 
 import jax
 
-from train.files import append_line, json_line, write_atomically  # noqa: F401
+from train.files import append_line, json_line, read_bytes, write_atomically  # noqa: F401
+from train.workdir import check as workdir_check
 
 log = logging.getLogger(__name__)
 
@@ -22,23 +23,29 @@ CURVES_FILE = "curves.png"
 
 
 def read_metrics(workdir: str) -> list[dict]:
+    """The records of `<workdir>/metrics.jsonl`, in order; [] when there is none. A line that
+    is not JSON names the file and the line; a last line cut short by a full disk is dropped."""
     path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    if not os.path.lexists(path):
         return []
-    with open(path) as f:
-        lines = f.read().split("\n")
+    lines = read_bytes(path).split(b"\n")
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
             continue
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as e:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
             if number == len(lines):  # no newline after it: a write cut short (a full disk)
                 log.warning("dropped the unfinished last line of %s", path)
                 continue
-            raise ValueError(f"{path} line {number} is not JSON ({e.msg}); fix or remove that "
+            why = e.msg if isinstance(e, json.JSONDecodeError) else "not UTF-8 text"
+            raise ValueError(f"{path} line {number} is not JSON ({why}); fix or remove that "
                              f"line") from None
+        if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+            raise ValueError(f"{path} line {number} is not a record of descent's (a JSON "
+                             f"object with an integer step); fix or remove that line")
+        records.append(record)
     return records
 
 
@@ -71,10 +78,11 @@ def import_plotting_behind() -> None:
 
 def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
     """Draws train and eval loss and accuracy (mean absolute error for regression) against
-    step into `<workdir>/curves.png`."""
+    step into `<workdir>/curves.png`. The title (default: the work directory's name) and the
+    labels are shown as written: a `$` in them is not read as a formula."""
     from matplotlib.figure import Figure
 
-    records = read_metrics(workdir)
+    records = read_metrics(workdir_check(workdir))
     second = "mae" if any("train_mae" in r for r in records) else "accuracy"
     fig = Figure(figsize=(11, 4))
     axes = fig.subplots(1, 2)
@@ -88,9 +96,10 @@ def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
         ax.set_xlabel("step")
         ax.set_ylabel({"mae": "mean absolute error"}.get(metric, metric))
         ax.grid(alpha=0.3)
-        ax.legend()
+        for text in ax.legend().get_texts():
+            text.set_parse_math(False)
     axes[0].set_yscale("log")
-    fig.suptitle(title or os.path.basename(os.path.abspath(workdir)))
+    fig.suptitle(title or os.path.basename(os.path.abspath(workdir)), parse_math=False)
     fig.tight_layout()
     path = os.path.join(workdir, CURVES_FILE)
     png = io.BytesIO()

@@ -5,6 +5,8 @@ import os
 
 import jax
 
+from train.workdir import check_no_links, refuse_foreign
+
 log = logging.getLogger(__name__)
 
 # Peak dense bfloat16 FLOP/s per device by `device_kind` (vendor data sheets, without sparsity).
@@ -88,6 +90,9 @@ class Profile:
 
     def before(self, step: int) -> None:
         if self.active and step == self.start:
+            if os.path.lexists(self.directory):  # checked with the work directory; and now
+                refuse_foreign(self.directory, os.lstat(self.directory))
+                check_no_links(self.directory)
             jax.profiler.start_trace(self.directory, create_perfetto_trace=True)
             self.tracing = True
 

@@ -19,6 +19,9 @@ import socket
 
 import jax
 
+from train.files import open_own
+from train.workdir import check
+
 log = logging.getLogger(__name__)
 
 LOCK_FILE = ".descent.lock"
@@ -31,14 +34,15 @@ class WorkdirBusy(ValueError):
 @contextlib.contextmanager
 def hold(workdir: str, *, exclusive: bool):
     """Holds `workdir`'s lock (exclusive for training) while the block runs; a directory in use
-    raises WorkdirBusy at once, naming the holder."""
-    path = os.path.join(os.path.abspath(workdir), LOCK_FILE)
+    raises WorkdirBusy at once, naming the holder. A work directory holding a link, or one
+    orbax cannot take, is refused first (`train.workdir.check`)."""
+    path = os.path.join(check(workdir), LOCK_FILE)
     if jax.process_index() != 0:
         yield
         return
     try:  # held open read-only: a file open for writing would keep the disk from being
         # remounted read-only, and flock does not need write access
-        fd = os.open(path, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        fd = open_own(path, os.O_RDONLY | os.O_CREAT)
     except OSError as e:
         if e.errno in (errno.EROFS, errno.EACCES, errno.ENOENT) and not exclusive:
             yield  # a read-only copy, or no work directory: nobody can be training in it
@@ -91,7 +95,7 @@ def _holder(fd: int) -> dict | None:
 
 
 def _write(path: str, holder: dict | None) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
+    fd = open_own(path, os.O_WRONLY | os.O_TRUNC)
     try:
         if holder:
             os.write(fd, json.dumps(holder).encode())

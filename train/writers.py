@@ -12,9 +12,10 @@ taking the record, or an object with `write(record)` and, if it holds resources,
 Only process 0 writes. Adding a writer never edits the loop. Messages (a run starting,
 resuming, stopping) are not records: they go through `logging` (see `train.messages`).
 """
-import glob
 import logging
 import os
+import re
+import stat
 import time
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -24,6 +25,7 @@ from tqdm import tqdm
 
 from train.files import append_line
 from train.report import METRICS_FILE
+from train.workdir import refuse_foreign
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +88,27 @@ def tensorboard_place(key: str, eval_split: str) -> tuple[str, str] | None:
     return "train", key  # grad_norm/<path>, and any field a later version adds
 
 
+# The names of the event files `TensorBoard` writes: prefix, time, host, process id, "descent".
+OWN_EVENT_FILE = re.compile(r"events\.out\.tfevents\.\d+\..*\.\d+\.descent")
+
+
+def own_event_files(root: str) -> list[str]:
+    """The event files descent wrote under `root` (one level of run folders, no link followed):
+    the only files a resumed run removes there, once it has written their records again."""
+    if not os.path.isdir(root) or os.path.islink(root):
+        return []
+    found = []
+    for run in sorted(os.listdir(root)):
+        folder = os.path.join(root, run)
+        if os.path.islink(folder) or not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if OWN_EVENT_FILE.fullmatch(name) and stat.S_ISREG(os.lstat(path).st_mode):
+                found.append(path)
+    return found
+
+
 class TensorBoard:
     """TensorBoard event files under `<workdir>/tensorboard/<run>/`, one event per record and run.
 
@@ -105,12 +128,18 @@ class TensorBoard:
         self._event, self._summary = Event, Summary
         self.root = os.path.join(workdir, TENSORBOARD_DIR)
         self.eval_split = eval_split
-        earlier = glob.glob(os.path.join(self.root, "*", "events.out.tfevents.*"))
+        earlier = own_event_files(self.root)
         suffix = f".{os.getpid()}.descent"  # never the name of an earlier file, however soon
 
         def open_run(run: str) -> EventsWriter:
-            os.makedirs(os.path.join(self.root, run), exist_ok=True)
-            return EventsWriter(os.path.join(self.root, run, "events"), suffix)
+            if os.sep in run or run in (os.curdir, os.pardir):  # a split's name, from a config
+                raise ValueError(f"{run!r} cannot name a TensorBoard folder; name the split "
+                                 f"without {os.sep!r}")
+            folder = os.path.join(self.root, run)
+            os.makedirs(folder, exist_ok=True)
+            for path in (self.root, folder):  # made, or found, by us: never a link out
+                refuse_foreign(path, os.lstat(path))
+            return EventsWriter(os.path.join(folder, "events"), suffix)
 
         self._open, self._runs, self._flushed = open_run, {}, time.monotonic()
         for record in history:
