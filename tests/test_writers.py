@@ -1,7 +1,9 @@
 """What a run writes at each logging point: JSON lines, TensorBoard, the console, the user's writers."""
+import contextlib
 import logging
 import os
 import shutil
+import subprocess
 import types
 
 import jax
@@ -202,3 +204,33 @@ def test_messages_show_as_plain_lines_only_while_the_command_line_asks(capsys):
     assert err == "warning: the checkpoint at step 78 cannot be read\n"
     assert not logging.getLogger("train").handlers
     assert logging.getLogger("train").level == logging.NOTSET
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 1 MiB file system filled to the last byte, with an empty work directory on it; skipped
+    where this process may not mount one (it needs root on Linux)."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                             capture_output=True)
+    if mounted.returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root: " + mounted.stderr.decode().strip())
+    try:
+        (disk / "run").mkdir()
+        with open(disk / "filler", "wb", buffering=0) as f, contextlib.suppress(OSError):
+            while True:
+                f.write(b"\0" * 4096)
+        yield disk / "run"
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_full_disk_is_refused_before_any_work_naming_the_workdir(full_disk):
+    from fuzz import TINY, descent
+
+    result = descent(["train", "--config", TINY, "--workdir", str(full_disk)])
+    assert result.code == 2
+    assert result.err == (f"descent: error: workdir {str(full_disk)!r} cannot be written (No "
+                          f"space left on device); pass a --workdir you can write to\n")
+    assert os.listdir(full_disk) == []
