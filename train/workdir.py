@@ -69,6 +69,8 @@ def check_name(path: str) -> None:
 def check_no_links(root: str) -> None:
     """Refuses the first symbolic link, file with several names or special file under `root`."""
     def unreadable(error: OSError) -> None:
+        if isinstance(error, FileNotFoundError):  # removed meanwhile (a save under way)
+            return
         raise ValueError(f"{shown(error.filename)} in the work directory cannot be listed "
                          f"({error.strerror}); make it readable") from None
 
