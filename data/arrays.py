@@ -179,13 +179,20 @@ def _process_rows(batch_size: int, process_index: int, process_count: int) -> sl
     return slice(process_index * local, (process_index + 1) * local)
 
 
+def printable(text: str) -> str:
+    """`text` from the user's data (a class or column name), safe to print: control characters
+    and other unprintable ones escaped as Python writes them (a terminal's escape sequence
+    `\x1b[2J` stays text), anything else as it is."""
+    return text if text.isprintable() else repr(text)[1:-1]
+
+
 def summary_line(dataset, counts: dict[str, int]) -> str:
     """'data: SOURCE: 10 classes (a, b, ...), inputs 28x28x1; 54,000 train, ...; PREPROCESSING'
     for a dataset with `task`, `num_outputs`, `class_names`, `input_shape` and `about`."""
     if dataset.task == "regression":
         what = f"regression of {dataset.num_outputs} value(s)"
     else:
-        names = ", ".join(dataset.class_names[:5]) + (
+        names = ", ".join(map(printable, dataset.class_names[:5])) + (
             ", ..." if len(dataset.class_names) > 5 else "")
         what = f"{dataset.num_outputs} classes" + (f" ({names})" if dataset.class_names else "")
     shape = "x".join(map(str, dataset.input_shape))

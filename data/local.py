@@ -11,16 +11,20 @@ import csv
 import dataclasses
 import functools
 import hashlib
+import logging
 import math
 import os
+import zipfile
 from collections.abc import Iterator
 
 import numpy as np
 
-from data.arrays import ArrayDataset, Batch, summary_line
+from data.arrays import ArrayDataset, Batch, printable, summary_line
 from data.batching import (full_batches, global_position, local_batch_size, padded_eval_indices,
                            seeded_split)
 from data.images import scale
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
@@ -41,14 +45,7 @@ def arrays(path: str = "", arrays: dict | None = None, split_seed: int = 0,
     source = f"arrays from {path}" if arrays is None else "arrays passed from Python"
     if arrays is None:
         arrays = _read_npz(path)
-    given = {s: (arrays[f"x_{s}"], arrays[f"y_{s}"]) for s in SPLITS
-             if f"x_{s}" in arrays or f"y_{s}" in arrays}
-    if "train" not in given:
-        raise ValueError(f"{source} have no x_train and y_train; give at least those (and "
-                         f"x_test, y_test, x_validation, y_validation if you have them)")
-    for split, (x, y) in given.items():
-        if len(x) != len(y):
-            raise ValueError(f"{source}: x_{split} has {len(x)} rows but y_{split} {len(y)}")
+    given = _splits_given(arrays, source)
     names = arrays.get("class_names")
     x_all = np.concatenate([np.asarray(x) for x, _ in given.values()])
     y_all = np.concatenate([np.asarray(y) for _, y in given.values()])
@@ -63,16 +60,83 @@ def arrays(path: str = "", arrays: dict | None = None, split_seed: int = 0,
                     normalize=scale if inputs.dtype == np.uint8 else None)
 
 
+def _splits_given(arrays: dict, source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{split: (x, y)} for the splits `arrays` holds, each checked: both keys, as many rows of
+    x as of y, numbers that are finite, one shape of rows across splits."""
+    if not len(arrays):
+        raise ValueError(f"{source}: there are no arrays; save at least x_train and y_train, "
+                         f"e.g. numpy.savez(path, x_train=x, y_train=y)")
+    given = {}
+    for split in SPLITS:
+        x, y = arrays.get(f"x_{split}"), arrays.get(f"y_{split}")
+        if x is None and y is None:
+            continue
+        if x is None or y is None:
+            have, lack = (f"x_{split}", f"y_{split}") if y is None else (f"y_{split}",
+                                                                          f"x_{split}")
+            raise ValueError(f"{source}: {have} has no {lack}; give both, the inputs x_ and "
+                             f"their targets y_ (keys: {', '.join(map(printable, arrays))})")
+        x, y = np.asarray(x), np.asarray(y)
+        if x.ndim == 0 or y.ndim == 0 or len(x) != len(y):
+            raise ValueError(f"{source}: x_{split} has {_rows(x)} but y_{split} {_rows(y)}; "
+                             f"they need one row per example each")
+        for key, array in ((f"x_{split}", x), (f"y_{split}", y)):
+            _check_finite(array, f"{source}, {key}")
+        given[split] = (x, y)
+    if "train" not in given:
+        raise ValueError(f"{source} have no x_train and y_train; give at least those (and "
+                         f"x_test, y_test, x_validation, y_validation if you have them)")
+    if not len(given["train"][0]):
+        raise ValueError(f"{source}: x_train and y_train have no rows")
+    for split, (x, _) in given.items():
+        if x.shape[1:] != given["train"][0].shape[1:] or x.dtype.kind != given[
+                "train"][0].dtype.kind:
+            raise ValueError(f"{source}: x_{split} holds rows of shape {x.shape[1:]} "
+                             f"({x.dtype}) but x_train {given['train'][0].shape[1:]} "
+                             f"({given['train'][0].dtype}); every split needs the same")
+    return given
+
+
+def _rows(array: np.ndarray) -> str:
+    return "no rows (a scalar)" if array.ndim == 0 else f"{len(array)} rows"
+
+
+def _check_finite(array: np.ndarray, where: str) -> None:
+    """Refuses NaN or infinite numbers, naming the first: they train into a 'diverged' that
+    blames the learning rate."""
+    if array.dtype.kind not in "fc":
+        return
+    bad = ~np.isfinite(array)
+    if bad.any():
+        index = tuple(int(i) for i in np.argwhere(bad)[0])
+        raise ValueError(f"{where}[{', '.join(map(str, index))}] is {array[index]}: inputs and "
+                         f"targets must be finite numbers; drop or fill in the missing ones")
+
+
 def _read_npz(path: str) -> dict:
+    """The arrays of the .npz at `path`; nothing in it is unpickled, and nothing that is not
+    an archive of numeric arrays is read as one."""
     if not path:
         raise ValueError("dataset 'arrays' needs --config.dataset.path=FILE.npz (with x_train, "
                          "y_train, ...), or from Python data.load('arrays', arrays={...})")
+    _existing(path, "an .npz file")
+    fix = "save the arrays with numpy.savez(path, x_train=..., y_train=...)"
+    if os.path.isdir(path) or not zipfile.is_zipfile(path):
+        raise ValueError(f"{path} is not an .npz archive (a zip of numpy arrays); {fix}")
+    arrays = {}
     try:
-        with np.load(_existing(path, "an .npz file"), allow_pickle=False) as f:
-            return {k: f[k] for k in f.files}
-    except (ValueError, OSError) as e:
-        raise ValueError(f"{path} is not a readable .npz of numpy arrays ({e}); save it with "
-                         f"numpy.savez(path, x_train=..., y_train=...)") from None
+        with np.load(path, allow_pickle=False) as f:
+            for key in f.files:
+                try:
+                    arrays[key] = f[key]
+                except ValueError:  # numpy's hint for these is to unpickle: never
+                    raise ValueError(f"{path}: {key!r} holds Python objects, not "
+                                     f"numbers or text; descent reads no pickled data: "
+                                     f"{fix}, from numeric arrays") from None
+    except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
+        raise ValueError(f"{path} is a damaged .npz archive ({printable(str(e))}); {fix}") \
+            from None
+    return arrays
 
 
 def _inputs(x: np.ndarray, source: str) -> tuple[np.ndarray, str]:
@@ -94,6 +158,9 @@ def _targets(y: np.ndarray, source: str, names=None) -> tuple[str, np.ndarray, t
     """(task, targets, class names) of raw target values."""
     if y.dtype.kind == "f":
         return "regression", y.astype(np.float32).reshape(len(y), -1), ()
+    if y.ndim > 1 and math.prod(y.shape[1:]) != 1:
+        raise ValueError(f"{source}: targets of shape {y.shape[1:]} per row are classes only "
+                         f"one per row; give float targets for regression of several values")
     if y.dtype.kind in "iub":
         y = y.astype(np.int64).reshape(-1)
         if y.min() < 0:
@@ -104,10 +171,30 @@ def _targets(y: np.ndarray, source: str, names=None) -> tuple[str, np.ndarray, t
         if given and len(given) < count:
             raise ValueError(f"{source}: class_names has {len(given)} names but the targets "
                              f"go up to class {count - 1}")
+        if not given:
+            _check_dense(y, count, source)
+        _check_classes(len(given) or count, len(np.unique(y)), source)
         return "classification", y.astype(np.int32), given or tuple(map(str, range(count)))
     labels = np.asarray(y).astype(str).reshape(-1)
     classes = tuple(sorted(set(labels)))
-    return ("classification", np.searchsorted(classes, labels).astype(np.int32), classes)
+    _check_classes(len(classes), len(classes), source)
+    return "classification", np.searchsorted(classes, labels).astype(np.int32), classes
+
+
+def _check_dense(y: np.ndarray, count: int, source: str) -> None:
+    """Class ids are 0..K-1: ids of which most never occur (200000 among zeros) are a mistake
+    that would make a model with 200,001 outputs."""
+    present = len(np.unique(y))
+    if count > 2 * present and count > present + 1:
+        raise ValueError(f"{source}: the class ids go up to {count - 1} but only {present} of "
+                         f"those {count:,} ids occur; number the classes 0..K-1 (e.g. "
+                         f"numpy.unique(y, return_inverse=True)[1]), or give class_names")
+
+
+def _check_classes(count: int, present: int, source: str) -> None:
+    if count < 2 or present < 2:
+        raise ValueError(f"{source}: the targets hold {present} class; a classifier needs "
+                         f"examples of at least two (float targets are regression)")
 
 
 def _draw_missing(splits: dict, task: str, seed: int, validation_fraction: float,
@@ -156,8 +243,10 @@ def image_folder(path: str = "", image_size: int = 0, grayscale: bool = False,
                  test_fraction: float = 0.2, max_in_memory_mb: int = 1024):
     """Images in a folder per class under `path` (PNG, JPEG, ...), or under `path/train/`,
     `path/validation/`, `path/test/` where the split is given; a split the folder lacks is
-    drawn from train. Images are decoded with Pillow as RGB (grey with `grayscale`) and resized
-    to `image_size` x `image_size` (0: as they are, which must then be one size).
+    drawn from train. The folders are splits only beside a `train/` folder: without one,
+    every folder is a class, one named `test` or `validation` too. Images are decoded with
+    Pillow as RGB (grey with `grayscale`) and resized to `image_size` x `image_size` (0: as
+    they are, which must then be one size).
 
     Folders whose decoded images fit in `max_in_memory_mb` are decoded once into memory; larger
     ones are read one image at a time through grain, each process only its rows.
@@ -207,6 +296,13 @@ def image_folder(path: str = "", image_size: int = 0, grayscale: bool = False,
 def _image_files(root: str) -> tuple[dict[str, list[tuple[str, int]]], tuple[str, ...]]:
     """{split: [(file, class id), ...]} and the class names (sorted folder names)."""
     given = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
+    if "train" not in given:  # `test/` beside `cat/` and `dog/` is a class, not a split
+        given = []
+    others = sorted(set(_subfolders(root)) - set(given))
+    if given and others:
+        raise ValueError(f"{root} holds split folders ({', '.join(given)}) and other folders "
+                         f"({', '.join(map(printable, others[:3]))}); put the class folders "
+                         f"inside {os.path.join(root, 'train')} (and validation/, test/)")
     tops = {s: os.path.join(root, s) for s in given} if given else {"train": root}
     classes = sorted({d for top in tops.values() for d in _subfolders(top)})
     if len(classes) < 2:
@@ -223,8 +319,9 @@ def _image_files(root: str) -> tuple[dict[str, list[tuple[str, int]]], tuple[str
                            (os.listdir(folder) if os.path.isdir(folder) else [])
                            if f.lower().endswith(IMAGE_SUFFIXES))
             if not found and (split == "train" or os.path.isdir(folder)):
-                raise ValueError(f"{folder} holds no images ({', '.join(IMAGE_SUFFIXES)}); "
-                                 f"every class folder needs its images directly inside it")
+                raise ValueError(f"{printable(folder)} holds no images "
+                                 f"({', '.join(IMAGE_SUFFIXES)}); every class folder needs its "
+                                 f"images directly inside it")
             pairs += [(f, c) for f in found]
         files[split] = pairs
     return files, tuple(classes)
@@ -240,8 +337,12 @@ def _common_size(files: dict, root: str) -> tuple[int, int]:
     sizes = {}
     for pairs in files.values():
         for path, _ in pairs:
-            with Image.open(path) as image:
-                sizes.setdefault(image.size, path)
+            try:
+                with Image.open(path) as image:
+                    sizes.setdefault(image.size, path)
+            except (OSError, Image.DecompressionBombError) as e:
+                raise ValueError(f"{printable(path)} cannot be read as an image "
+                                 f"({printable(str(e))})") from None
             if len(sizes) > 1:
                 (a, pa), (b, pb) = list(sizes.items())[:2]
                 raise ValueError(f"the images in {root} have different sizes ({a[0]}x{a[1]} "
@@ -268,8 +369,9 @@ def read_image(path: str, shape: tuple[int, int, int] | None) -> np.ndarray:
             if shape and image.size != (shape[1], shape[0]):
                 image = image.resize((shape[1], shape[0]), Image.BILINEAR)
             pixels = np.asarray(image, np.uint8)
-    except (OSError, UnidentifiedImageError) as e:
-        raise ValueError(f"{path} cannot be read as an image ({e})") from None
+    except (OSError, UnidentifiedImageError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{printable(path)} cannot be read as an image "
+                         f"({printable(str(e))})") from None
     return pixels.reshape(*pixels.shape[:2], -1)
 
 
@@ -374,12 +476,13 @@ def csv_table(path: str = "", target: str = "", split_seed: int = 0,
     header, rows = _read_table(_existing(path, "a CSV file with a header row"))
     target = target or header[-1]
     if target not in header:
-        raise ValueError(f"dataset.target={target!r} is not a column of {path}; its columns: "
-                         f"{', '.join(header)}")
+        raise ValueError(f"dataset.target={target!r} is not a column of {path}; its "
+                         f"columns: {', '.join(map(printable, header))}")
     t = header.index(target)
     features = [c for i, c in enumerate(header) if i != t]
     if not features:
-        raise ValueError(f"{path} has only the target column {target!r}; it needs features too")
+        raise ValueError(f"{path} has only the target column {target!r}; it "
+                         f"needs features too")
     task, targets, classes = _table_targets([r[t] for r in rows], path, target)
     inputs = feature_matrix(rows, [i for i in range(len(header)) if i != t], header, path)
     parts = seeded_split(targets if task == "classification" else np.zeros(len(rows)),
@@ -407,7 +510,10 @@ def standardize(batch: Batch, mean: np.ndarray, std: np.ndarray) -> Batch:
 
 
 def _read_table(path: str) -> tuple[list[str], list[list[str]]]:
-    with open(path, newline="") as f:
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is a folder, not a readable CSV file; point at the table")
+    # utf-8-sig: a byte-order mark (spreadsheets write one) is not part of the first column's name
+    with open(path, newline="", encoding="utf-8-sig") as f:
         try:
             table = [row for row in csv.reader(f) if row]
         except (csv.Error, UnicodeDecodeError) as e:
@@ -415,6 +521,11 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]]]:
     if len(table) < 2:
         raise ValueError(f"{path} needs a header row and at least one row of data")
     header = [c.strip() for c in table[0]]
+    twice = sorted({c for c in header if header.count(c) > 1})
+    if twice:
+        raise ValueError(f"{path}: the header names the column(s) "
+                         f"{', '.join(map(repr, twice))} more than once; give "
+                         f"every column its own name")
     for number, row in enumerate(table[1:], 2):
         if len(row) != len(header):
             raise ValueError(f"{path} line {number} has {len(row)} fields but the header has "
@@ -422,20 +533,35 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]]]:
     return header, table[1:]
 
 
+# What tables write for a value they lack: as a target it is no class and no number.
+MISSING = ("", "na", "n/a", "nan", "null", "none", "?", "-", "inf", "+inf", "-inf", "infinity",
+           "+infinity", "-infinity")
+
+
 def _table_targets(values: list[str], path: str, column: str):
     values = [v.strip() for v in values]
-    empty = next((i for i, v in enumerate(values) if not v), None)
-    if empty is not None:
-        raise ValueError(f"{path} line {empty + 2}: the target {column!r} is empty")
+    missing = next((i for i, v in enumerate(values) if v.lower() in MISSING), None)
+    if missing is not None:
+        said = f"{values[missing]!r}, a missing value" if values[missing] else "empty"
+        raise ValueError(f"{path} line {missing + 2}: the target {column!r} is "
+                         f"{said}; drop the row or fill it in")
     if all(_is_int(v) for v in values):
         ids = sorted({int(v) for v in values})
         names = tuple(map(str, ids))
-        return "classification", np.searchsorted(ids, [int(v) for v in values]).astype(
-            np.int32), names
-    if all(_is_float(v) for v in values):
+        task, targets = "classification", np.searchsorted(ids, [int(v) for v in values])
+    elif all(_is_float(v) for v in values):
         return "regression", np.array(values, np.float32)[:, None], ()
-    names = tuple(sorted(set(values)))
-    return "classification", np.searchsorted(names, values).astype(np.int32), names
+    else:
+        names = tuple(sorted(set(values)))
+        task, targets = "classification", np.searchsorted(names, values)
+    if len(names) < 2:
+        raise ValueError(f"{path}: the target {column!r} holds one class "
+                         f"({names[0]!r}) in all {len(values)} rows; a classifier "
+                         f"needs at least two (or set dataset.target to another column)")
+    return task, targets.astype(np.int32), names
+
+
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # features are float32: larger ones are inf
 
 
 def feature_matrix(rows: list[list[str]], columns: list[int], header: list[str],
@@ -445,11 +571,17 @@ def feature_matrix(rows: list[list[str]], columns: list[int], header: list[str],
     for r, row in enumerate(rows):
         for j, c in enumerate(columns):
             try:
-                out[r, j] = float(row[c])
+                value = float(row[c])
             except ValueError:
-                raise ValueError(f"{path} line {r + 2}, column {header[c]!r}: {row[c]!r} is "
-                                 f"not a number; feature columns must be numeric (drop the "
-                                 f"column or encode it as numbers)") from None
+                value = None
+            if value is not None and abs(value) <= FLOAT32_MAX:  # NaN is not <= anything
+                out[r, j] = value
+            else:
+                what = "not a number" if value is None else "not a finite float32 number"
+                raise ValueError(f"{path} line {r + 2}, column {header[c]!r}: "
+                                 f"{row[c]!r} is {what}; feature columns must be "
+                                 f"numeric (drop the column or row, fill the value in, or "
+                                 f"encode it as numbers)")
     return out
 
 
@@ -460,9 +592,82 @@ def read_table_features(dataset, path: str) -> np.ndarray:
     names = dataset.about["features"]
     missing = [n for n in names if n not in header]
     if missing:
-        raise ValueError(f"{path} lacks the column(s) {', '.join(missing)} the run was trained "
-                         f"on")
+        raise ValueError(f"{path} lacks the column(s) {', '.join(map(printable, missing))} the "
+                         f"run was trained on")
     return feature_matrix(rows, [header.index(n) for n in names], header, path)
+
+
+def check_prediction_files(dataset, paths: list[str]) -> None:
+    """What `descent predict` checks of the files it is given, before it reads them for a run
+    on `dataset`: each .npy as `check_array_rows` does; of image files, it warns where one will
+    be resized to the run's inputs (a 300x200 photo for a model of 8x8 digits). CSV files are
+    checked as they are read (`read_table_features`)."""
+    if dataset.description().get("name") == "csv":
+        return
+    if all(p.endswith(".npy") for p in paths):
+        for path in paths:
+            check_array_rows(dataset, path)
+        return
+    shape = tuple(dataset.input_shape)
+    if len(shape) != 3 or hasattr(dataset, "read_image_files"):  # those crop by design
+        return
+    from PIL import Image
+
+    for path in _image_paths(paths):
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, Image.DecompressionBombError):
+            continue  # named when it is read
+        if (height, width) != shape[:2]:
+            log.warning(f"{printable(path)} is {width}x{height} pixels; resized to the run's "
+                        f"{shape[1]}x{shape[0]} inputs")
+
+
+def _image_paths(paths: list[str]) -> list[str]:
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            found += sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names
+                            if f.lower().endswith(IMAGE_SUFFIXES))
+        elif os.path.isfile(path):
+            found.append(path)
+    return found
+
+
+def check_array_rows(dataset, path: str) -> None:
+    """Refuses an .npy at `path` that a run on `dataset` cannot predict from: one that is not
+    an array file, holds Python objects (nothing is unpickled), has rows of another shape than
+    the run's inputs, numbers that are not finite, or values that are not pixels (integers
+    0..255) where the run read pixels."""
+    fix = "save an array of one row per example with numpy.save"
+    shape, pixels = tuple(dataset.input_shape), _reads_pixels(dataset)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} is not a file")
+    with open(path, "rb") as f:
+        magic = f.read(6)
+    if magic != b"\x93NUMPY":  # numpy would try it as a zip or a pickle
+        raise ValueError(f"{path} is not a readable .npy array; {fix}")
+    try:
+        rows = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:  # never numpy's hint to unpickle
+        said = "holds Python objects" if "pickle" in str(e) else "is not a readable .npy array"
+        raise ValueError(f"{path} {said}; {fix}") from None
+    if rows.shape[1:] != shape or not len(rows):
+        raise ValueError(f"{path} holds an array of shape {rows.shape}; this run reads rows of "
+                         f"shape {shape}: give ({'N, ' + ', '.join(map(str, shape))}), N >= 1")
+    if rows.dtype.kind not in "iuf" or (pixels and rows.dtype.kind == "f"):
+        raise ValueError(f"{path} holds {rows.dtype} values; this run reads "
+                         f"{'integer pixels 0..255' if pixels else 'numbers'}")
+    _check_finite(rows, path)
+    if pixels and (rows.min() < 0 or rows.max() > 255):
+        raise ValueError(f"{path} holds values {rows.min()}..{rows.max()}; this run reads "
+                         f"pixels, integers 0..255")
+
+
+def _reads_pixels(dataset) -> bool:
+    splits = getattr(dataset, "splits", None)
+    return bool(splits) and next(iter(splits.values()))["inputs"].dtype == np.uint8
 
 
 def _is_int(text: str) -> bool:

@@ -290,10 +290,13 @@ def _run(argv: list[str]) -> int:
         if "not_saved" in m:  # the result is printed; that it was not saved is bad input
             return USAGE_EXIT
     elif args.command == "predict":
+        from data.arrays import printable  # file names are the user's too
+        from data.local import check_prediction_files
         restored = run.restore(args.workdir, args.checkpoint, mesh="data=1",
                                weights=args.weights)
+        check_prediction_files(restored.dataset, args.paths)
         for what, prediction in run.predict_files(restored, args.paths):
-            _say(f"{what}: {_prediction(restored.dataset, prediction, args.top_k)}")
+            _say(f"{printable(what)}: {_prediction(restored.dataset, prediction, args.top_k)}")
     elif args.command == "sample":
         _say(run.sample(args.workdir, args.prompt, args.length, args.temperature,
                         args.checkpoint, args.seed, progress=True))
@@ -414,11 +417,13 @@ def _prediction(dataset, prediction, top_k: int) -> str:
     """'cat 0.912, dog 0.071, bird 0.010', or for regression the values."""
     import numpy as np
 
+    from data.arrays import printable  # class names come from the user's files
+
     if dataset.task == "regression":
         return ", ".join(f"{v:.6g}" for v in prediction)
     names = dataset.class_names or [str(i) for i in range(len(prediction))]
     top = np.argsort(-prediction, kind="stable")[:top_k]
-    return ", ".join(f"{names[i]} {prediction[i]:.3f}" for i in top)
+    return ", ".join(f"{printable(names[i])} {prediction[i]:.3f}" for i in top)
 
 
 def _scores(m: dict) -> str:

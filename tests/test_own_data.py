@@ -227,7 +227,8 @@ BAD = [
     (["--config.dataset.name=arrays", "--config.dataset.path={F}/nowhere.npz"],
      "dataset.path '{F}/nowhere.npz' does not exist; point it at an .npz file"),
     (["--config.dataset.name=arrays", "--config.dataset.path={F}/iris.csv"],
-     "{F}/iris.csv is not a readable .npz of numpy arrays"),
+     "{F}/iris.csv is not an .npz archive (a zip of numpy arrays); save the arrays with "
+     "numpy.savez"),
     (["--config.dataset.name=image_folder", "--config.dataset.path={F}/folder/one"],
      "holds 0 class folder(s): put each class's images in a folder of its own, at least two"),
     (["--config.dataset.name=image_folder", "--config.dataset.path={F}/sparse"],
@@ -267,3 +268,41 @@ def test_bad_own_data_is_one_line_exit_2_before_anything_is_written(files, tmp_p
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1 and message.replace("{F}", str(files)) in err
     assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_a_table_with_a_byte_order_mark_predicts_as_the_same_table_without(files, tmp_path,
+                                                                          capsys):
+    train(capsys, tmp_path / "run", MLP, "--config.dataset.name=csv",
+          f"--config.dataset.path={files}/iris.csv", "--config.dataset.target=species")
+    text = (files / "iris.csv").read_text()
+    marked, plain = tmp_path / "marked.csv", tmp_path / "plain.csv"
+    marked.write_bytes(b"\xef\xbb\xbf" + text.encode())  # as spreadsheets save UTF-8
+    plain.write_text(text)
+    outputs = []
+    for table in (marked, plain):
+        assert main(["predict", "--workdir", str(tmp_path / "run"), str(table)]) == 0
+        outputs.append([line.split(": ", 1)[1] for line in
+                        capsys.readouterr().out.strip().splitlines()])
+    assert len(outputs[0]) == 150 and outputs[0] == outputs[1]
+
+
+def test_folders_named_test_are_classes_and_names_from_files_are_printed_escaped(tmp_path,
+                                                                                capsys):
+    """Without a train/ folder every folder is a class; a class name holding a terminal's
+    escape sequence is printed as text, and a photo of another size than the run's images is
+    resized with a warning naming both sizes."""
+    classes = ("test", "\x1b[31mred")
+    for c, name in enumerate(classes):
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(12):
+            Image.new("L", (8, 8), color=c * 200 + i).save(tmp_path / "imgs" / name / f"{i}.png")
+    Image.new("L", (300, 200), color=5).save(tmp_path / "photo.png")
+    lines = train(capsys, tmp_path / "run", MLP, "--config.dataset.name=image_folder",
+                  f"--config.dataset.path={tmp_path}/imgs", "--config.dataset.grayscale=True",
+                  "--config.dataset.batch_size=8")
+    assert "2 classes (\\x1b[31mred, test)" in next(l for l in lines if l.startswith("data: "))
+    assert main(["predict", "--workdir", str(tmp_path / "run"), str(tmp_path / "photo.png")]) == 0
+    out, err = capsys.readouterr()
+    assert "\x1b" not in out + err and "\\x1b[31mred " in out
+    assert err.strip() == (f"warning: {tmp_path}/photo.png is 300x200 pixels; resized to the "
+                           f"run's 8x8 inputs")
