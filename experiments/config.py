@@ -165,6 +165,9 @@ def check_values(config: ml_collections.ConfigDict) -> None:
         if isinstance(value, (int, float)) and not isinstance(value, bool) \
                 and allowed.refuses(value):
             raise ValueError(f"config.{key}={value} must be {allowed}")
+    if not config.eval_split:  # test_split may be empty (no final test); this one may not
+        raise ValueError("config.eval_split is empty; name the split evaluated during "
+                         "training, e.g. --config.eval_split=validation")
     if not config.steps and config.epochs < 1:
         raise ValueError(f"config.epochs={config.epochs} must be at least 1 (or set "
                          f"config.steps)")
