@@ -1,5 +1,6 @@
 """The only place that knows nets, data and train at once: build them from a config and run."""
 import copy
+import json
 import os
 from collections.abc import Sequence
 from typing import NamedTuple
@@ -13,10 +14,11 @@ from tqdm import tqdm
 
 import data
 import nets
-from experiments.config import check_values
+from experiments.config import check_values, complete
 from train import checkpoint, many, report, workdir_lock
 from train.dataset import Dataset, InMemory, Preprocesses, ReadsImageFiles, Text
 from train.loop import counted, fit, scored_weights
+from train.resume import RESUMABLE_CHANGES, flat
 from train.trainer import Trainer
 from train.state import TrainState
 from train.workdir import check as check_workdir
@@ -55,12 +57,12 @@ def load_dataset(config: ml_collections.ConfigDict):
     if "data_dir" in options:
         options["data_dir"] = options["data_dir"] or None
     dataset = data.load(config.dataset.name, **options)
-    train_examples = config.dataset.get("train_examples", 0)
+    train_examples = config.dataset.train_examples
     if train_examples:
         if not isinstance(dataset, InMemory):
             raise ValueError(f"dataset.train_examples applies to in-memory datasets, not to "
                              f"{config.dataset.name}; set it to 0")
-        dataset = dataset.subset("train", train_examples, config.dataset.get("split_seed", 0))
+        dataset = dataset.subset("train", train_examples, config.dataset.split_seed)
     return dataset
 
 
@@ -87,16 +89,56 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str, *,
     `<workdir>/eval_<split>_<step>.json`; with a moving average of the weights
     (`optimizer.ema_decay`), `"tests"` holds both `raw` and `ema`. The evaluation reuses the
     run's compiled steps and dataset; the best checkpoint is read back from disk unless it is
-    the final state. `console=False` keeps the progress bar and per-evaluation lines off the
-    terminal; `writers` receive every record of the run (see `train.writers`). `dataset`
-    trains on a dataset made in Python instead of the one `config.dataset` names.
+    the final state. Where the work directory holds checkpoints saved under another config (a
+    run resumed with `allow_config_change`), the best checkpoint is tested with the model its
+    own saved config builds, as `evaluate` would. `console=False` keeps the progress bar and
+    per-evaluation lines off the terminal; `writers` receive every record of the run (see
+    `train.writers`). `dataset` trains on a dataset made in Python instead of the one
+    `config.dataset` names.
     """
     check_values(config)
     check_workdir(workdir)  # a link inside it, or a name orbax cannot take: before any work
     model, dataset = build(config, dataset, deferred=True)
-    return fit(config, workdir, model, dataset, console=console,
-               allow_config_change=allow_config_change, writers=writers,
-               test_split=config.test_split)
+    own_test = _saved_under_another_config(workdir, config)
+    summary = fit(config, workdir, model, dataset, console=console,
+                  allow_config_change=allow_config_change, writers=writers,
+                  test_split=None if own_test else config.test_split)
+    if own_test and config.test_split:
+        _test_under_its_config(workdir, summary, config, config.test_split, dataset)
+    return summary
+
+
+def _saved_under_another_config(workdir: str, config: ml_collections.ConfigDict) -> bool:
+    """Whether a checkpoint in `workdir` was saved under a config that differs from `config`
+    in more than where and how long it runs: its weights need the model that config builds,
+    not the one this run compiles. Read before training; unreadable counts as different."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        return False
+    now = flat(json.loads(json.dumps(config.to_dict())))
+    try:
+        manager = checkpoint.open_manager(workdir, read_only=True)
+        for step in manager.all_steps():
+            saved = flat(json.loads(json.dumps(
+                complete(checkpoint.saved_config(manager, step)).to_dict())))
+            if any(saved.get(k) != v for k, v in now.items() if k not in RESUMABLE_CHANGES):
+                return True
+    except Exception:  # noqa: BLE001 - a damaged one is set aside by the run; test carefully
+        return True
+    return False
+
+
+def _test_under_its_config(workdir: str, summary: dict, config: ml_collections.ConfigDict,
+                           split: str, dataset=None) -> None:
+    """Adds `test` and `tests` to `summary` as `fit` does, from the best checkpoint (or the
+    last) restored with the model its own saved config builds."""
+    step = summary["best_step"]
+    step = int(summary["state"].step) if step is None else step
+    with workdir_lock.hold(workdir, exclusive=False):
+        r = _restore(workdir, step, config.parallel.strategy, config.parallel.mesh, "raw",
+                     dataset)
+        summary["tests"] = {weights: _evaluate(workdir, r, split, weights, "best")
+                            for weights in (("raw", "ema") if r.trainer.ema_decay else ("raw",))}
+    summary["test"] = summary["tests"][scored_weights(config)]
 
 
 def variants(config: ml_collections.ConfigDict, seeds: Sequence[int] = (),
@@ -136,9 +178,16 @@ def train_many(configs: Sequence[ml_collections.ConfigDict], workdirs: Sequence[
         check_workdir(workdir)
     dataset = dataset if dataset is not None else load_dataset(configs[0])
     models = [build(c, dataset)[0] for c in configs]
-    return many.fit_many(configs, workdirs, models, dataset, console=console,
-                         allow_config_change=allow_config_change, writers=writers,
-                         test_split=configs[0].test_split)
+    own_test = any(_saved_under_another_config(w, c) for w, c in zip(workdirs, configs))
+    split = configs[0].test_split
+    summaries = many.fit_many(configs, workdirs, models, dataset, console=console,
+                              allow_config_change=allow_config_change, writers=writers,
+                              test_split=None if own_test else split)
+    if own_test and split:
+        for config, workdir, summary in zip(configs, workdirs, summaries):
+            if not summary.get("diverged"):
+                _test_under_its_config(workdir, summary, config, split, dataset)
+    return summaries
 
 
 class Restored(NamedTuple):
@@ -168,34 +217,43 @@ def restore(workdir: str, which: str | int = "best", *, strategy: str | None = N
     """
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"--weights {weights!r} is not one of {', '.join(WEIGHTS)}")
+    _check_has_checkpoints(workdir)
     with workdir_lock.hold(workdir, exclusive=False):
         return _restore(workdir, which, strategy, mesh, weights, dataset)
 
 
 def _restore(workdir: str, which, strategy, mesh, weights, given=None) -> Restored:
-    """As `restore`, in a work directory held; a checkpoint that cannot be read is set aside
-    (never deleted) and, for 'latest' or 'best', the next one is used, as a resumed run does.
-    The model is built from the config saved with the checkpoint restored: a run resumed
-    with --allow-config-change may have changed it since."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
-        raise FileNotFoundError(f"no checkpoints in {workdir!r}; "
-                                f"run `descent train --workdir {workdir} ...` first")
+    """As `restore`, in a work directory held. The checkpoint is verified before anything of it
+    is used, and the model is built from the config saved with it (completed with today's
+    defaults for fields added since): a run resumed with --allow-config-change, or a checkpoint
+    of another model, may differ from the others. One that cannot be read or verified is set
+    aside (never deleted) and, for 'latest' or 'best', the next one is used, as a resumed run
+    does; so it is when another command set it aside first."""
+    _check_has_checkpoints(workdir)
+    checkpoint.warn_of_strays(os.path.join(workdir, "checkpoints"))
     while True:  # each pass sets one damaged checkpoint aside, or returns
-        probe = checkpoint.open_manager(workdir, read_only=True)
-        latest = checkpoint.resolve_step(probe, "latest")
-        try:  # the newest config says which metric ranks the checkpoints, for 'best'
-            config = ml_collections.ConfigDict(checkpoint.saved_config(probe, latest))
-        except Exception as e:  # noqa: BLE001 - an unreadable config: this checkpoint is damaged
-            checkpoint.set_aside(probe, latest, e)
+        manager = _open(workdir, which)
+        if manager is None:
             continue
-        manager = checkpoint.open_manager(workdir, read_only=True,
-                                          monitor=config.early_stopping.monitor)
+        if which == "best":  # the newest config says which metric ranks the checkpoints
+            latest = checkpoint.resolve_step(manager, "latest")
+            try:
+                monitor = _verified_config(manager, latest).early_stopping.monitor
+            except checkpoint.IncompatibleCheckpoint:
+                raise
+            except Exception as e:  # noqa: BLE001 - unreadable or unverified: damaged
+                checkpoint.set_aside(manager, latest, e)
+                continue
+            manager = _open(workdir, which, monitor)
+            if manager is None:
+                continue
         step = checkpoint.resolve_step(manager, which)
         try:
-            if step != latest:
-                config = ml_collections.ConfigDict(checkpoint.saved_config(manager, step))
+            config = _verified_config(manager, step)
             described = checkpoint.saved_dataset(manager, step)
-        except Exception as e:  # noqa: BLE001 - unreadable: this checkpoint is damaged
+        except checkpoint.IncompatibleCheckpoint:
+            raise
+        except Exception as e:  # noqa: BLE001 - unreadable or unverified: damaged
             _set_aside(manager, step, e, which)
             continue
         config.parallel.mesh = mesh
@@ -207,8 +265,8 @@ def _restore(workdir: str, which, strategy, mesh, weights, given=None) -> Restor
             dataset = data.from_description(described)
         model, dataset = build(config, dataset, deferred=True)  # without a description: by config
         trainer = Trainer(config, model, dataset)
-        try:
-            state = checkpoint.restore(manager, step, trainer.initial_state)
+        try:  # verified above
+            state = checkpoint.restore(manager, step, trainer.initial_state, verify=False)
         except checkpoint.IncompatibleCheckpoint:
             raise
         except Exception as e:  # noqa: BLE001 - any read failure means this one is damaged
@@ -219,13 +277,46 @@ def _restore(workdir: str, which, strategy, mesh, weights, given=None) -> Restor
         return Restored(config, dataset, trainer, state, step, weights)
 
 
+def _open(workdir: str, which, monitor: str = "eval_accuracy"):
+    """A read-only manager of `workdir`'s checkpoints, or None once one whose metrics cannot be
+    read is set aside (the caller tries again)."""
+    try:
+        return checkpoint.open_manager(workdir, read_only=True, monitor=monitor)
+    except checkpoint.DamagedCheckpoint as e:
+        if e.step is None:
+            raise
+        _set_aside(os.path.join(workdir, "checkpoints"), e.step, e, which)
+        return None
+
+
+def _check_has_checkpoints(workdir: str) -> None:
+    """Refuses a work directory without checkpoints before its lock is taken (or made)."""
+    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+        raise FileNotFoundError(f"no checkpoints in {workdir!r}; "
+                                f"run `descent train --workdir {workdir} ...` first")
+
+
+def _verified_config(manager, step: int) -> ml_collections.ConfigDict:
+    """The config saved with checkpoint `step`, completed, once every file of the checkpoint
+    matches its checksums (DamagedCheckpoint if not)."""
+    checkpoint.verify_checksums(manager, step)
+    saved = checkpoint.saved_config(manager, step)
+    try:
+        return complete(saved)
+    except Exception as e:  # noqa: BLE001 - verified: not damage, but not ours to build
+        raise checkpoint.IncompatibleCheckpoint(
+            f"the config saved with the checkpoint at step {step} in {manager.directory} does "
+            f"not build a model this descent knows ({e})") from None
+
+
 def _set_aside(manager, step: int, error: Exception, which) -> None:
     """Sets the damaged checkpoint at `step` aside; one asked for by its step is then named."""
-    aside = checkpoint.set_aside(manager, step, error)
-    if str(which) not in ("best", "latest"):
+    asked_for = str(which) == str(step)
+    aside = checkpoint.set_aside(manager, step, error, fall_back=not asked_for)
+    if asked_for:
         raise ValueError(f"the checkpoint at step {step} cannot be read; it was moved to "
-                         f"{aside}. Evaluate another: best, latest or a step that "
-                         f"remains") from None
+                         f"{aside} ({checkpoint.reason(error)}). Evaluate another: best, "
+                         f"latest or a step that remains") from None
 
 
 def evaluate(workdir: str, which: str | int = "best", split: str = "test",
@@ -234,14 +325,20 @@ def evaluate(workdir: str, which: str | int = "best", split: str = "test",
     default: the run's `scored_weights`); writes `eval_<split>_<step>[_ema].json`."""
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"--weights {weights!r} is not one of {', '.join(WEIGHTS)}")
+    _check_has_checkpoints(workdir)
     with workdir_lock.hold(workdir, exclusive=False):
         r = _restore(workdir, which, None, "data=-1", weights)
-        shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
-        metrics = r.trainer.evaluate(r.state, r.dataset.eval_batches(
-            split, r.config.dataset.eval_batch_size, **shard), r.weights)
-        return report.record_evaluation(workdir, {
-            "split": split, "step": r.step, "checkpoint": str(which), "weights": r.weights,
-            **metrics, "counted": counted(r.dataset)})
+        return _evaluate(workdir, r, split, r.weights, which)
+
+
+def _evaluate(workdir: str, r: Restored, split: str, weights: str, which) -> dict:
+    """The metrics of `r`'s `weights` on `split`, recorded in `workdir`."""
+    shard = dict(process_index=jax.process_index(), process_count=jax.process_count())
+    metrics = r.trainer.evaluate(r.state, r.dataset.eval_batches(
+        split, r.config.dataset.eval_batch_size, **shard), weights)
+    return report.record_evaluation(workdir, {
+        "split": split, "step": r.step, "checkpoint": str(which), "weights": weights,
+        **metrics, "counted": counted(r.dataset)})
 
 
 def sample(workdir: str, prompt: str, length: int = 500, temperature: float = 1.0,

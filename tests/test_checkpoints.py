@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -365,3 +366,110 @@ def test_a_flipped_bit_is_caught_by_the_checksum_and_the_checkpoint_set_aside(tm
     assert "the checkpoint at step 78 cannot be read" in err and "checksum" in err
     assert out.startswith("checkpoint step 39: ")
     assert os.listdir(tmp_path / "checkpoints-damaged")[0].startswith("78-")
+
+
+def checkpoint_steps(workdir) -> list[int]:
+    return sorted(checkpoint.open_manager(str(workdir), read_only=True).all_steps())
+
+
+def train_in_process(capsys, workdir, *extra) -> str:
+    """`descent train` of the tiny MLP (2 epochs: checkpoints 39 and 78) here; its output."""
+    from experiments.cli import main
+    capsys.readouterr()
+    code = main(["train", "--config", "experiments/configs/digits_mlp.py:tiny",
+                 "--workdir", str(workdir), *extra])
+    out, err = capsys.readouterr()
+    assert code == 0, err[-2000:]
+    return out + err
+
+
+def test_a_checkpoint_without_its_checksum_file_is_set_aside_never_restored_nor_checksummed(
+        tmp_path, capsys):
+    from experiments.cli import main
+    trained = tmp_path / "trained"
+    train_in_process(capsys, trained)
+    newest = trained / "checkpoints" / "78"
+    flip_one_bit(largest_data_file(newest))  # a flip the checksums alone can catch
+    os.remove(newest / checkpoint.CHECKSUMS)
+    flipped = {str(f): f.read_bytes() for f in newest.rglob("*") if f.is_file()}
+    evaluated, resumed = tmp_path / "evaluated", tmp_path / "resumed"
+    for copy in (evaluated, resumed):
+        shutil.copytree(trained, copy)
+
+    assert main(["eval", "--workdir", str(evaluated), "--checkpoint", "latest"]) == 0
+    out, err = capsys.readouterr()
+    assert "the checkpoint at step 78 cannot be read" in err and checkpoint.CHECKSUMS in err
+    assert out.startswith("checkpoint step 39: ")
+
+    printed = train_in_process(capsys, resumed, "--config.epochs=3")
+    assert "the checkpoint at step 78 cannot be read" in printed
+    assert "resumed from the checkpoint at step 39 " in printed
+    for workdir in (evaluated, resumed):  # moved aside as it was: no checksum written over it
+        [aside] = (workdir / "checkpoints-damaged").iterdir()
+        assert aside.name.startswith("78-") and not (aside / checkpoint.CHECKSUMS).exists()
+        for path, data in flipped.items():
+            moved = aside / os.path.relpath(path, newest)
+            assert moved.read_bytes() == data
+    assert checkpoint_steps(resumed) == [39, 78, 117]  # 78 trained again from 39
+
+
+def test_the_final_test_scores_the_best_checkpoint_under_the_config_it_was_saved_with(
+        tmp_path, capsys):
+    train_in_process(capsys, tmp_path)  # relu
+    changed = tiny_config(**{"epochs": 3, "model.activation": "sigmoid",
+                             "optimizer.learning_rate": 1e-7})
+    # a relu net read as sigmoid scores far worse: the best checkpoint stays at 78, saved
+    # under relu, and the test must be that of its own relu model
+    summary = run.train_and_evaluate(changed, str(tmp_path), console=False,
+                                     allow_config_change=True)
+    assert summary["test"]["step"] == 78, summary["test"]
+    as_saved = run.evaluate(str(tmp_path), 78, "test")  # builds the model from 78's config
+    assert run.restore(str(tmp_path), 78).config.model.activation == "relu"
+    assert summary["test"]["accuracy"] == as_saved["accuracy"]
+    assert summary["test"]["loss"] == pytest.approx(as_saved["loss"], rel=1e-6)
+
+
+def test_checkpoints_of_two_models_in_one_workdir_are_each_tested_with_their_own(
+        tmp_path, capsys):
+    workdir, other = tmp_path / "run", tmp_path / "other"
+    train_in_process(capsys, workdir)  # width 64: checkpoints 39, 78
+    # a wider net trained harder, whose checkpoint at step 30 ranks best by validation
+    train_in_process(capsys, other, "--config.model.width=256", "--config.steps=30",
+                     "--config.dataset.batch_size=128", "--config.optimizer.learning_rate=3e-3")
+    shutil.copytree(other / "checkpoints" / "30", workdir / "checkpoints" / "30")
+    summary = run.train_and_evaluate(tiny_config(epochs=3), str(workdir), console=False)
+    assert summary["test"]["step"] == 30, summary["test"]
+    as_saved = run.evaluate(str(workdir), 30, "test")
+    assert run.restore(str(workdir), 30).config.model.width == 256
+    assert summary["test"]["accuracy"] == as_saved["accuracy"]
+
+
+def test_a_checkpoint_set_aside_by_another_command_while_this_one_reads_it(
+        tmp_path, capsys, monkeypatch):
+    run.train_and_evaluate(tiny_config(), str(tmp_path), console=False)
+    flip_one_bit(largest_data_file(tmp_path / "checkpoints" / "78"))
+    verify = checkpoint.verify_checksums
+    other = checkpoint.open_manager(str(tmp_path), read_only=True)
+
+    def another_eval_moves_it_first(manager, step):
+        if step == 78 and (tmp_path / "checkpoints" / "78").exists():
+            checkpoint.set_aside(other, 78, checkpoint.DamagedCheckpoint("found by another"))
+        return verify(manager, step)
+
+    monkeypatch.setattr(checkpoint, "verify_checksums", another_eval_moves_it_first)
+    assert run.evaluate(str(tmp_path), "latest", "test")["step"] == 39
+    assert [n.split("-")[0] for n in os.listdir(tmp_path / "checkpoints-damaged")] == ["78"]
+
+
+def test_checkpoint_folders_not_named_by_ascii_digits_are_ignored_with_a_warning(
+        tmp_path, capsys):
+    from experiments.cli import main
+    train_in_process(capsys, tmp_path)
+    for stray in ("١٢٣", "0039"):  # int() reads both as steps; orbax writes neither
+        shutil.copytree(tmp_path / "checkpoints" / "39", tmp_path / "checkpoints" / stray)
+    printed = train_in_process(capsys, tmp_path, "--config.epochs=3")
+    assert "resumed from the checkpoint at step 78 " in printed
+    assert r"checkpoints/\u0661\u0662\u0663 is not a checkpoint descent wrote" in printed
+    assert main(["eval", "--workdir", str(tmp_path), "--checkpoint", "latest"]) == 0
+    assert capsys.readouterr().out.startswith("checkpoint step 117: ")
+    assert sorted(os.listdir(tmp_path / "checkpoints")) == ["0039", "117", "39", "78", "١٢٣"]
