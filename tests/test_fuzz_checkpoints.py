@@ -212,9 +212,9 @@ REFUSED = [
          names=("step 78", "no-such-net")),
 ]
 
+# Names Python's int() reads as a step, and orbax does not write
 STRAYS = [("arabic-digits", "١٢٣", r"\u0661\u0662\u0663"), ("leading-zero", "0039", "0039"),
-          ("plus-sign", "+100", "+100"), ("minus-sign", "-100", "-100"),
-          ("trailing-space", "100 ", "100 "), ("exponent", "1e3", "1e3")]
+          ("plus-sign", "+100", "+100"), ("trailing-space", "100 ", "100 ")]
 
 
 def _stray_rows() -> list[Case]:
