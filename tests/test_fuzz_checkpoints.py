@@ -94,6 +94,17 @@ def config_naming(model: str) -> bytes:
     return data
 
 
+def as_checksummed_after_commit(places):
+    """The newest checkpoint as descent wrote them from 2026-11-25 until format 2: checksums,
+    no format record."""
+    os.remove(_at(places, FORMAT))
+    with open(_at(places, SUMS)) as f:
+        record = json.load(f)
+    del record[checkpoint.FORMAT]
+    with open(_at(places, SUMS), "w") as f:
+        json.dump(record, f)
+
+
 def unknown_model(places):
     recorded("config/metadata", config_naming("no-such-net")(places))(places)
 
@@ -181,8 +192,8 @@ def _with_rows(places):
     np.save(os.path.join(places.tmp, "rows.npy"), np.zeros((2, 64), np.float32))
 
 
-# Refused with nothing touched: bad arguments naming a checkpoint, checkpoints this descent
-# cannot use, and entries of checkpoints/ it did not write (ignored, with a warning).
+# Refused with nothing touched: bad arguments naming a checkpoint, and checkpoints this descent
+# cannot use; and the layouts it reads as they are.
 REFUSED = [
     Case("checkpoint-negative", EVAL + ["-5"], names=("no checkpoint at step -5", "39, 78")),
     Case("checkpoint-huge", EVAL + ["9" * 25], names=("no checkpoint at step 999", "39, 78")),
@@ -208,6 +219,11 @@ REFUSED = [
          names=("no checkpoints", "{outside}/none")),
     Case("format-newer", EVAL + ["78"], plant=recorded("descent-format.json", b'{"format": 3}'),
          names=("format version 3", "newer descent")),
+    # read, not refused: layouts of earlier descents, and one a person vouches for
+    Case("checksummed-without-format-record", EVAL + ["78"], code=0,
+         plant=as_checksummed_after_commit),
+    Case("format-1-without-checksums", EVAL + ["78"], code=0,
+         plant=both(remove(SUMS), write(FORMAT, b'{"format": 1}'))),
     Case("config-of-an-unknown-net", EVAL + ["78"], plant=unknown_model,
          names=("step 78", "no-such-net")),
 ]
@@ -218,6 +234,7 @@ STRAYS = [("arabic-digits", "١٢٣", r"\u0661\u0662\u0663"), ("leading-zero", "
 
 
 def _stray_rows() -> list[Case]:
+    """Entries of checkpoints/ descent did not write: ignored with a warning, never moved."""
     rows = [Case(f"stray-dir-{kind}", EVAL + ["latest"], code=0, plant=stray(name),
                  names=(shown,)) for kind, name, shown in STRAYS]
     rows.append(Case("stray-file-named-as-a-step", EVAL + ["latest"], code=0,

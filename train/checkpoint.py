@@ -41,9 +41,10 @@ log = logging.getLogger(__name__)
 DAMAGED_DIR = "checkpoints-damaged"
 CHECKSUMS = "descent-checksums.json"  # in each checkpoint's directory, beside orbax's items
 FORMAT = "descent-format.json"        # {"format": FORMAT_VERSION}, beside it
-# The layouts descent has written. 1: the items alone (descent before checksums, which recorded
-# no version). 2: the items, FORMAT and CHECKSUMS, written into the save before it is committed.
-# (Between them, descent wrote CHECKSUMS after the commit and no FORMAT.)
+# The layouts descent has written. 1: the items state, config and data alone (descent before
+# 2026-11-25, which recorded no version). Then CHECKSUMS, written after the commit, no FORMAT
+# (the item dataset from 2026-12-03). 2: FORMAT and CHECKSUMS written into the save before
+# orbax commits it.
 FORMAT_VERSION = 2
 PREDATES_CHECKSUMS = 1
 # What orbax itself writes as it commits, after the checksums: its commit timestamp and note
