@@ -27,6 +27,7 @@ from data.images import scale
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # models compute in float32: larger ones are inf
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 
 
@@ -151,6 +152,9 @@ def _inputs(x: np.ndarray, source: str) -> tuple[np.ndarray, str]:
         x = x[..., None]
     if x.dtype == np.uint8:
         return x, "uint8 pixels scaled to [0, 1]"
+    if x.dtype.itemsize > 4 and np.abs(x).max(initial=0) > FLOAT32_MAX:
+        raise ValueError(f"{source}: an input is {np.abs(x).max():g}, past the largest float32 "
+                         f"({FLOAT32_MAX:.4g}) the model computes in; scale the inputs down")
     return x.astype(np.float32), "float inputs used as they are"
 
 
@@ -550,7 +554,13 @@ def _table_targets(values: list[str], path: str, column: str):
         names = tuple(map(str, ids))
         task, targets = "classification", np.searchsorted(ids, [int(v) for v in values])
     elif all(_is_float(v) for v in values):
-        return "regression", np.array(values, np.float32)[:, None], ()
+        numbers = np.array(values, np.float64)
+        past = np.flatnonzero(np.abs(numbers) > FLOAT32_MAX)
+        if len(past):
+            raise ValueError(f"{path} line {past[0] + 2}: the target {column!r} is "
+                             f"{values[past[0]]}, past the largest float32 ({FLOAT32_MAX:.4g}); "
+                             f"scale the targets down")
+        return "regression", numbers.astype(np.float32)[:, None], ()
     else:
         names = tuple(sorted(set(values)))
         task, targets = "classification", np.searchsorted(names, values)
@@ -559,9 +569,6 @@ def _table_targets(values: list[str], path: str, column: str):
                          f"({names[0]!r}) in all {len(values)} rows; a classifier "
                          f"needs at least two (or set dataset.target to another column)")
     return task, targets.astype(np.int32), names
-
-
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # features are float32: larger ones are inf
 
 
 def feature_matrix(rows: list[list[str]], columns: list[int], header: list[str],

@@ -6,6 +6,7 @@ another model); 128 + signal number (143 for SIGTERM, 130 for SIGINT) preempted:
 flight was finished and saved, and the same command resumes.
 """
 import argparse
+import contextlib
 import math
 import os
 import signal
@@ -182,8 +183,35 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     verbose = "--verbose" in argv
-    with shown(verbose):  # descent's log messages as lines: information on stdout, as printed
+    with shown(verbose), _quiet_closed_loops(verbose):  # descent's messages as lines
         return _main(argv, verbose)
+
+
+@contextlib.contextmanager
+def _quiet_closed_loops(verbose: bool):
+    """When a checkpoint cannot be written (a full disk), the storage library's threads still
+    hold writes for orbax's event loop, which is closed by then: each reports "RuntimeError:
+    Event loop is closed" as an exception nobody could catch (`sys.unraisablehook`, or
+    `sys.excepthook`), a traceback apiece before descent's one line. Those are dropped here
+    (shown with --verbose); any other is reported as Python would."""
+    def closed_loop(value) -> bool:
+        return (not verbose and isinstance(value, RuntimeError)
+                and str(value) == "Event loop is closed")
+
+    def excepthook(kind, value, tb):
+        if not closed_loop(value):
+            hooks[0](kind, value, tb)
+
+    def unraisablehook(unraisable):
+        if not closed_loop(unraisable.exc_value):
+            hooks[1](unraisable)
+
+    hooks = sys.excepthook, sys.unraisablehook
+    sys.excepthook, sys.unraisablehook = excepthook, unraisablehook
+    try:
+        yield
+    finally:
+        sys.excepthook, sys.unraisablehook = hooks
 
 
 def _main(argv: list[str], verbose: bool) -> int:

@@ -116,6 +116,7 @@ TRAIN_ROWS = [
     csv_case("nan feature", "a,b,y\n1,2,0\nnan,4,1\n", ["line 3, column 'a'", "finite"]),
     csv_case("inf feature", "a,b,y\n1,2,0\n3,inf,1\n", ["line 3, column 'b'", "finite"]),
     csv_case("feature past float32", "a,y\n1,0\n1e39,1\n", ["line 3, column 'a'", "float32"]),
+    csv_case("target past float32", "a,y\n1,0.5\n2,1e39\n", ["line 3", "'y' is 1e39"]),
     csv_case("text feature", "a,y\n1,0\nlots,1\n", ["line 3, column 'a'", "not a number"]),
     csv_case("ragged row", "a,b,y\n1,2,0\n3,1\n", ["line 3 has 2 fields", "header has 3"]),
     csv_case("header only", "a,b,y\n", ["a header row and at least one row"]),
@@ -145,6 +146,8 @@ TRAIN_ROWS = [
              ["x_train has 40 rows but y_train 30 rows"]),
     npz_case("nan input", _npz(x_train=np.where(X > 2, np.nan, X), y_train=Y),
              ["x_train[", "is nan", "finite"]),
+    npz_case("float64 input past float32", _npz(x_train=np.where(X > 2, 1e300, X.astype(
+        np.float64)), y_train=Y), ["an input is 1e+300, past the largest float32"]),
     npz_case("inf regression target", _npz(x_train=X, y_train=np.where(
         Y > 0, np.inf, 0.5)), ["y_train[1] is inf"]),
     npz_case("test rows of another shape", _npz(x_train=X, y_train=Y, x_test=X[:, :3],

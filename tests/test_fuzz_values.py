@@ -92,6 +92,25 @@ TEXT_ROWS = [
 ]
 
 
+# Values that only the dataset, the devices or the net can judge: still refused before the work
+# directory and its lock are made.
+LATE_ROWS = [
+    train(f"{override.split('=', 1)[0][9:]} that cannot work", override, names=[said])
+    for override, said in (
+        ("--config.parallel.mesh=data=16", "needs 16 devices but 8 cpu devices were found"),
+        ("--config.parallel.mesh=model=8", "only a 'data' axis is supported"),
+        ("--config.dataset.batch_size=30", "use 24 or 32"),
+        ("--config.optimizer.accumulate_steps=3", "micro-batches that divide over 8 devices"),
+        ("--config.profile.start_step=500", "profile.start_step=500 is after the run's last"),
+        ("--config.early_stopping.monitor=accuracy", "is not one of eval_accuracy, eval_loss"),
+        ("--config.eval_split=nope", "digits has no split 'nope'"),
+        ("--config.test_split=nope", "digits has no split 'nope'"),
+        ("--config.dataset.train_examples=100000", "dataset.train_examples=100000 must be"),
+        ("--config.dataset.image_size=32", "dataset 'digits' takes no option 'image_size'"),
+    )
+]
+
+
 def _config_file(body: str):
     def plant(places):
         with open(os.path.join(places.tmp, "c.py"), "w") as f:
@@ -203,7 +222,7 @@ ON_TRAINED_ROWS = [
     train("trained: seed -1", "--config.seed=-1", names=["config.seed=-1 must be at least 0"]),
 ]
 
-ROWS = (_field_rows() + MODEL_ROWS + TEXT_ROWS + CONFIG_FILE_ROWS + SWEEP_ROWS + SEEDS_ROWS
+ROWS = (_field_rows() + MODEL_ROWS + TEXT_ROWS + LATE_ROWS + CONFIG_FILE_ROWS + SWEEP_ROWS + SEEDS_ROWS
         + OPTION_ROWS + ON_TRAINED_ROWS)
 
 
