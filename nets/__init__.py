@@ -70,8 +70,35 @@ def build(name: str, *, input_shape, num_classes: int, seed: int = 0, **fields_)
     if unknown:
         raise ValueError(f"model {name!r} has no field(s) {', '.join(unknown)}; its fields: "
                          f"{', '.join(accepted)}")
-    return NETS[name].make(input_shape=tuple(input_shape), num_classes=num_classes,
-                           rngs=nnx.Rngs(params=seed), **fields_)
+    try:
+        net = NETS[name].make(input_shape=tuple(input_shape), num_classes=num_classes,
+                              rngs=nnx.Rngs(params=seed), **fields_)
+    except (ArithmeticError, TypeError, IndexError, KeyError) as e:  # a field the net's own
+        # checks let through fails deep in flax (a channel count of 0 divides by zero there)
+        _check_sizes(name, fields_, e)
+        raise ValueError(f"model {name!r} cannot be built with its fields ({type(e).__name__}: "
+                         f"{e}); `descent models` lists each net's defaults") from e
+    except ValueError as e:  # the net's own check names its field; another ValueError (math's
+        if "model." not in str(e):  # "math domain error" from a negative count) does not
+            _check_sizes(name, fields_)
+        raise
+    _check_sizes(name, fields_)
+    return net
+
+
+def _check_sizes(name: str, fields_: dict, error: Exception | None = None) -> None:
+    """Refuses a negative size or count (no net means one), and, where building failed with
+    `error`, a size of 0 that the net's own checks let through."""
+    def ints(value):
+        return [v for v in (value if isinstance(value, tuple) else (value,))
+                if isinstance(v, int) and not isinstance(v, bool)]
+
+    defaults = fields(name)
+    for field, value in fields_.items():
+        if any(v < 0 for v in ints(value)) or (
+                error is not None and value != defaults.get(field) and 0 in ints(value)):
+            raise ValueError(f"model.{field}={value!r} is not a size {name} can take: its sizes "
+                             f"and counts are {'1' if error else '0'} or more") from error
 
 
 def count_params(name: str, input_shape=None, num_classes=None, **fields_) -> int:
