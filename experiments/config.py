@@ -20,6 +20,8 @@ import ml_collections
 import nets
 from experiments.configs.common import DEFAULTS, INT_LIMIT, MODEL_RANGES, base_config
 
+FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max, without importing numpy
+
 
 def load_config(path: str) -> ml_collections.ConfigDict:
     """Runs the config file at `path` and returns its `get_config()`, its `model` group holding
@@ -147,13 +149,17 @@ def _overlay(node: ml_collections.ConfigDict, saved: Mapping) -> None:
 
 def check_values(config: ml_collections.ConfigDict) -> None:
     """Refuses a value no run can use before anything is built or any checkpoint is touched:
-    a number that is not finite (NaN, inf) or an integer past `INT_LIMIT` anywhere in the
-    config, then the ranges of `DEFAULTS` and of the nets' shared fields (`MODEL_RANGES`): a
-    batch of 0, a negative learning rate, keeping no checkpoint."""
+    a number that is not finite (NaN, inf, or past float32) or an integer past `INT_LIMIT`
+    anywhere in the config, then the ranges of `DEFAULTS` and of the nets' shared fields
+    (`MODEL_RANGES`): a batch of 0, a negative learning rate, keeping no checkpoint."""
     for key, value in _numbers(config):
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"config.{key}={value} is not a finite number; give a finite "
                              f"value (`descent config show FILE` shows the default)")
+        if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+            raise ValueError(f"config.{key}={value:g} is past the largest float32 "
+                             f"({FLOAT32_MAX:.4g}), which training computes in: it would be "
+                             f"inf there")
         if isinstance(value, int) and abs(value) >= INT_LIMIT:
             raise ValueError(f"config.{key}={value} is too large: integers must be below 2**31 "
                              f"({INT_LIMIT:,}), the range of JAX's 32-bit step counter and "

@@ -108,6 +108,10 @@ TEXT_ROWS = [
           names=["config.optimizer.learning_rate='fast' is not a float"]),
     train("a boolean as a number", "--config.log.tensorboard=2",
           names=["config.log.tensorboard='2' is not a bool"]),
+    train("clip_norm past float32", "--config.optimizer.clip_norm=1e300",
+          names=["config.optimizer.clip_norm=1e+300 is past the largest float32"]),
+    train("learning rate past float32", "--config.optimizer.learning_rate=1e39",
+          names=["config.optimizer.learning_rate=1e+39 is past the largest float32"]),
     train("steps astronomically large", "--config.steps=100000000000000000000",
           names=["config.steps=100000000000000000000 is too large"]),
 ]
