@@ -109,6 +109,9 @@ class CharText:
 
 
 def tiny_shakespeare(data_dir: str | None = None, context: int = 256) -> CharText:
+    if context < 1:  # checked before the files are read
+        raise ValueError(f"dataset.context={context} must be at least 1 (characters a model "
+                         f"reads at once)")
     texts = {}
     for split, parts in SPLITS.items():
         texts[split] = "".join(_text(data_source("tiny_shakespeare", p, data_dir)) for p in parts)

@@ -133,6 +133,10 @@ LATE_ROWS = [
         ("--config.dataset.train_examples=100000", "dataset.train_examples=100000 must be"),
         ("--config.dataset.image_size=32", "dataset 'digits' takes no option 'image_size'"),
     )
+] + [
+    train("dataset.context of 0", "--config.dataset.context=0",
+          config=TINY.replace("digits_mlp", "shakespeare_lstm"),
+          names=["dataset.context=0 must be at least 1"]),
 ]
 
 
