@@ -301,6 +301,11 @@ def _image_files(root: str) -> tuple[dict[str, list[tuple[str, int]]], tuple[str
     """{split: [(file, class id), ...]} and the class names (sorted folder names)."""
     given = [s for s in SPLITS if os.path.isdir(os.path.join(root, s))]
     if "train" not in given:  # `test/` beside `cat/` and `dog/` is a class, not a split
+        splits_alone = [s for s in given if _subfolders(os.path.join(root, s))]
+        if splits_alone:  # classes inside test/: splits, but train/ is missing
+            raise ValueError(f"{root} has {'/, '.join(splits_alone)}/ folders of classes but "
+                             f"no train/ folder; add train/ with a folder per class (a folder "
+                             f"named test or validation beside the others is a class)")
         given = []
     others = sorted(set(_subfolders(root)) - set(given))
     if given and others:
