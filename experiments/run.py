@@ -235,10 +235,12 @@ def _restore(workdir: str, which, strategy, mesh, weights, given=None) -> Restor
         manager = _open(workdir, which)
         if manager is None:
             continue
+        verified = {}
         if which == "best":  # the newest config says which metric ranks the checkpoints
             latest = checkpoint.resolve_step(manager, "latest")
             try:
-                monitor = _verified_config(manager, latest).early_stopping.monitor
+                verified[latest] = _verified_config(manager, latest)
+                monitor = verified[latest].early_stopping.monitor
             except checkpoint.IncompatibleCheckpoint:
                 raise
             except Exception as e:  # noqa: BLE001 - unreadable or unverified: damaged
@@ -249,7 +251,7 @@ def _restore(workdir: str, which, strategy, mesh, weights, given=None) -> Restor
                 continue
         step = checkpoint.resolve_step(manager, which)
         try:
-            config = _verified_config(manager, step)
+            config = verified.get(step) or _verified_config(manager, step)
             described = checkpoint.saved_dataset(manager, step)
         except checkpoint.IncompatibleCheckpoint:
             raise
