@@ -9,6 +9,7 @@ import contextlib
 import gzip
 import hashlib
 import io
+import logging
 import os
 import shutil
 import sys
@@ -16,6 +17,8 @@ import tarfile
 import zlib
 
 from data.tfds_source import PREPARABLE, default_data_dir
+
+_log = logging.getLogger(__name__)
 
 # MD5 of the decompressed official files, per dataset: what a re-compressed copy is accepted by
 # when its archive differs from the one tfds registered (Debian's dataset-fashion-mnist, for
@@ -52,16 +55,17 @@ WHAT_TO_PUT = {
 }
 
 
-def prepare(name: str, manual_dir: str, data_dir: str | None = None, log=print, *,
+def prepare(name: str, manual_dir: str, data_dir: str | None = None, *,
             quiet: bool | None = None) -> str:
     """Builds dataset `name` in `data_dir` from the raw files in `manual_dir`; returns its path.
 
-    `quiet` (default: unless DESCENT_VERBOSE=1) keeps TensorFlow's start-up banners and tfds's
-    own progress bars and messages ("Downloading and preparing...", though nothing is
-    downloaded) off the terminal; `log` gets our lines either way.
+    `quiet` (default: unless this module's logger shows DEBUG, as under --verbose) keeps
+    TensorFlow's start-up banners and tfds's own progress bars and messages ("Downloading and
+    preparing...", though nothing is downloaded) off the terminal; descent's own lines go to
+    its logger either way.
     """
     if quiet is None:
-        quiet = os.environ.get("DESCENT_VERBOSE") != "1"
+        quiet = not _log.isEnabledFor(logging.DEBUG)
     if name not in PREPARABLE:
         raise ValueError(f"`descent data prepare` builds {', '.join(PREPARABLE)} from local "
                          f"files, not {name!r}")
@@ -81,14 +85,14 @@ def prepare(name: str, manual_dir: str, data_dir: str | None = None, log=print, 
     data_dir = default_data_dir(data_dir)
     builder = tfds.builder(name, data_dir=data_dir)
     if builder.is_prepared():
-        log(f"{name} is already prepared in {builder.data_dir}; train with "
+        _log.info(f"{name} is already prepared in {builder.data_dir}; train with "
             f"--config.dataset.data_dir={data_dir}")
         return str(builder.data_dir)
     extract_dir = os.path.join(data_dir, "downloads", f"descent-{name}")
     os.makedirs(extract_dir, exist_ok=True)
-    said = []  # the checks' warnings, said once tfds's output is no longer silenced
+    said = []  # the checks' warnings, logged once tfds's output is no longer silenced
     manager = _local_files_manager(name, builder.url_infos or {}, os.path.abspath(manual_dir),
-                                   extract_dir, said.append, download_dir=os.path.join(
+                                   extract_dir, said, download_dir=os.path.join(
                                        data_dir, "downloads"), dataset_name=name,
                                    **({"manual_dir": os.path.abspath(manual_dir),
                                        "manual_dir_instructions":
@@ -96,7 +100,7 @@ def prepare(name: str, manual_dir: str, data_dir: str | None = None, log=print, 
                                       if name in MANUAL_FILES else {}))
     # The one private hook used: the builder asks this method for its download manager.
     builder._make_download_manager = lambda download_dir, download_config: manager  # noqa: SLF001
-    log(f"preparing {name} from {os.path.abspath(manual_dir)} ...")
+    _log.info(f"preparing {name} from {os.path.abspath(manual_dir)} ...")
     if quiet:
         tfds.disable_progress_bar()
     try:
@@ -104,12 +108,13 @@ def prepare(name: str, manual_dir: str, data_dir: str | None = None, log=print, 
             builder.download_and_prepare(file_format="array_record")
     finally:
         for line in said:
-            log(line)
+            _log.warning(line)
         shutil.rmtree(extract_dir, ignore_errors=True)
         for empty in ("downloads/extracted", "downloads"):  # made by tfds, unused: nothing
             with contextlib.suppress(OSError):             # downloads; not empty: left alone
                 os.rmdir(os.path.join(data_dir, empty))
-    log(f"prepared {name} in {builder.data_dir}; train with --config.dataset.data_dir={data_dir}")
+    _log.info(f"prepared {name} in {builder.data_dir}; train with "
+              f"--config.dataset.data_dir={data_dir}")
     return str(builder.data_dir)
 
 
@@ -137,9 +142,10 @@ def _silenced(quiet: bool):
             os.close(fd)
 
 
-def checked(name: str, url: str, info, manual_dir: str, log) -> str:
+def checked(name: str, url: str, info, manual_dir: str, warnings: list[str]) -> str:
     """The local copy of the file dataset `name`'s builder downloads from `url`, verified: by
-    the checksum tfds registered for it, or by the MD5 of its decompressed content."""
+    the checksum tfds registered for it, or by the MD5 of its decompressed content (which
+    appends a line to `warnings`)."""
     filename = info.filename or url.rsplit("/", 1)[-1]
     path = os.path.join(manual_dir, filename)
     if not os.path.exists(path):
@@ -156,7 +162,7 @@ def checked(name: str, url: str, info, manual_dir: str, log) -> str:
         raise ValueError(f"{path} cannot be decompressed ({e}): it is cut short or not the "
                          f"{filename} of {name}; fetch it again") from None
     if content == expected:
-        log(f"warning: {filename} differs from the archive tfds registered (another compression "
+        warnings.append(f"{filename} differs from the archive tfds registered (another compression "
             f"of it), but its decompressed content matches the official file; using it")
         return path
     known = f" or content MD5 {expected}" if expected else ""
@@ -172,8 +178,8 @@ def _digest(path: str, algorithm, opener=open) -> str:
     return digest.hexdigest()
 
 
-def _local_files_manager(name: str, url_infos: dict, files_dir: str, extract_dir: str, log,
-                         **kwargs):
+def _local_files_manager(name: str, url_infos: dict, files_dir: str, extract_dir: str,
+                         warnings: list[str], **kwargs):
     """tfds's download manager, serving each checked local file for its url."""
     import tensorflow_datasets as tfds
     from etils import epath
@@ -190,7 +196,7 @@ def _local_files_manager(name: str, url_infos: dict, files_dir: str, extract_dir
             if url not in url_infos:
                 raise ValueError(f"the {name} builder asks for {url}, for which `descent data "
                                  f"prepare` knows no checksum")
-            return epath.Path(checked(name, url, url_infos[url], files_dir, log))
+            return epath.Path(checked(name, url, url_infos[url], files_dir, warnings))
 
         def _extracted(self, url):
             path = self._local(url)

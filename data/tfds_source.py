@@ -1,5 +1,6 @@
 """Reading prepared tensorflow-datasets datasets without TensorFlow: `tfds.data_source`."""
 import glob
+import logging
 import os
 
 import numpy as np
@@ -11,12 +12,14 @@ PREPARABLE = ("mnist", "fashion_mnist", "cifar10", "cifar100", "imagenette", "im
 
 
 def default_data_dir(data_dir: str | None) -> str:
-    return data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    return (data_dir or os.environ.get("TFDS_DATA_DIR")
+            or os.path.expanduser("~/tensorflow_datasets"))
 
 
 def data_source(name: str, split: str, data_dir: str | None):
     """Random access to a prepared split; a dataset that is not prepared names the command that
-    prepares it (and, with DESCENT_VERBOSE=1 or --verbose, what tfds said)."""
+    prepares it (and, when this module's logger shows DEBUG, as under --verbose, what tfds
+    said)."""
     import tensorflow_datasets as tfds
 
     try:
@@ -36,8 +39,8 @@ def data_source(name: str, split: str, data_dir: str | None):
                    else f"prepare it on a machine that can download it, with TensorFlow "
                         f"installed: tfds build {name} --data_dir {where} "
                         f"--file_format=array_record, then copy {os.path.join(where, name)} here")
-        reason = (f" [tfds: {type(e).__name__}: {e}]" if os.environ.get("DESCENT_VERBOSE") == "1"
-                  else "")
+        verbose = logging.getLogger(__name__).isEnabledFor(logging.DEBUG)
+        reason = f" [tfds: {type(e).__name__}: {e}]" if verbose else ""
         raise ValueError(f"dataset {name!r} {state}; {fix}{reason}") from None
 
 

@@ -1,5 +1,7 @@
 """Which processes join a run and which local devices each drives, read from simulated Slurm,
 Open MPI and Cloud TPU environments; `jax.distributed.initialize` is captured, never run."""
+import logging
+
 import jax
 import pytest
 from jax._src import clusters
@@ -138,16 +140,18 @@ def captured(monkeypatch):
     return calls
 
 
-def test_initialize_passes_the_planned_devices(captured, capsys):
+def test_initialize_passes_the_planned_devices(captured, caplog):
+    caplog.set_level(logging.INFO, "train.distributed")
     env = slurm(4, SLURM_STEP_TASKS_PER_NODE="1(x4)", CUDA_VISIBLE_DEVICES=CUDA_8)
     plan = distributed.initialize(timeout_s=30, env=env)
     assert captured == [{"initialization_timeout": 30, "local_device_ids": EIGHT}]
     assert plan.local_device_ids == EIGHT
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and "GPUs 0-7" in lines[0]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 1 and "GPUs 0-7" in said[0]
+    caplog.clear()
 
     distributed.initialize(env={**env, "SLURM_PROCID": "3"})  # only process 0 says it
-    assert captured[-1]["local_device_ids"] == EIGHT and capsys.readouterr().err == ""
+    assert captured[-1]["local_device_ids"] == EIGHT and caplog.records == []
 
 
 def test_initialize_leaves_tpu_and_user_choices_to_jax(captured):

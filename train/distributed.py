@@ -10,16 +10,17 @@ MPI, JAX's auto-detection restricts every process to the one GPU numbered by its
 (`local_device_ids=[SLURM_LOCALID]`), so one task per node with 8 GPUs would silently train on
 one. `plan_from_environment` reads the launcher's variables and `initialize` passes its choice.
 """
+import logging
 import os
 import re
 import socket
-import sys
 import time
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import jax
 
+_log = logging.getLogger(__name__)
 # Launcher variables: (scheduler, process count, process id, local rank).
 _SLURM = ("Slurm", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")
 _OPEN_MPI = ("Open MPI", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_RANK",
@@ -233,7 +234,7 @@ def _ranges(ids: list[int]) -> str:
 
 def _say(plan: Plan) -> None:
     if plan.process_id in (0, None) and plan.scheduler is not None:
-        print(f"descent: {plan.note}", file=sys.stderr)
+        _log.info(plan.note)
 
 
 def initialize(coordinator: str | None = None, num_processes: int | None = None,
@@ -264,8 +265,8 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
     if process_id != 0:
         _wait_for(host, int(port), timeout_s, coordinator)
     else:
-        print(f"process 0: coordinating {num_processes} processes at {coordinator} "
-              f"(waiting up to {timeout_s} s for them)", file=sys.stderr)
+        _log.info(f"process 0: coordinating {num_processes} processes at {coordinator} "
+                  f"(waiting up to {timeout_s} s for them)")
         _say(plan._replace(process_id=0))
     jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
                                process_id=process_id, initialization_timeout=timeout_s,

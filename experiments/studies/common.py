@@ -11,6 +11,7 @@ import dataclasses
 import datetime
 import io
 import json
+import logging
 import os
 import platform
 import re
@@ -401,7 +402,7 @@ def _quiet_third_party_logs():
     study's progress lines, and put the verbosity back afterwards."""
     from absl import logging
     before = logging.get_verbosity()
-    if not os.environ.get("DESCENT_VERBOSE"):
+    if not logging.getLogger(__name__).isEnabledFor(logging.DEBUG):  # --verbose shows them
         logging.set_verbosity(logging.ERROR)
     try:
         yield
