@@ -609,31 +609,49 @@ def read_table_features(dataset, path: str) -> np.ndarray:
     return feature_matrix(rows, [header.index(n) for n in names], header, path)
 
 
-def check_prediction_files(dataset, paths: list[str]) -> None:
-    """What `descent predict` checks of the files it is given, before it reads them for a run
-    on `dataset`: each .npy as `check_array_rows` does; of image files, it warns where one will
-    be resized to the run's inputs (a 300x200 photo for a model of 8x8 digits). CSV files are
-    checked as they are read (`read_table_features`)."""
+def check_prediction_files(paths: list[str], dataset=None) -> None:
+    """What `descent predict` checks of the files it is given before it reads them. Without
+    `dataset`, what needs no run (checked before one is restored): each .npy is an array file
+    of finite numbers with rows, not Python objects. With the run's `dataset`: the .npy rows
+    have its input shape (and are pixels where it read pixels), and a warning names each image
+    that will be resized to its inputs (a 300x200 photo for a model of 8x8 digits). CSV files
+    are checked as they are read (`read_table_features`)."""
+    arrays = all(p.endswith(".npy") for p in paths)
+    if dataset is None:
+        for path in paths if arrays else ():
+            _read_array_file(path)
+        for path in paths if not arrays else ():
+            if path.lower().endswith(".csv") and os.path.isfile(path):
+                _read_table(path)
+        for path in _image_paths(paths) if not arrays else ():
+            _image_size(path)
+        return
     if dataset.description().get("name") == "csv":
         return
-    if all(p.endswith(".npy") for p in paths):
+    if arrays:
         for path in paths:
-            check_array_rows(dataset, path)
+            _check_rows(_read_array_file(path), dataset, path)
         return
     shape = tuple(dataset.input_shape)
     if len(shape) != 3 or hasattr(dataset, "read_image_files"):  # those crop by design
         return
-    from PIL import Image
-
     for path in _image_paths(paths):
-        try:
-            with Image.open(path) as image:
-                width, height = image.size
-        except (OSError, Image.DecompressionBombError):
-            continue  # named when it is read
+        width, height = _image_size(path)
         if (height, width) != shape[:2]:
             log.warning(f"{printable(path)} is {width}x{height} pixels; resized to the run's "
                         f"{shape[1]}x{shape[0]} inputs")
+
+
+def _image_size(path: str) -> tuple[int, int]:
+    """(width, height) of the image file at `path`, from its header."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{printable(path)} cannot be read as an image "
+                         f"({printable(str(e))})") from None
 
 
 def _image_paths(paths: list[str]) -> list[str]:
@@ -642,39 +660,48 @@ def _image_paths(paths: list[str]) -> list[str]:
         if os.path.isdir(path):
             found += sorted(os.path.join(d, f) for d, _, names in os.walk(path) for f in names
                             if f.lower().endswith(IMAGE_SUFFIXES))
-        elif os.path.isfile(path):
+        elif os.path.isfile(path) and path.lower().endswith(IMAGE_SUFFIXES):
             found.append(path)
     return found
 
 
-def check_array_rows(dataset, path: str) -> None:
-    """Refuses an .npy at `path` that a run on `dataset` cannot predict from: one that is not
-    an array file, holds Python objects (nothing is unpickled), has rows of another shape than
-    the run's inputs, numbers that are not finite, or values that are not pixels (integers
-    0..255) where the run read pixels."""
-    fix = "save an array of one row per example with numpy.save"
-    shape, pixels = tuple(dataset.input_shape), _reads_pixels(dataset)
+_SAVE_ROWS = "save an array of one row per example with numpy.save"
+
+
+def _read_array_file(path: str) -> np.ndarray:
+    """The array of the .npy at `path`, refused where it is not an array file, holds Python
+    objects (nothing is unpickled), is not numbers, has no rows or numbers that are not
+    finite."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} is not a file")
     with open(path, "rb") as f:
         magic = f.read(6)
     if magic != b"\x93NUMPY":  # numpy would try it as a zip or a pickle
-        raise ValueError(f"{path} is not a readable .npy array; {fix}")
+        raise ValueError(f"{path} is not a readable .npy array; {_SAVE_ROWS}")
     try:
         rows = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:  # never numpy's hint to unpickle
         said = "holds Python objects" if "pickle" in str(e) else "is not a readable .npy array"
-        raise ValueError(f"{path} {said}; {fix}") from None
-    if rows.shape[1:] != shape or not len(rows):
-        raise ValueError(f"{path} holds an array of shape {rows.shape}; this run reads rows of "
-                         f"shape {shape}: give ({'N, ' + ', '.join(map(str, shape))}), N >= 1")
-    if rows.dtype.kind not in "iuf" or (pixels and rows.dtype.kind == "f"):
-        raise ValueError(f"{path} holds {rows.dtype} values; this run reads "
-                         f"{'integer pixels 0..255' if pixels else 'numbers'}")
+        raise ValueError(f"{path} {said}; {_SAVE_ROWS}") from None
+    if rows.dtype.kind not in "iuf":
+        raise ValueError(f"{path} holds {rows.dtype} values, not numbers; {_SAVE_ROWS}")
+    if rows.ndim == 0 or not len(rows):
+        raise ValueError(f"{path} holds no rows (shape {rows.shape}); {_SAVE_ROWS}")
     _check_finite(rows, path)
-    if pixels and (rows.min() < 0 or rows.max() > 255):
-        raise ValueError(f"{path} holds values {rows.min()}..{rows.max()}; this run reads "
-                         f"pixels, integers 0..255")
+    return rows
+
+
+def _check_rows(rows: np.ndarray, dataset, path: str) -> None:
+    """Refuses rows of another shape than `dataset`'s inputs, or that are not pixels (integers
+    0..255) where it read pixels."""
+    shape = tuple(dataset.input_shape)
+    if rows.shape[1:] != shape:
+        raise ValueError(f"{path} holds an array of shape {rows.shape}; this run reads rows of "
+                         f"shape {shape}: give ({'N, ' + ', '.join(map(str, shape))})")
+    if _reads_pixels(dataset) and (rows.dtype.kind == "f" or rows.min() < 0
+                                   or rows.max() > 255):
+        raise ValueError(f"{path} holds {rows.dtype} values {rows.min()}..{rows.max()}; this "
+                         f"run reads pixels, integers 0..255")
 
 
 def _reads_pixels(dataset) -> bool:

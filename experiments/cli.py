@@ -320,9 +320,10 @@ def _run(argv: list[str]) -> int:
     elif args.command == "predict":
         from data.arrays import printable  # file names are the user's too
         from data.local import check_prediction_files
+        check_prediction_files(args.paths)  # what needs no run, before one is restored
         restored = run.restore(args.workdir, args.checkpoint, mesh="data=1",
                                weights=args.weights)
-        check_prediction_files(restored.dataset, args.paths)
+        check_prediction_files(args.paths, restored.dataset)
         for what, prediction in run.predict_files(restored, args.paths):
             _say(f"{printable(what)}: {_prediction(restored.dataset, prediction, args.top_k)}")
     elif args.command == "sample":
