@@ -44,6 +44,8 @@ MODELS = {
 }
 IN_PROCESS = [("1 device", "data=1", "dp"), ("dp on 8", "data=8", "dp"),
               ("fsdp on 8", "data=8", "fsdp"), ("pmap on 8", "data=8", "pmap")]
+# pmap across processes too: `jax.pmap` nested in a `jit` maps over one process's devices only
+TWO_PROCESSES = [("2 processes x 4", "dp"), ("pmap, 2 processes x 4", "pmap")]
 
 
 def model_config(model, **more):
@@ -70,10 +72,11 @@ def train_in_process(config):
     return jax.device_get({"params": state.params, "model_state": state.model_state}), test
 
 
-def start_two_processes(config_name, fields, workdir) -> subprocess.Popen:
+def start_two_processes(config_name, fields, strategy, workdir) -> subprocess.Popen:
     """The same run as 2 processes of 4 devices, started in the background: it trains while
     the in-process runs do (most of its time is its processes' start and compilation)."""
-    overrides = [f"--config.{k}={v}" for k, v in {**fields, "steps": STEPS}.items()]
+    overrides = [f"--config.{k}={v}" for k, v in
+                 {**fields, "steps": STEPS, "parallel.strategy": strategy}.items()]
     return subprocess.Popen(
         [sys.executable, "-m", "experiments", "launch-local", "--num-processes", "2",
          "--devices-per-process", "4", "--", "train", "--config",
@@ -82,7 +85,7 @@ def start_two_processes(config_name, fields, workdir) -> subprocess.Popen:
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def finish_two_processes(proc: subprocess.Popen, workdir):
+def finish_two_processes(proc: subprocess.Popen, workdir, strategy):
     try:
         stdout, stderr = proc.communicate(timeout=240)
     finally:
@@ -91,7 +94,7 @@ def finish_two_processes(proc: subprocess.Popen, workdir):
     assert "in 2 process(es)" in stdout
     assert "[Gloo]" not in stdout  # the collective library's chatter: only with --verbose
     restored = run.restore(workdir, "latest")
-    assert restored.step == STEPS
+    assert restored.step == STEPS and restored.config.parallel.strategy == strategy
     with open(os.path.join(workdir, f"eval_test_{STEPS}.json")) as f:
         test = json.load(f)
     state = restored.state
@@ -106,15 +109,19 @@ def largest_relative_difference(a, b):
 
 @pytest.mark.parametrize("model", sorted(MODELS))
 def test_every_strategy_and_process_count_gives_the_same_numbers(model, tmp_path, capsys):
-    two_processes = start_two_processes(*MODELS[model], str(tmp_path))
+    workdirs = {label: str(tmp_path / strategy) for label, strategy in TWO_PROCESSES}
+    two_processes = {label: start_two_processes(*MODELS[model], strategy, workdirs[label])
+                     for label, strategy in TWO_PROCESSES}
     try:
         results = {label: train_in_process(model_config(model, **{"parallel.mesh": mesh,
                                                                   "parallel.strategy": strategy}))
                    for label, mesh, strategy in IN_PROCESS}
-    except BaseException:
-        two_processes.kill()
-        raise
-    results["2 processes x 4"] = finish_two_processes(two_processes, str(tmp_path))
+        for label, proc in two_processes.items():
+            results[label] = finish_two_processes(proc, workdirs[label],
+                                                  dict(TWO_PROCESSES)[label])
+    finally:
+        for proc in two_processes.values():
+            proc.kill()  # none left running after a failure
     reference, reference_test = results.pop("1 device")
     assert reference_test["examples"] == 360
     for label, (state, test) in results.items():
