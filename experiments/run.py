@@ -293,6 +293,7 @@ def _open(workdir: str, which, monitor: str = "eval_accuracy"):
 
 def _check_has_checkpoints(workdir: str) -> None:
     """Refuses a work directory without checkpoints before its lock is taken (or made)."""
+    check_workdir(workdir)  # a link, or a name orbax cannot take, is the culprit to name first
     if not os.path.isdir(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"no checkpoints in {workdir!r}; "
                                 f"run `descent train --workdir {workdir} ...` first")
