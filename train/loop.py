@@ -182,7 +182,7 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, plan: _Plan, profi
         run.stopping.replay(history)
     log.log(info, "%s", dataset.summary())
     log.log(info, "%s", runs.starting_line(step, plan.num_steps))
-    first_step = step + 1  # logged whatever log_every says: curves start there
+    first_step = step + 1
     profile.resuming_at(first_step)
     state = runs.join(states)
     batches = runs.batches(step, plan.num_steps)
@@ -214,7 +214,10 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, plan: _Plan, profi
                          if jax.process_count() > 1 else bool(stop_signals))
             do_eval = step % plan.eval_every == 0 or step == plan.num_steps
             do_save = step % plan.checkpoint_every == 0 or step == plan.num_steps or preempted
-            do_log = do_eval or do_save or step % plan.log_every == 0 or step == first_step
+            # step 1 is logged whatever log_every says: curves start there. A resumed run logs
+            # where the uninterrupted run did (it resumes at one of its saves, each logged), so
+            # its records, each the mean since the one before, are the same
+            do_log = do_eval or do_save or step % plan.log_every == 0 or step == 1
             profile.before(step)
             state, metrics = runs.step(state, batch)
             profile.after(step, state)
