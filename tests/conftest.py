@@ -60,6 +60,6 @@ def prepared(tmp_path_factory):
             capture_output=True, text=True, timeout=600, cwd=ROOT)
         assert result.returncode == 0, result.stderr[-2000:]
         if name == "mnist":  # the shared copies are re-compressed: checked by content instead
-            assert "its decompressed content matches the official file" in result.stdout
+            assert "its decompressed content matches the official file" in result.stderr
     yield data_dir
     shutil.rmtree(data_dir, ignore_errors=True)
