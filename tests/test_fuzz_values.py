@@ -103,6 +103,8 @@ TEXT_ROWS = [
 ] + [
     train("epochs as a float", "--config.epochs=1e20", names=["config.epochs='1e20' is not an "
                                                               "int"]),
+    train("steps as a float", "--config.steps=1e20", names=["config.steps='1e20' is not an "
+                                                            "int"]),
     train("steps as text", "--config.steps=many", names=["config.steps='many' is not an int"]),
     train("learning rate as text", "--config.optimizer.learning_rate=fast",
           names=["config.optimizer.learning_rate='fast' is not a float"]),
