@@ -6,6 +6,7 @@ another model); 128 + signal number (143 for SIGTERM, 130 for SIGINT) preempted:
 flight was finished and saved, and the same command resumes.
 """
 import argparse
+import collections
 import contextlib
 import math
 import os
@@ -363,8 +364,6 @@ def _check_numbers(args) -> None:
         at_least("--seeds", 1, args.seeds)
 
 
-
-
 def parse_seeds(text: str) -> list[int]:
     """'0-4' -> [0, 1, 2, 3, 4]; '0,3,7-9' -> [0, 3, 7, 8, 9]; anything else is refused."""
     seeds = []
@@ -382,7 +381,7 @@ def parse_seeds(text: str) -> list[int]:
             raise _UsageError(f"--seeds {text!r} names more than {MAX_SEEDS:,} runs; train "
                               f"fewer seeds at once")
         seeds += range(low, high + 1)
-    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    repeated = sorted(s for s, n in collections.Counter(seeds).items() if n > 1)
     if repeated:
         raise _UsageError(f"--seeds {text!r} names seed {', '.join(map(str, repeated))} more "
                           f"than once")

@@ -199,6 +199,7 @@ SEEDS_ROWS = [
     train(f"--seeds {seeds}", "--seeds", seeds, names=[said])
     for seeds, said in (("-1", "is not a seed or a range"), ("3-1", "from a lower to a higher"),
                         ("x", "'x' is not a seed"), ("1,1", "names seed 1 more than once"),
+                        ("0-65534,7", "names seed 7 more than once"),
                         ("0-99999999999", "names more than 65,536 runs"),
                         ("2147483648", "config.seed=2147483648 is too large"), ("", "is not a"))
 ] + [
