@@ -130,10 +130,10 @@ def _read_npz(path: str) -> dict:
             for key in f.files:
                 try:
                     arrays[key] = f[key]
-                except ValueError:  # numpy's hint for these is to unpickle: never
-                    raise ValueError(f"{path}: {key!r} holds Python objects, not "
-                                     f"numbers or text; descent reads no pickled data: "
-                                     f"{fix}, from numeric arrays") from None
+                except ValueError as e:  # numpy's hint for objects is to unpickle: never
+                    said = ("holds Python objects, not numbers or text; descent reads no "
+                            "pickled data" if "pickle" in str(e) else "is not a readable array")
+                    raise ValueError(f"{path}: {key!r} {said}; {fix}") from None
     except (OSError, zipfile.BadZipFile, EOFError, KeyError) as e:
         raise ValueError(f"{path} is a damaged .npz archive ({printable(str(e))}); {fix}") \
             from None

@@ -52,6 +52,13 @@ def _pickled_member() -> bytes:
     return buffer.getvalue()
 
 
+def _garbage_member() -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("x_train.npy", b"\x93NUMPY\x01\x00\x10\x00{'descr': 'x'}  \n")
+    return buffer.getvalue()
+
+
 def _empty_zip() -> bytes:
     buffer = io.BytesIO()
     zipfile.ZipFile(buffer, "w").close()
@@ -134,6 +141,8 @@ TRAIN_ROWS = [
     npz_case("y_train without x_train", _npz(y_train=Y), ["y_train has no x_train"]),
     npz_case("not a zip", _csv("d.npz", GOOD_CSV), ["is not an .npz archive", "numpy.savez"]),
     npz_case("a CSV renamed", _csv("d.npz", "x,y\n1,2\n"), ["is not an .npz archive"]),
+    npz_case("a member that is not an array", _bytes("d.npz", _garbage_member),
+             ["'x_train' is not a readable array"]),
     npz_case("empty archive", _bytes("d.npz", _empty_zip), ["there are no arrays"]),
     npz_case("truncated", _bytes("d.npz", _half_of_an_npz), ["is not an .npz archive"]),
     npz_case("pickled member", _bytes("d.npz", _pickled_member),
