@@ -58,7 +58,7 @@ def test_the_command_line_runs_a_study_and_refuses_bad_input_in_one_line(tmp_pat
 
     for argv, message in [
         (["study", "dropout"], "unknown study 'dropout'; known: " + ", ".join(studies.STUDIES)),
-        (["study", "activations", "--seeds", "0"], "--seeds must be at least 1, got 0"),
+        (["study", "activations", "--seeds", "0"], "--seeds 0 must be from 1 to"),
     ]:
         assert main(argv) == 2
         err = capsys.readouterr().err.strip()

@@ -400,11 +400,11 @@ def _ignore_all_nan():
 def _quiet_third_party_logs():
     """Orbax reports routine decisions (read-only restores) as absl warnings: keep them off a
     study's progress lines, and put the verbosity back afterwards."""
-    from absl import logging
-    before = logging.get_verbosity()
+    from absl import logging as absl_logging
+    before = absl_logging.get_verbosity()
     if not logging.getLogger(__name__).isEnabledFor(logging.DEBUG):  # --verbose shows them
-        logging.set_verbosity(logging.ERROR)
+        absl_logging.set_verbosity(absl_logging.ERROR)
     try:
         yield
     finally:
-        logging.set_verbosity(before)
+        absl_logging.set_verbosity(before)
