@@ -12,17 +12,13 @@ import os
 import statistics
 import time
 
-if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                               + " --xla_force_host_platform_device_count=8")
+import jax
+import numpy as np
 
-import jax  # noqa: E402
-import numpy as np  # noqa: E402
-
-import nets  # noqa: E402
-from data import ArrayDataset  # noqa: E402
-from experiments.configs.digits_cnn import get_config  # noqa: E402
-from train.trainer import Trainer  # noqa: E402
+import nets
+from data import ArrayDataset
+from experiments.configs.digits_cnn import get_config
+from train.trainer import Trainer
 
 
 def variants(num_devices: int):
@@ -37,6 +33,8 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
     args = parser.parse_args()
+    if "--xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
+        jax.config.update("jax_num_cpu_devices", 8)  # before first use; CPU devices only
 
     rng = np.random.default_rng(0)
     n = args.batch * 4
