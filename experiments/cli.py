@@ -370,6 +370,9 @@ def parse_seeds(text: str) -> list[int]:
     for part in text.split(","):
         first, dash, last = part.strip().partition("-")
         try:
+            if not all(n.strip().isascii() and n.strip().isdigit()
+                       for n in (first, last)[:1 + bool(dash)]):
+                raise ValueError  # int() also reads '1_0' and other scripts' digits
             low, high = int(first), int(last if dash else first)
         except ValueError:
             raise _UsageError(f"--seeds {text!r}: {part.strip()!r} is not a seed or a range of "
@@ -418,6 +421,7 @@ def train_many(run, config, args, overrides: list[str]) -> int:
     if args.allow_config_change:
         raise _UsageError("--allow-config-change applies to single runs, not to --seeds or "
                           "--sweep")
+    run.many.check_fits(max(len(seeds), 1) * max(len(rates), 1))  # before a config is made
     named = run.variants(config, seeds, rates)
     workdirs = [os.path.join(args.workdir, name) for name in named]
     summaries = run.train_many(list(named.values()), workdirs)

@@ -166,7 +166,7 @@ def test_a_diverging_run_stops_alone_and_the_others_finish(tmp_path, capsys):
     ("--seeds 0-1 --allow-config-change", "--allow-config-change applies to single runs"),
     ("--sweep model.width=8,16", "--sweep 'model.width=8,16': sweep optimizer.learning_rate"),
     ("--sweep optimizer.learning_rate=fast", "the values are not numbers"),
-    ("--sweep optimizer.learning_rate=0,0.1", "learning rates must be above 0, each once"),
+    ("--sweep optimizer.learning_rate=0,0.1", "learning rates must be finite numbers above 0"),
     ("--sweep optimizer.learning_rate=0.1 --config.optimizer.learning_rate=0.2",
      "--sweep sets optimizer.learning_rate, which --config.optimizer.learning_rate sets too"),
     ("--seeds 0-1 --seeds 2", "--seeds is given twice"),

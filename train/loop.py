@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 # device memory, and because XLA's CPU collectives over simulated devices abort ("only 7 of 8
 # threads arrived") when hundreds of steps are queued.
 MAX_STEPS_IN_FLIGHT = 2
+# The most steps a run may take: the state counts them in a 32-bit integer.
+MAX_STEPS = 2**31 - 1
 
 
 class Diverged(RuntimeError):
@@ -144,6 +146,10 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
     eval_every = config.eval_every or steps_per_epoch
     plan = _Plan(steps_per_epoch, total_steps(config, steps_per_epoch), eval_every,
                  config.checkpoint.every or eval_every, config.log_every)
+    if plan.num_steps > MAX_STEPS:
+        raise ValueError(f"{plan.num_steps:,} steps ({steps_per_epoch} per epoch) are more than "
+                         f"the state's 32-bit step counter holds ({MAX_STEPS:,}); lower "
+                         f"--config.epochs or --config.steps")
     profile = Profile(config.profile.start_step, config.profile.num_steps, workdirs[0],
                       plan.num_steps)
     for split in dict.fromkeys(s for s in (config.eval_split, test_split) if s):
