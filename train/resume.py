@@ -10,7 +10,7 @@ written by this same group (its runs' seeds and learning rates, saved with each 
 data position) and training from the common step writes them again bit for bit. Checkpoints
 newer than the common step that another group or a run alone wrote are never removed: the
 resume is refused, naming them. With no step common to every run, it is refused naming each
-run's steps (docs/design.md, section 11).
+run's steps (docs/design.md, section 23).
 """
 import contextlib
 import json
@@ -65,7 +65,7 @@ def open_checkpoints(workdir: str, config, group: bool = False):
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("descent: checkpoints cleaned")
     # a group keeps two latest checkpoints at least: a kill between two runs' saves must leave
-    # a step that every run still holds (section 11 of docs/design.md)
+    # a step that every run still holds (docs/design.md, section 23)
     keep = config.checkpoint.keep if not group else max(config.checkpoint.keep, 2)
     with checkpoint.Checkpoints(workdir, keep=keep,
                                 keep_best=config.checkpoint.keep_best,
