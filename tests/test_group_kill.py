@@ -14,6 +14,7 @@ import pytest
 
 from experiments import run
 from train import checkpoint, report
+from train.loop import Preempted
 
 from conftest import ROOT, config_path, xla_flags
 from helpers import tiny_config
@@ -237,3 +238,24 @@ def test_sigterm_stops_a_group_with_143_at_one_step_every_run_saved(interrupted)
     at = stopped_at(stopped)
     assert stopped["left"].newest()[0] <= at < STEPS
     assert resumed_from(after["printed"]) == [at] * len(RUNS)  # every run saved that step
+
+
+def test_a_signal_while_the_last_saves_complete_is_not_dropped(tmp_path):
+    """SIGTERM after the last step, while the group's final saves are written: the command
+    ends as stopped (128 + the signal's number on the command line), every run's last
+    checkpoint is whole, and the same call then finds the group finished."""
+    named = run.variants(tiny_config(steps=10, **{"parallel.mesh": "data=1"}), seeds=(0, 1))
+    workdirs = [str(tmp_path / name) for name in named]
+    sent = []
+
+    def at_the_last_step(record):
+        if record.get("step") == 10 and "train_loss" in record and not sent:
+            sent.append(os.getpid())
+            os.kill(os.getpid(), signal.SIGTERM)  # collected by the loop, not a death
+
+    with pytest.raises(Preempted) as stopped:
+        run.train_many(list(named.values()), workdirs, console=False,
+                       writers=[at_the_last_step])
+    assert sent and stopped.value.signum == signal.SIGTERM and stopped.value.step == 10
+    summaries = run.train_many(list(named.values()), workdirs, console=False)
+    assert [s["latest_step"] for s in summaries] == [10, 10]
