@@ -243,3 +243,16 @@ def test_a_group_resumes_with_the_checks_of_a_run_alone(tmp_path):
         with open(os.path.join(workdir, "history.jsonl")) as f:
             changes = [json.loads(line) for line in f]
         assert [(c["step"], c["changed"]) for c in changes] == [(4, {"model.dropout": [0.2, 0.5]})]
+
+
+def test_a_group_killed_between_saves_resumed_under_another_config_removes_nothing(group,
+                                                                                   tmp_path):
+    """The runs ahead of the common step keep their checkpoints when the resume is refused."""
+    workdir, _ = group
+    named = run.variants(tiny_config(**{"model.dropout": 0.5}), SEEDS, RATES)
+    dirs = [shutil.copytree(os.path.join(workdir, name), str(tmp_path / name)) for name in named]
+    shutil.rmtree(os.path.join(dirs[0], "checkpoints", "78"))  # as if killed before its save
+    with pytest.raises(ValueError, match=r"was trained with another config \(model.dropout"):
+        run.train_many(list(named.values()), dirs, console=False)
+    for resumed in dirs[1:]:
+        assert sorted(os.listdir(os.path.join(resumed, "checkpoints"))) == ["39", "78"]

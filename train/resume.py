@@ -82,12 +82,13 @@ def resume(checkpoints: Sequence[checkpoint.Checkpoints], configs: Sequence,
     0), and each run's metrics records up to that step (`metrics.jsonl` is cut there). A run
     whose config or data changed since its checkpoint is refused unless `allow_config_change`;
     `info` is the level of the messages."""
+    ahead = [[] for _ in checkpoints]  # a group's checkpoints newer than the step resumed
     if len(checkpoints) == 1:
         found = [checkpoints[0].restore_latest_good(initial_states[0])]
         step = found[0][1] if found[0] is not None else 0
     else:
-        step, found = _restore_common(checkpoints, workdirs, initial_states,
-                                      group_of(configs))
+        step, found, ahead = _restore_common(checkpoints, workdirs, initial_states,
+                                             group_of(configs))
     states = []
     for saved, config, workdir, like, resumed in zip(checkpoints, configs, workdirs,
                                                       initial_states, found):
@@ -106,6 +107,12 @@ def resume(checkpoints: Sequence[checkpoint.Checkpoints], configs: Sequence,
             log.warning("dataset.batch_size or seed differ from the run that saved this "
                         "checkpoint, so the data order differs from an uninterrupted run")
         states.append(state)
+    for saved, config, workdir, newer in zip(checkpoints, configs, workdirs, ahead):
+        if newer and not allow_config_change:  # removed to be written again: by this config
+            _check_config_change(config.to_dict(), saved.saved_config(newer[-1]), newer[-1],
+                                 workdir, False, info)
+    for saved, newer in zip(checkpoints, ahead):  # every check passed: only now removed
+        _remove(saved, newer)
     histories = []
     for workdir in workdirs:
         histories.append([r for r in report.read_metrics(workdir) if r["step"] <= step])
@@ -124,11 +131,11 @@ def group_of(configs: Sequence) -> list[list] | None:
 
 def _restore_common(checkpoints: Sequence[checkpoint.Checkpoints], workdirs: Sequence[str],
                     initial_states: Sequence[TrainState], group: list
-                    ) -> tuple[int, list[tuple | None]]:
-    """(step, each run's (state, step, data position) or None at step 0): the newest step at
-    which every run of the group holds a checkpoint that reads back whole. A damaged one is set
-    aside and the search goes on; the checkpoints newer than the step are removed once it is
-    found (`_remove_ahead`)."""
+                    ) -> tuple[int, list[tuple | None], list[list[int]]]:
+    """(step, each run's (state, step, data position) or None at step 0, each run's steps
+    newer than it): the newest step at which every run of the group holds a checkpoint that
+    reads back whole. A damaged one is set aside and the search goes on; the newer ones are
+    proved this group's (`_check_ahead`), to be removed once the resume's checks pass."""
     while True:
         held = [set(_steps(c)) for c in checkpoints]
         step = _newest_common(held, workdirs)
@@ -137,9 +144,10 @@ def _restore_common(checkpoints: Sequence[checkpoint.Checkpoints], workdirs: Seq
             found = [_restore_at(c, step, like) for c, like in zip(checkpoints, initial_states)]
             if any(f is None for f in found):  # one was set aside: look again
                 continue
-        for saved, steps, workdir in zip(checkpoints, held, workdirs):
-            _remove_ahead(saved, step, sorted(s for s in steps if s > step), workdir, group)
-        return step, found
+        ahead = [sorted(s for s in steps if s > step) for steps in held]
+        for saved, newer, workdir in zip(checkpoints, ahead, workdirs):
+            _check_ahead(saved, step, newer, workdir, group)
+        return step, found, ahead
 
 
 def _steps(saved: checkpoint.Checkpoints) -> list[int]:
@@ -175,11 +183,11 @@ def _restore_at(saved: checkpoint.Checkpoints, step: int, like: TrainState) -> t
         return None
 
 
-def _remove_ahead(saved: checkpoint.Checkpoints, common: int, ahead: list[int], workdir: str,
-                  group: list) -> None:
-    """Removes a run's checkpoints at `ahead` (newer than `common`, the step the group resumes
-    from), which training writes again bit for bit, but only once each is proved to be this
-    group's: saved by the same runs (`group_of`). Anything else is refused, removing nothing."""
+def _check_ahead(saved: checkpoint.Checkpoints, common: int, ahead: list[int], workdir: str,
+                 group: list) -> None:
+    """Refuses a run's checkpoints at `ahead` (newer than `common`, the step the group resumes
+    from) unless each is this group's: saved by the same runs (`group_of`), so that training
+    from `common` writes it again bit for bit."""
     for step in ahead:
         try:
             position = checkpoint.saved_data_position(saved.manager, step)
@@ -191,7 +199,11 @@ def _remove_ahead(saved: checkpoint.Checkpoints, common: int, ahead: list[int], 
                 f"newest every run of this group holds, and was not saved by this group of "
                 f"{len(group)} runs, so descent keeps it and stops; resume that run alone with "
                 f"descent train --workdir {workdir}, or train the group in new work directories")
-    if jax.process_index() != 0:
+
+
+def _remove(saved: checkpoint.Checkpoints, ahead: list[int]) -> None:
+    """Removes the checkpoints at `ahead`, which `_check_ahead` proved this group's."""
+    if jax.process_index() != 0 or not ahead:
         return
     for step in ahead:
         # renamed first, as orbax names a save under way: a kill mid-removal leaves what the next
