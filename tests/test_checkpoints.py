@@ -255,6 +255,29 @@ def test_restore_across_device_counts_and_strategies(tmp_path):
     assert int(resumed["state"].step) == 78
 
 
+def test_a_state_replicated_on_8_devices_restores_whatever_handler_wrote_it(tmp_path):
+    """Small replicated arrays are copied out of one device when saved (not a slice of each of
+    the 8): the saved values are the same, and a checkpoint written by orbax's standard handler
+    (replica-parallel, as descent saved before) restores bit-identical through descent's."""
+    import orbax.checkpoint as ocp
+
+    config = tiny_config(**{"epochs": 1, "parallel.strategy": "dp", "parallel.mesh": "data=8"})
+    model, dataset = run.build(config)
+    state = fit(config, str(tmp_path / "run"), model, dataset)["state"]
+    assert all(len(x.sharding.device_set) == 8 and x.sharding.is_fully_replicated
+               for x in jax.tree.leaves(state.params))
+    saved = jax.device_get(state)
+    standard = ocp.CheckpointManager(str(tmp_path / "standard" / "checkpoints"),
+                                     item_handlers={"state": ocp.StandardCheckpointHandler()})
+    standard.save(7, args=ocp.args.Composite(state=ocp.args.StandardSave(state)))
+    standard.wait_until_finished()
+    standard.close()
+    for workdir, step in [(tmp_path / "run", int(state.step)), (tmp_path / "standard", 7)]:
+        manager = checkpoint.open_manager(str(workdir), read_only=True)
+        restored = checkpoint.restore(manager, step, state, verify=workdir.name == "run")
+        assert_bit_identical(saved, jax.device_get(restored))
+
+
 def test_eval_on_other_hardware_from_the_command_line(tmp_path):
     config = tiny_config(**{"epochs": 1, "parallel.strategy": "fsdp", "model.width": 128})
     run.train_and_evaluate(config, str(tmp_path))

@@ -276,9 +276,8 @@ def test_language_models_learn_tiny_shakespeare(prepared, name, fields, learning
 
 
 # CIFAR's 32 mock training images lose a tenth to the validation split: one batch of 16 is left
-# ResNet-50 on one device: on 8, saving a checkpoint copies each of its 431 replicated arrays
-# out of every device through a slice compiled for it (9 s of 36 s, measured on a loaded
-# machine); the strategies are compared on smaller nets (tests/test_parallel.py).
+# ResNet-50 on one device, as its config trains on a user's: the strategies are compared on
+# smaller nets (tests/test_parallel.py).
 @pytest.mark.parametrize("name, steps, mesh", [("cifar10_resnet.py", 1, "data=-1"),
                                                ("imagenet_resnet50.py", 2, "data=1")])
 def test_image_configs_train_and_evaluate_on_mock_data(name, steps, mesh, tmp_path):
