@@ -1,5 +1,6 @@
 """Every test runs on 8 fake CPU devices, so every sharded code path runs (docs/design.md, 10)."""
 import atexit
+import fcntl
 import importlib.util
 import os
 import shutil
@@ -62,12 +63,28 @@ SHARED = os.path.join(os.path.dirname(ROOT), "shared", "data")
 def prepared(tmp_path_factory):
     """Real MNIST and Tiny Shakespeare, prepared offline by `descent data prepare`, run as a
     user runs it: in a process of its own, so TensorFlow stays out of the training process
-    (one process for both: importing TensorFlow is most of preparing Tiny Shakespeare)."""
+    (one process for both: importing TensorFlow is most of preparing Tiny Shakespeare).
+    Prepared once per test run: the run's test processes share it, the first to need it
+    prepares it while the others wait on a lock; pytest removes it with the run's other
+    temporary folders."""
     if not os.path.isdir(SHARED):
         pytest.skip(f"real datasets not found at {SHARED}: this machine has no ../shared/data")
     if importlib.util.find_spec("tensorflow") is None:
         pytest.skip("preparing datasets needs TensorFlow: pip install -e '.[tf]'")
-    data_dir = str(tmp_path_factory.mktemp("tfds"))
+    run_dir = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        run_dir = run_dir.parent  # this run's folder, above each test process's own
+    data_dir, done = run_dir / "prepared-tfds", run_dir / "prepared-tfds.done"
+    with open(run_dir / "prepared-tfds.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(data_dir, ignore_errors=True)  # a process that failed preparing it
+            _prepare(str(data_dir))
+            done.touch()
+    return str(data_dir)
+
+
+def _prepare(data_dir: str) -> None:
     commands = [["data", "prepare", name, "--manual-dir", os.path.join(SHARED, name),
                  "--data-dir", data_dir] for name in ("mnist", "tiny_shakespeare")]
     script = ("import sys\nfrom experiments.cli import main\n"
@@ -79,5 +96,3 @@ def prepared(tmp_path_factory):
     # the shared MNIST files are re-compressed: checked by their content instead
     assert ("t10k-labels-idx1-ubyte.gz differs from the archive tfds registered (another "
             "compression of it), but its decompressed content matches") in result.stderr
-    yield data_dir
-    shutil.rmtree(data_dir, ignore_errors=True)
