@@ -395,10 +395,7 @@ def test_models_counts_exactly_the_net_a_config_trains(capsys, tmp_path):
     trained = capsys.readouterr().out
     number = counted.split()[0]
     assert counted.startswith(f"{number} parameters: mlp (") and "on digits" in counted
-    assert f"training {number} parameters" in trained
-    assert main(["models"]) == 0
-    listed = capsys.readouterr().out
-    assert "  mlp: depth=2, width=256, activation=relu, dropout=0.0, init=lecun" in listed
+    assert f"training {number} parameters" in trained  # the listing: tests/test_zoo.py
 
 
 def test_a_finished_run_says_so_and_how_to_extend_it(capsys, tmp_path):

@@ -317,14 +317,16 @@ def test_models_lists_every_net_with_its_parameter_count(capsys):
     from experiments.cli import main
 
     assert main(["models"]) == 0
-    rows = {line.split()[0]: line
-            for line in capsys.readouterr().out.splitlines() if line.strip()}
+    listed = capsys.readouterr().out
+    rows = {line.split()[0]: line for line in listed.splitlines() if line.strip()}
     for name, count in {**REFERENCE_COUNTS, "gpt": GPT2_SMALL}.items():
         assert f" {count:,} " in rows[name]
     assert set(nets.NETS) <= set(rows)
+    # each net's fields with their defaults, as a config sets them
+    assert "  mlp: depth=2, width=256, activation=relu, dropout=0.0, init=lecun" in listed
 
 
-def test_sample_generates_from_a_trained_language_model(prepared, tmp_path):
+def test_sample_generates_from_a_trained_language_model(prepared, tmp_path, capsys):
     workdir = str(tmp_path / "gpt")
     trained = descent("train", "--config", config_path("shakespeare_gpt.py") + ":tiny",
                       "--workdir", workdir, f"--config.dataset.data_dir={prepared}",
@@ -344,8 +346,9 @@ def test_sample_generates_from_a_trained_language_model(prepared, tmp_path):
     assert greedy == run.sample(workdir, "ROMEO:", 40, temperature=0.0, seed=5)  # no draw
     assert run.sample(workdir, "ROMEO:", 40, seed=1) != run.sample(workdir, "ROMEO:", 40, seed=2)
 
-    bad = descent("sample", "--workdir", workdir, "--prompt", "ROMEO: ☃", "--length", "5")
-    assert bad.returncode == 2 and "not in the 65-character vocabulary of tiny_shakespeare: '☃'" in bad.stderr
+    code, err = error_of(capsys, "sample", "--workdir", workdir, "--prompt", "ROMEO: ☃",
+                         "--length", "5")
+    assert code == 2 and "not in the 65-character vocabulary of tiny_shakespeare: '☃'" in err
 
 
 def test_sample_refuses_a_classifier(tmp_path, capsys):
