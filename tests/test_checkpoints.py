@@ -60,7 +60,7 @@ def uninterrupted(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("uninterrupted")
     started = time.monotonic()
     finish(workdir)
-    return final_state(workdir), time.monotonic() - started
+    return final_state(workdir), time.monotonic() - started, workdir
 
 
 IN_PROGRESS = re.compile(r"\d+\.orbax-checkpoint-tmp.*")  # orbax's name for a save under way
@@ -133,7 +133,7 @@ KILLS = {"after a checkpoint": (kill_after_a_checkpoint, (5, 60, 115)),
 
 def test_kill_9_after_a_checkpoint_and_during_a_save_then_resume_is_bit_identical(
         uninterrupted, tmp_path, capsys):
-    reference, _ = uninterrupted
+    reference, *_ = uninterrupted
     workdirs = {kind: tmp_path / kind.replace(" ", "-") for kind in KILLS}
     # the two kinds side by side: each run is one busy Python thread, and CI has two cores
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
@@ -152,7 +152,7 @@ def test_kill_9_after_a_checkpoint_and_during_a_save_then_resume_is_bit_identica
 
 
 def test_sigterm_saves_exits_143_and_resume_is_bit_identical(uninterrupted, tmp_path):
-    reference, _ = uninterrupted
+    reference, *_ = uninterrupted
     proc = start(tmp_path)
     deadline = time.monotonic() + 120
     while not (tmp_path / "metrics.jsonl").exists():  # training has begun
@@ -173,8 +173,8 @@ def test_sigterm_saves_exits_143_and_resume_is_bit_identical(uninterrupted, tmp_
 @pytest.mark.parametrize("how", ["truncate a data file", "delete its metadata"])
 def test_a_damaged_newest_checkpoint_falls_back_to_the_previous_one(uninterrupted, tmp_path,
                                                                      how):
-    reference, _ = uninterrupted
-    finish(tmp_path)
+    reference, _, trained = uninterrupted
+    shutil.copytree(trained, tmp_path, dirs_exist_ok=True)  # the same run, finished
     damage(tmp_path / "checkpoints" / str(FINAL_STEP), how)
     output = finish(tmp_path)
     assert f"warning: the checkpoint at step {FINAL_STEP} cannot be read" in output
