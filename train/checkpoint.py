@@ -2,7 +2,8 @@
 that rank it.
 
 Each checkpoint is a directory `<workdir>/checkpoints/<step>/` with the items `state`
-(orbax's PyTree format), `config`, `data` (the data position) and `dataset` (its description), JSON.
+(orbax's PyTree format), `config`, `data` (the data position) and `dataset` (its
+description), JSON.
 Orbax writes into a temporary directory and renames it when complete, so a failed or
 interrupted save never replaces a good checkpoint. Nothing is pickled. A checkpoint that
 cannot be read is moved to `<workdir>/checkpoints-damaged/`, never deleted.
