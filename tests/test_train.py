@@ -14,11 +14,14 @@ from train.loop import Diverged
 from helpers import tiny_config
 
 
+# One device, as a user's CPU run: what each activation learns, not how the net is split
+# (docs/design.md, section 10).
 @pytest.mark.parametrize("activation", sorted(nets.ACTIVATIONS))
 def test_four_layer_mlp_learns_digits_with_each_activation(activation, tmp_path):
     config = tiny_config(**{"model.depth": 4, "model.width": 64, "model.activation": activation,
                             "model.dropout": 0.0, "epochs": 12, "optimizer.learning_rate": 3e-3,
-                            "loss.label_smoothing": 0.0, "optimizer.schedule": "constant"})
+                            "loss.label_smoothing": 0.0, "optimizer.schedule": "constant",
+                            "parallel.mesh": "data=1"})
     summary = run.train_and_evaluate(config, str(tmp_path))
     evals = [r for r in summary["history"] if "eval_accuracy" in r]
     first, last = evals[0], evals[-1]
