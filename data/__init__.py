@@ -14,6 +14,7 @@ import dataclasses
 import functools
 import importlib
 import inspect
+import os
 
 # Each loader is imported when first used: a run reads one dataset, and the others' libraries
 # (scikit-learn, grain, TensorFlow Datasets) take seconds to import.
@@ -38,8 +39,9 @@ _BY_NAME = ("tfds_images", "grain_images")  # loaders that serve several dataset
 
 # The package's classes, imported on first use like the loaders.
 _CLASSES = {"ArrayDataset": "data.arrays", "Batch": "data.arrays", "CharText": "data.text",
+            "Described": "data.description", "described": "data.description",
             "FolderImages": "data.local", "GrainImages": "data.imagenet",
-            "FUNCTIONS": "data.synthetic"}
+            "FUNCTIONS": "data.synthetic", "Normalization": "data.arrays"}
 
 
 def __getattr__(name: str):
@@ -56,6 +58,9 @@ def _loader(name: str):
     loader = getattr(importlib.import_module(module), function)
     return functools.partial(loader, name) if function in _BY_NAME else loader
 
+
+# Options that name files or folders.
+PATHS = ("path", "data_dir")
 
 # Config fields every dataset takes: they shape batches, not what is read.
 EVERY_DATASET = ("name", "batch_size", "eval_batch_size", "train_examples", "on_device")
@@ -77,6 +82,9 @@ def load(name: str, **given):
                          f"{', '.join(known) or 'none'}")
     dataset = _loader(name)(**given)
     recorded = {k: v for k, v in {**known, **given}.items() if k != "arrays"}  # not JSON
+    for key in PATHS:  # recorded absolute: eval and predict then work from any directory
+        if recorded.get(key):
+            recorded[key] = os.path.abspath(recorded[key])
     return dataclasses.replace(dataset, about={**dataset.about, "name": name,
                                                "options": recorded})
 
@@ -85,6 +93,8 @@ def from_description(description: dict, **replaced):
     """The dataset a checkpoint's description names, read again, with `replaced` options (e.g.
     another data_dir); the files must still be those it was trained on."""
     name, recorded = description["name"], {**description.get("options", {}), **replaced}
+    if name == "arrays" and "standardize" not in recorded:
+        recorded["standardize"] = False  # recorded before float inputs were standardised
     if name == "arrays" and not recorded.get("path") and "arrays" not in recorded:
         raise ValueError("this run trained on arrays passed from Python, which its checkpoint "
                          "does not hold: pass them again, run.restore(workdir, dataset="
@@ -92,7 +102,8 @@ def from_description(description: dict, **replaced):
     try:
         dataset = load(name, **recorded)
     except FileNotFoundError as e:
-        raise FileNotFoundError(f"the data this run trained on is not where it was: {e}") from None
+        raise FileNotFoundError(f"the data this run trained on is not where it was ({e}); if "
+                                f"it moved, say where it is now with --data-path") from None
     if description.get("train_examples"):
         dataset = dataset.subset("train", description["train_examples"],
                                  description["train_examples_seed"])
@@ -111,5 +122,6 @@ def check_same(dataset, description: dict) -> None:
                              f"{where}); restore it, or train a new run on the new data")
 
 
-__all__ = ["ArrayDataset", "Batch", "CharText", "DATASETS", "EVERY_DATASET", "FUNCTIONS",
-           "FolderImages", "GrainImages", "check_same", "from_description", "load", "options"]
+__all__ = ["ArrayDataset", "Batch", "CharText", "DATASETS", "Described", "EVERY_DATASET",
+           "FUNCTIONS", "FolderImages", "GrainImages", "Normalization", "PATHS", "check_same",
+           "described", "from_description", "load", "options"]

@@ -5,6 +5,7 @@ The batch order is a pure function of (seed, epoch), so a run can be resumed at 
 any number of processes see the same global batches.
 """
 import dataclasses
+import functools
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
@@ -23,6 +24,69 @@ class Augmentation(NamedTuple):
     inside the compiled step for data kept on the device, with the same result."""
     draw: Callable[[np.random.Generator, int], dict]
     apply: Callable[..., Batch]
+
+
+def scale(batch: Batch, mean=None, std=None) -> Batch:
+    """uint8 pixels -> float32 in [0, 1], then per-channel (x - mean) / std if given.
+
+    Looked up in a table of the 256 pixel values per channel rather than computed: the host
+    and a compiled step on the device (whose arithmetic fuses and rounds differently) then
+    produce the very same numbers."""
+    x = batch["inputs"]
+    table_256xC = _scale_table(x.shape[-1], None if mean is None else tuple(mean),
+                               None if std is None else tuple(std))
+    if not isinstance(x, np.ndarray):  # a jax array: inside a compiled step
+        import jax.numpy as jnp
+        table_256xC = jnp.asarray(table_256xC)
+    return {**batch, "inputs": table_256xC[x.astype(np.int32), np.arange(x.shape[-1])]}
+
+
+@functools.lru_cache(maxsize=16)
+def _scale_table(channels: int, mean, std) -> np.ndarray:
+    values = np.repeat(np.arange(256, dtype=np.float32)[:, None], channels, axis=1) / 255.0
+    if mean is not None:
+        values = (values - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return values.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Normalization:
+    """How a dataset's stored inputs become model inputs, as numbers a checkpoint records (so
+    `predict` needs no training data): uint8 `pixels` are scaled to [0, 1] first; then, where
+    `mean` is given, (x - mean) / std per feature (the last axis: a table's column, an image's
+    channel). Without either, the stored inputs are the model inputs. Written with array
+    operators only, so it also runs on jax arrays inside a compiled step."""
+    pixels: bool = False
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+
+    @classmethod
+    def of(cls, train_inputs: np.ndarray) -> "Normalization":
+        """Standardisation by the statistics of `train_inputs` (floats), per feature; a
+        feature that never varies is left at 0 rather than divided by 0."""
+        axes = tuple(range(max(train_inputs.ndim - 1, 1)))
+        mean = train_inputs.mean(axes, dtype=np.float64).astype(np.float32)
+        std = train_inputs.std(axes, dtype=np.float64).astype(np.float32)
+        std = np.where(std > 0, std, np.float32(1.0))
+        return cls(mean=tuple(map(float, np.atleast_1d(mean))),
+                   std=tuple(map(float, np.atleast_1d(std))))
+
+    @classmethod
+    def from_record(cls, record: dict) -> "Normalization":
+        return cls(bool(record.get("pixels")),
+                   *(None if record.get(k) is None else tuple(record[k]) for k in ("mean", "std")))
+
+    def record(self) -> dict:
+        return {"pixels": self.pixels, "mean": None if self.mean is None else list(self.mean),
+                "std": None if self.std is None else list(self.std)}
+
+    def __call__(self, batch: Batch) -> Batch:
+        if self.pixels:
+            return scale(batch, self.mean, self.std)
+        if self.mean is None:
+            return batch
+        mean, std = np.asarray(self.mean, np.float32), np.asarray(self.std, np.float32)
+        return {**batch, "inputs": (batch["inputs"] - mean) / std}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,8 +128,12 @@ class ArrayDataset:
     def description(self) -> dict:
         """JSON: the name and options that rebuild this dataset (`data.from_description`), the
         class names, the preprocessing and whatever identifies the exact data it holds."""
+        recipe = self.normalize if self.normalize is not None else Normalization()
         return {"name": self.name, "task": self.task, "input_shape": list(self.input_shape),
-                "classes": list(self.class_names), **self.about,
+                "classes": list(self.class_names), "outputs": self.num_outputs,
+                "stored": str(self.device_arrays("train")["inputs"].dtype), **self.about,
+                **({"normalization": recipe.record()} if isinstance(recipe, Normalization)
+                   else {}),
                 "examples": {s: self.num_examples(s) for s in self.splits}}
 
     def summary(self) -> str:

@@ -6,11 +6,10 @@ normalised (and CIFAR's augmented) per batch: inside the compiled step when the 
 is kept on the device (`dataset.on_device`, the default), else on the host.
 """
 import dataclasses
-import functools
 
 import numpy as np
 
-from data.arrays import ArrayDataset, Augmentation, Batch
+from data.arrays import ArrayDataset, Augmentation, Batch, Normalization
 from data.batching import seeded_split
 from data.tfds_source import data_source, read_all
 
@@ -38,29 +37,6 @@ def crop_flip(batch: Batch, draws: dict, xp=np, pad: int = 4) -> Batch:
 
 
 CROP_FLIP = Augmentation(crop_flip_draws, crop_flip)
-
-
-def scale(batch: Batch, mean=None, std=None) -> Batch:
-    """uint8 pixels -> float32 in [0, 1], then per-channel (x - mean) / std if given.
-
-    Looked up in a table of the 256 pixel values per channel rather than computed: the host
-    and a compiled step on the device (whose arithmetic fuses and rounds differently) then
-    produce the very same numbers."""
-    x = batch["inputs"]
-    table_256xC = _scale_table(x.shape[-1], None if mean is None else tuple(mean),
-                               None if std is None else tuple(std))
-    if not isinstance(x, np.ndarray):  # a jax array: inside a compiled step
-        import jax.numpy as jnp
-        table_256xC = jnp.asarray(table_256xC)
-    return {**batch, "inputs": table_256xC[x.astype(np.int32), np.arange(x.shape[-1])]}
-
-
-@functools.lru_cache(maxsize=16)
-def _scale_table(channels: int, mean, std) -> np.ndarray:
-    values = np.repeat(np.arange(256, dtype=np.float32)[:, None], channels, axis=1) / 255.0
-    if mean is not None:
-        values = (values - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return values.astype(np.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +80,7 @@ def tfds_images(name: str, data_dir: str | None = None, split_seed: int = 0,
     held = (f"; validation: {validation_fraction:g} of train, stratified by split_seed "
             f"{split_seed}" if validation_fraction else "")
     return ArrayDataset(name, splits, spec.num_classes,
-                        normalize=functools.partial(scale, mean=spec.mean, std=spec.std),
+                        normalize=Normalization(pixels=True, mean=spec.mean, std=spec.std),
                         augment=CROP_FLIP if spec.augment else None, class_names=names,
                         about={"source": f"tensorflow-datasets {name}",
                                "preprocessing": scaled + held})

@@ -9,7 +9,6 @@ later process rebuilds exactly the same examples or says what changed.
 """
 import csv
 import dataclasses
-import functools
 import hashlib
 import logging
 import math
@@ -19,29 +18,31 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from data.arrays import ArrayDataset, Batch, printable, summary_line
+from data.arrays import ArrayDataset, Batch, Normalization, printable, summary_line
 from data.batching import (full_batches, global_position, local_batch_size, padded_eval_indices,
                            seeded_split)
-from data.images import scale
 
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "validation", "test")
 FLOAT32_MAX = float(np.finfo(np.float32).max)  # models compute in float32: larger ones are inf
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
+PIXELS = Normalization(pixels=True)  # uint8 pixels -> [0, 1]
 
 
 # --- numpy arrays
 
 def arrays(path: str = "", arrays: dict | None = None, split_seed: int = 0,
-           validation_fraction: float = 0.1, test_fraction: float = 0.2) -> ArrayDataset:
+           validation_fraction: float = 0.1, test_fraction: float = 0.2,
+           standardize: bool = True) -> ArrayDataset:
     """An .npz at `path` (or, from Python, a dict `arrays`) with Keras's keys: `x_train`,
     `y_train`, and optionally `x_test`, `y_test`, `x_validation`, `y_validation` and
     `class_names`. Missing validation or test splits are drawn from train.
 
     Integer targets (or strings) are classes; float targets are regression. uint8 inputs are
-    pixels, scaled to [0, 1]; (N, H, W) images get a channel axis; float inputs are used as
-    they are.
+    pixels, scaled to [0, 1]; (N, H, W) images get a channel axis; float inputs are
+    standardised per feature (the last axis) by the training split's mean and standard
+    deviation, as a CSV table's columns are (unless `standardize` is off).
     """
     source = f"arrays from {path}" if arrays is None else "arrays passed from Python"
     if arrays is None:
@@ -51,14 +52,18 @@ def arrays(path: str = "", arrays: dict | None = None, split_seed: int = 0,
     x_all = np.concatenate([np.asarray(x) for x, _ in given.values()])
     y_all = np.concatenate([np.asarray(y) for _, y in given.values()])
     task, targets, class_names = _targets(y_all, source, names)
-    inputs, preprocessing = _inputs(x_all, source)
+    inputs = _inputs(x_all, source)
     bounds = np.cumsum([0] + [len(y) for _, y in given.values()])
     splits = {s: {"inputs": inputs[a:b], "targets": targets[a:b]}
               for s, a, b in zip(given, bounds[:-1], bounds[1:])}
     splits, drawn = _draw_missing(splits, task, split_seed, validation_fraction, test_fraction)
-    return _dataset("arrays", splits, task, class_names, source,
-                    preprocessing + drawn, _fingerprint_arrays(arrays),
-                    normalize=scale if inputs.dtype == np.uint8 else None)
+    if inputs.dtype == np.uint8:
+        normalization, how = PIXELS, "uint8 pixels scaled to [0, 1]"
+    else:
+        normalization, how = _float_inputs(splits["train"]["inputs"], standardize)
+        how = "float inputs " + how
+    return _dataset("arrays", splits, task, class_names, source, how + drawn,
+                    _fingerprint_arrays(arrays), normalize=normalization)
 
 
 def _splits_given(arrays: dict, source: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -140,7 +145,7 @@ def _read_npz(path: str) -> dict:
     return arrays
 
 
-def _inputs(x: np.ndarray, source: str) -> tuple[np.ndarray, str]:
+def _inputs(x: np.ndarray, source: str) -> np.ndarray:
     if x.dtype.kind in "iu" and x.dtype != np.uint8:
         if x.min() < 0 or x.max() > 255:
             raise ValueError(f"{source}: integer inputs must be pixels in 0..255 (got "
@@ -151,11 +156,11 @@ def _inputs(x: np.ndarray, source: str) -> tuple[np.ndarray, str]:
     if x.ndim == 3:  # (N, H, W): grey images, the layout Keras's MNIST arrays have
         x = x[..., None]
     if x.dtype == np.uint8:
-        return x, "uint8 pixels scaled to [0, 1]"
+        return x
     if x.dtype.itemsize > 4 and np.abs(x).max(initial=0) > FLOAT32_MAX:
         raise ValueError(f"{source}: an input is {np.abs(x).max():g}, past the largest float32 "
                          f"({FLOAT32_MAX:.4g}) the model computes in; scale the inputs down")
-    return x.astype(np.float32), "float inputs used as they are"
+    return x.astype(np.float32)
 
 
 def _targets(y: np.ndarray, source: str, names=None) -> tuple[str, np.ndarray, tuple[str, ...]]:
@@ -290,7 +295,8 @@ def image_folder(path: str = "", image_size: int = 0, grayscale: bool = False,
     if decoded_mb <= max_in_memory_mb:
         splits = {s: {"inputs": read_images(paths[s], shape), "targets": labels[s]}
                   for s in order}
-        return ArrayDataset("image_folder", splits, len(classes), normalize=scale,
+        return ArrayDataset("image_folder", splits, len(classes),
+                            normalize=PIXELS,
                             class_names=classes, about={**about, "read": "in memory"})
     return FolderImages("image_folder", {s: paths[s] for s in order},
                         {s: labels[s] for s in order}, classes, shape,
@@ -423,14 +429,15 @@ class FolderImages:
 
     def description(self) -> dict:
         return {"name": self.name, "task": self.task, "input_shape": list(self.input_shape),
-                "classes": list(self.class_names), **self.about,
+                "classes": list(self.class_names), "outputs": self.num_outputs,
+                "stored": "uint8", "normalization": PIXELS.record(), **self.about,
                 "examples": {s: len(p) for s, p in self.paths.items()}}
 
     def summary(self) -> str:
         return summary_line(self, {s: len(p) for s, p in self.paths.items()})
 
     def model_inputs(self, inputs: np.ndarray) -> np.ndarray:
-        return scale({"inputs": np.asarray(inputs)})["inputs"]
+        return PIXELS({"inputs": np.asarray(inputs)})["inputs"]
 
     def train_batches(self, batch_size: int, *, seed: int, epoch: int, split: str = "train",
                       process_index: int = 0, process_count: int = 1, start: int = 0
@@ -473,11 +480,13 @@ class FolderImages:
 # --- a CSV table
 
 def csv_table(path: str = "", target: str = "", split_seed: int = 0,
-              validation_fraction: float = 0.1, test_fraction: float = 0.2) -> ArrayDataset:
+              validation_fraction: float = 0.1, test_fraction: float = 0.2,
+              standardize: bool = True) -> ArrayDataset:
     """A table with a header row. `target` names the column to predict (default: the last);
     integer or text targets are classes (names sorted, mapped to ids), other numbers are
     regression, in their own units (train with loss.name=mse). Every other column is a
-    numeric feature, standardised with the training split's mean and standard deviation.
+    numeric feature, standardised with the training split's mean and standard deviation
+    (unless `standardize` is off: then used as they are).
     """
     if not path:
         raise ValueError("dataset 'csv' needs --config.dataset.path=FILE.csv (a header row, then "
@@ -498,24 +507,25 @@ def csv_table(path: str = "", target: str = "", split_seed: int = 0,
                          validation_fraction, test_fraction, split_seed,
                          stratify=task == "classification")
     splits = {s: {"inputs": inputs[idx], "targets": targets[idx]} for s, idx in parts.items()}
-    train = splits["train"]["inputs"]
-    mean, std = train.mean(0), train.std(0)
-    std = np.where(std > 0, std, 1.0).astype(np.float32)  # a constant column stays 0
+    normalization, how = _float_inputs(splits["train"]["inputs"], standardize)
     with open(path, "rb") as f:
         fingerprint = hashlib.sha256(f.read()).hexdigest()
     dataset = _dataset(
         "csv", splits, task, classes, f"the table {path} (target {target!r})",
-        f"{len(features)} feature columns standardised by the training split's mean and "
-        f"standard deviation; validation {validation_fraction:g} and test {test_fraction:g} "
-        f"held out by split_seed {split_seed}", fingerprint,
-        normalize=functools.partial(standardize, mean=mean.astype(np.float32), std=std))
-    return dataclasses.replace(dataset, about={
-        **dataset.about, "target": target, "features": features,
-        "mean": mean.astype(float).tolist(), "std": std.astype(float).tolist()})
+        f"{len(features)} feature columns {how}; validation {validation_fraction:g} and test "
+        f"{test_fraction:g} held out by split_seed {split_seed}", fingerprint,
+        normalize=normalization)
+    return dataclasses.replace(dataset, about={**dataset.about, "target": target,
+                                               "features": features})
 
 
-def standardize(batch: Batch, mean: np.ndarray, std: np.ndarray) -> Batch:
-    return {**batch, "inputs": (batch["inputs"] - mean) / std}
+def _float_inputs(train: np.ndarray, standardize: bool) -> tuple[Normalization, str]:
+    """The one rule for float features in every format: standardised by the training split's
+    mean and standard deviation per feature, or, with `standardize` off, used as they are."""
+    if not standardize:
+        return Normalization(), "used as they are (dataset.standardize=false)"
+    return Normalization.of(train), ("standardised by the training split's mean and standard "
+                                     "deviation")
 
 
 def _read_table(path: str) -> tuple[list[str], list[list[str]]]:

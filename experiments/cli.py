@@ -83,13 +83,17 @@ def _parser() -> argparse.ArgumentParser:
                         "WORKDIR/learning_rate_V (with --seeds: every seed at every rate)")
     t.add_argument("--allow-config-change", action="store_true",
                    help="resume although the config differs from the saved one in more than "
-                        "epochs, steps, devices or data_dir; the change is recorded in "
-                        "WORKDIR/history.jsonl")
+                        "epochs, steps, devices or where the data is; the change is "
+                        "recorded in WORKDIR/history.jsonl")
 
     e = sub.add_parser("eval", parents=[multi], help="evaluate a checkpoint of a workdir")
     e.add_argument("--workdir", required=True)
     e.add_argument("--checkpoint", default="best", help="best, latest or a step (default: best)")
     e.add_argument("--split", default="test", help="dataset split (default: test)")
+    e.add_argument("--data-path", metavar="PATH",
+                   help="where the run's data is now, if it moved: its file or folder, or for "
+                        "a prepared dataset the folder of prepared datasets (the data must be "
+                        "the same)")
     e.add_argument("--weights", choices=("raw", "ema"),
                    help="the weights as trained (raw) or their moving average (ema, for runs "
                         "trained with optimizer.ema_decay); default: what the run's "
@@ -313,7 +317,8 @@ def _run(argv: list[str]) -> int:
         _say(f"best checkpoint: step {test['step']}; {_scores(test)}"
              + (f" ({_WEIGHTS[test['weights']]})" if len(summary["tests"]) > 1 else ""))
     elif args.command == "eval":
-        m = run.evaluate(args.workdir, args.checkpoint, args.split, args.weights)
+        m = run.evaluate(args.workdir, args.checkpoint, args.split, args.weights,
+                         args.data_path)
         _say(f"checkpoint step {m['step']}: {_scores(m)}"
              + (f" ({_WEIGHTS['ema']})" if m["weights"] == "ema" else ""))
         if "not_saved" in m:  # the result is printed; that it was not saved is bad input
@@ -323,7 +328,7 @@ def _run(argv: list[str]) -> int:
         from data.local import check_prediction_files
         check_prediction_files(args.paths)  # what needs no run, before one is restored
         restored = run.restore(args.workdir, args.checkpoint, mesh="data=1",
-                               weights=args.weights)
+                               weights=args.weights, read_data=False)
         check_prediction_files(args.paths, restored.dataset)
         for what, prediction in run.predict_files(restored, args.paths):
             _say(f"{printable(what)}: {_prediction(restored.dataset, prediction, args.top_k)}")

@@ -132,6 +132,9 @@ def complete(saved: Mapping) -> ml_collections.ConfigDict:
         config.model = model_fields(model["name"], {k: v for k, v in model.items()
                                                     if k in nets.fields(model["name"])})
     _overlay(config, saved)
+    dataset = saved.get("dataset", {})
+    if dataset.get("name") == "arrays" and "standardize" not in dataset:
+        config.dataset.standardize = False  # saved before float arrays were standardised
     return config
 
 

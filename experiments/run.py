@@ -203,7 +203,8 @@ WEIGHTS = ("raw", "ema")
 
 
 def restore(workdir: str, which: str | int = "best", *, strategy: str | None = None,
-            mesh: str = "data=-1", weights: str | None = None, dataset=None) -> Restored:
+            mesh: str = "data=-1", weights: str | None = None, dataset=None,
+            data_path: str | None = None, read_data: bool = True) -> Restored:
     """Restores checkpoint `which` ('best', 'latest' or a step) of `workdir` onto the devices here.
 
     The state is laid out for `mesh` (default: every device present) and `strategy` (default:
@@ -213,16 +214,20 @@ def restore(workdir: str, which: str | int = "best", *, strategy: str | None = N
 
     The dataset is rebuilt from the description its checkpoint holds (name, options, classes,
     normalisation): no registry lookup, and files that moved or changed since training are
-    named. `dataset` passes one made in Python (arrays, which a checkpoint does not hold).
+    named. `dataset` passes one made in Python (arrays, which a checkpoint does not hold);
+    `data_path` says where the run's data is now (its file or folder, or for a prepared
+    dataset its data_dir), checked to be the same data. With `read_data` off, no data is read
+    where the checkpoint describes its preprocessing (`data.described`): enough to predict.
     """
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"--weights {weights!r} is not one of {', '.join(WEIGHTS)}")
     _check_has_checkpoints(workdir)
     with workdir_lock.hold(workdir, exclusive=False):
-        return _restore(workdir, which, strategy, mesh, weights, dataset)
+        return _restore(workdir, which, strategy, mesh, weights, dataset, data_path, read_data)
 
 
-def _restore(workdir: str, which, strategy, mesh, weights, given=None) -> Restored:
+def _restore(workdir: str, which, strategy, mesh, weights, given=None, data_path=None,
+             read_data=True) -> Restored:
     """As `restore`, in a work directory held. The checkpoint is verified before anything of it
     is used, and the model is built from the config saved with it (completed with today's
     defaults for fields added since): a run resumed with --allow-config-change, or a checkpoint
@@ -264,7 +269,9 @@ def _restore(workdir: str, which, strategy, mesh, weights, given=None) -> Restor
         if given is not None and described is not None:
             data.check_same(given, described)
         elif given is None and described is not None:
-            dataset = data.from_description(described)
+            dataset = None if read_data or data_path else data.described(described)
+            dataset = dataset or data.from_description(described,
+                                                       **_moved_to(described, data_path))
         model, dataset = build(config, dataset, deferred=True)  # without a description: by config
         trainer = Trainer(config, model, dataset)
         try:  # verified above
@@ -277,6 +284,23 @@ def _restore(workdir: str, which, strategy, mesh, weights, given=None) -> Restor
         weights = weights or scored_weights(config)
         trainer.weights(state, weights)  # a run without a moving average is named here
         return Restored(config, dataset, trainer, state, step, weights)
+
+
+def _moved_to(described: dict, data_path: str | None) -> dict:
+    """The option that says where a run's data now is, `data_path`: its file or folder
+    (dataset.path), or the folder of prepared datasets (dataset.data_dir)."""
+    if not data_path:
+        return {}
+    options = described.get("options", {})
+    key = next((k for k in data.PATHS if k in options), None)
+    if key is None:
+        raise ValueError(f"--data-path: this run's dataset, {described['name']}, reads no files; "
+                         f"leave --data-path out")
+    if not os.path.exists(data_path):
+        what = "file or folder" if key == "path" else "folder of prepared datasets"
+        raise FileNotFoundError(f"--data-path {data_path!r} does not exist; point it at the "
+                                f"{what} the run trained on")
+    return {key: data_path}
 
 
 def _open(workdir: str, which, monitor: str = "eval_accuracy"):
@@ -323,14 +347,15 @@ def _set_aside(manager, step: int, error: Exception, which) -> None:
 
 
 def evaluate(workdir: str, which: str | int = "best", split: str = "test",
-             weights: str | None = None) -> dict:
+             weights: str | None = None, data_path: str | None = None) -> dict:
     """Evaluates checkpoint `which` of `workdir` on `split` with `weights` (`raw` or `ema`;
-    default: the run's `scored_weights`); writes `eval_<split>_<step>[_ema].json`."""
+    default: the run's `scored_weights`); writes `eval_<split>_<step>[_ema].json`.
+    `data_path`: where the run's data is now, if it moved (see `restore`)."""
     if weights is not None and weights not in WEIGHTS:
         raise ValueError(f"--weights {weights!r} is not one of {', '.join(WEIGHTS)}")
     _check_has_checkpoints(workdir)
     with workdir_lock.hold(workdir, exclusive=False):
-        r = _restore(workdir, which, None, "data=-1", weights)
+        r = _restore(workdir, which, None, "data=-1", weights, data_path=data_path)
         return _evaluate(workdir, r, split, r.weights, which)
 
 
@@ -461,8 +486,7 @@ def predict_files(restored: Restored, paths: list[str]) -> list[tuple[str, np.nd
         pixels = dataset.read_image_files(files)
     else:
         pixels = np.stack([read_image(f, dataset.input_shape) for f in files])
-        if (isinstance(dataset, InMemory)
-                and dataset.device_arrays("train")["inputs"].dtype != np.uint8):
+        if dataset.description().get("stored", "uint8") != "uint8":
             pixels = pixels.astype(np.float32) / 255.0  # a dataset that holds floats in [0, 1]
     return list(zip(files, predict(restored, pixels)))
 

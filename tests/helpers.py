@@ -4,7 +4,8 @@ import functools
 import numpy as np
 
 import data
-from data.images import CROP_FLIP, scale
+from data.arrays import scale
+from data.images import CROP_FLIP
 from experiments.config import load_config
 from experiments.run import build
 from train.trainer import Trainer

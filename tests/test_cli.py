@@ -129,6 +129,7 @@ def error_of(capsys, *argv):
     ("--config.profile.start_step=500", "profile.start_step=500 is after the run's last step 78"),
     ("--config.log.tensorboard=maybe", "config.log.tensorboard='maybe' is not a bool"),
     ("--config.dataset.on_device=maybe", "config.dataset.on_device='maybe' is not a bool"),
+    ("--config.dataset.standardize=maybe", "config.dataset.standardize='maybe' is not a bool"),
     ("--config.dataset.on_device false", "unrecognized arguments: false; a true/false field "
                                          "takes its value after '=': --config.KEY=false"),
     ("--config.model.width=7 --config.model.width=9",

@@ -78,6 +78,7 @@ class Case(NamedTuple):
     options: dict
     capabilities: set[str]
     batch_size: int
+    id: str
 
 
 def loaded(case_id, root):
@@ -89,7 +90,7 @@ def loaded(case_id, root):
     with mocked:  # tfds's mock data is read lazily too: the whole test runs inside it
         dataset = data.load(name, **options)
         yield Case(dataset, options, capabilities,
-                   TEXT_BATCH if isinstance(dataset, Text) else BATCH)
+                   TEXT_BATCH if isinstance(dataset, Text) else BATCH, case_id)
 
 
 def having(capability: str) -> list[str]:
@@ -213,6 +214,31 @@ def test_the_description_rebuilds_the_same_dataset(case):
     a, b = (next(d.train_batches(batch_size, seed=1, epoch=0)) for d in (dataset, again))
     np.testing.assert_array_equal(a["inputs"], b["inputs"])
     np.testing.assert_array_equal(a["targets"], b["targets"])
+
+
+# Datasets whose description holds their preprocessing: `predict` needs none of their files.
+DESCRIBED = set(having("InMemory")) | {"image_folder read per example"}
+
+
+def test_the_description_alone_predicts_as_the_dataset_does(case):
+    """Every in-memory dataset and a folder read per example stand in for themselves from their
+    description (the same shapes, outputs, classes and model inputs, to the bit); the others
+    (ImageNet-style reading, text) are read again from their files."""
+    dataset = case.dataset
+    described = data.described(dataset.description())
+    if case.id not in DESCRIBED:
+        assert described is None
+        return
+    assert isinstance(described, Dataset) and isinstance(described, Preprocesses)
+    for member in ("task", "class_names", "input_shape", "num_outputs"):
+        assert getattr(described, member) == getattr(dataset, member), member
+    assert described.steps_per_epoch(BATCH) == dataset.steps_per_epoch(BATCH)
+    raw = (dataset.device_arrays("train")["inputs"][:BATCH] if isinstance(dataset, InMemory)
+           else np.stack([np.asarray(Image.open(p).convert("RGB"))
+                          for p in dataset.paths["train"][:BATCH]]))
+    np.testing.assert_array_equal(described.model_inputs(raw), dataset.model_inputs(raw))
+    with pytest.raises(ValueError, match="was not read: only its description"):
+        next(described.eval_batches("test", BATCH))
 
 
 def test_in_memory_plans_read_the_same_batches_as_the_host(in_memory):

@@ -209,6 +209,8 @@ REFUSED = [
     Case("weights-ema-without-ema", EVAL + ["78", "--weights", "ema"],
          names=("no moving average", "ema_decay")),
     Case("weights-unknown", EVAL + ["78", "--weights", "mean"], names=("--weights", "'mean'")),
+    Case("data-path-for-data-without-files", EVAL + ["78", "--data-path", "{tmp}"],
+         names=("--data-path", "digits, reads no files")),
     Case("predict-checkpoint-negative", ["predict", "{tmp}/rows.npy", "--workdir", "{workdir}",
                                          "--checkpoint", "-1"], plant=_with_rows,
          names=("no checkpoint at step -1",)),

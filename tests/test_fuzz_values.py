@@ -134,6 +134,7 @@ LATE_ROWS = [
         ("--config.test_split=nope", "digits has no split 'nope'"),
         ("--config.dataset.train_examples=100000", "dataset.train_examples=100000 must be"),
         ("--config.dataset.image_size=32", "dataset 'digits' takes no option 'image_size'"),
+        ("--config.dataset.standardize=false", "dataset 'digits' takes no option 'standardize'"),
     )
 ] + [
     train("dataset.context of 0", "--config.dataset.context=0",

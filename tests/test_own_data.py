@@ -10,11 +10,12 @@ import sys
 import numpy as np
 import pytest
 from PIL import Image
-from sklearn.datasets import load_diabetes, load_digits, load_iris
+from sklearn.datasets import load_diabetes, load_digits, load_iris, load_wine
 
 import data
 from experiments import run
 from experiments.cli import main
+from experiments.config import load_config
 
 from conftest import ROOT, config_path, xla_flags
 
@@ -98,8 +99,6 @@ def test_own_files_train_then_evaluate_from_a_fresh_process(files, tmp_path, cap
 
 
 def test_the_folder_read_per_example_trains_exactly_as_the_one_in_memory(files, tmp_path):
-    from experiments.config import load_config
-
     config = load_config(MLP)
     config.dataset.name, config.dataset.path = "image_folder", str(files / "folder")
     config.dataset.grayscale = True
@@ -149,9 +148,11 @@ def test_predicts_probabilities_equal_the_evaluations_on_the_same_examples(files
 
 
 def test_descent_predict_prints_the_top_classes_of_image_files(files, tmp_path, capsys):
+    shutil.copytree(files / "folder", tmp_path / "photos")
     train(capsys, tmp_path, CNN, "--config.dataset.name=image_folder",
-          f"--config.dataset.path={files}/folder", "--config.dataset.grayscale=True",
+          f"--config.dataset.path={tmp_path}/photos", "--config.dataset.grayscale=True",
           "--config.epochs=6")
+    shutil.rmtree(tmp_path / "photos")  # predict needs only the checkpoint
     one, seven = str(files / "folder" / "one" / "1.png"), str(files / "folder" / "seven" / "7.png")
     code, out, err = fresh("predict", "--workdir", str(tmp_path), one, seven, "--top-k", "2")
     assert code == 0, err
@@ -173,8 +174,13 @@ def test_data_that_moved_or_changed_is_named_and_touches_no_checkpoint(files, tm
     table.rename(tmp_path / "elsewhere.csv")
     code, _, err = fresh("eval", "--workdir", str(tmp_path / "run"))
     assert code == 2 and err.strip() == (
-        f"descent: error: the data this run trained on is not where it was: dataset.path "
-        f"'{table}' does not exist; point it at a CSV file with a header row")
+        f"descent: error: the data this run trained on is not where it was (dataset.path "
+        f"'{table}' does not exist; point it at a CSV file with a header row); if it moved, "
+        f"say where it is now with --data-path")
+    assert main(["train", "--config", MLP, "--workdir", str(tmp_path / "run"),  # moved: resumes
+                 "--config.dataset.name=csv", f"--config.dataset.path={tmp_path}/elsewhere.csv"]
+                ) == 0
+    capsys.readouterr()
     with open(tmp_path / "elsewhere.csv") as f:
         rows = f.read().splitlines()
     table.write_text("\n".join(rows[:-1]) + "\n")  # one example fewer
@@ -184,6 +190,65 @@ def test_data_that_moved_or_changed_is_named_and_touches_no_checkpoint(files, tm
                  "--config.dataset.name=csv", f"--config.dataset.path={table}",
                  "--config.epochs=3"]) == 2
     assert "was trained on other data than the table" in capsys.readouterr().err
+
+
+def test_a_run_predicts_without_its_data_and_finds_moved_data_from_any_directory(
+        files, tmp_path, capsys, monkeypatch):
+    (tmp_path / "tables").mkdir()
+    shutil.copy(files / "iris.csv", tmp_path / "tables" / "iris.csv")
+    monkeypatch.chdir(tmp_path)  # the data given relative to where the user stands
+    train(capsys, "run", MLP, "--config.dataset.name=csv",
+          "--config.dataset.path=tables/iris.csv")
+    workdir = str(tmp_path / "run")
+    code, evaluated, err = fresh("eval", "--workdir", workdir)  # from the repository's folder
+    assert code == 0, err
+    code, predicted, err = fresh("predict", "--workdir", workdir, str(files / "iris.csv"))
+    assert code == 0, err
+    shutil.move(tmp_path / "tables", tmp_path / "moved")
+    code, without_data, err = fresh("predict", "--workdir", workdir, str(files / "iris.csv"))
+    assert code == 0, err
+    assert without_data == predicted and len(predicted.splitlines()) == 150
+    code, _, err = fresh("eval", "--workdir", workdir)
+    assert code == 2 and err.strip().endswith("say where it is now with --data-path")
+    code, out, err = fresh("eval", "--workdir", workdir, "--data-path",
+                           str(tmp_path / "moved" / "iris.csv"))
+    assert code == 0 and out == evaluated, err
+    code, _, err = fresh("eval", "--workdir", workdir, "--data-path", str(files / "diabetes.csv"))
+    assert code == 2 and "the data of this run changed since it trained" in err
+    assert main(["eval", "--workdir", workdir, "--data-path", "tables/iris.csv"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "descent: error: --data-path 'tables/iris.csv' does not exist; point it at the file or "
+        "folder the run trained on")
+
+
+def test_float_features_are_standardised_alike_in_an_npz_a_csv_and_from_python(tmp_path):
+    wine = load_wine()  # 13 measurements in units from 0.1 to 1,680: unscaled, they swamp a net
+    x, y = wine.data.astype(np.float32), wine.target
+    np.savez(tmp_path / "wine.npz", x_train=x, y_train=y)
+    write_csv(tmp_path / "wine.csv", [*wine.feature_names, "class"],
+              [[repr(float(v)) for v in row] + [t] for row, t in zip(x, y)])
+    datasets = [data.load("arrays", path=str(tmp_path / "wine.npz")),
+                data.load("csv", path=str(tmp_path / "wine.csv")),
+                data.load("arrays", arrays={"x_train": x, "y_train": y})]
+    batches = [next(d.train_batches(32, seed=0, epoch=0)) for d in datasets]
+    for batch in batches[1:]:
+        np.testing.assert_array_equal(batch["inputs"], batches[0]["inputs"])
+        np.testing.assert_array_equal(batch["targets"], batches[0]["targets"])
+    train_inputs = datasets[0].model_inputs(datasets[0].splits["train"]["inputs"])
+    np.testing.assert_allclose(train_inputs.mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(train_inputs.std(0), 1, atol=1e-5)
+    raw = data.load("arrays", path=str(tmp_path / "wine.npz"), standardize=False)
+    assert "float inputs used as they are (dataset.standardize=false)" in raw.summary()
+    np.testing.assert_array_equal(raw.model_inputs(x[:5]), x[:5])
+    # a checkpoint recorded before this rule trained on the floats as they were: so it restores
+    old = {**datasets[0].description()}
+    old["options"] = {k: v for k, v in old["options"].items() if k != "standardize"}
+    np.testing.assert_array_equal(data.from_description(old).model_inputs(x[:5]), x[:5])
+    config = load_config(MLP)
+    config.dataset.name, config.dataset.path = "arrays", str(tmp_path / "wine.npz")
+    config.parallel.mesh, config.steps = "data=1", 100
+    summary = run.train_and_evaluate(config, str(tmp_path / "run"), console=False)
+    assert summary["test"]["accuracy"] >= 0.9  # unscaled, it stayed near a third
 
 
 def test_arrays_from_python_train_restore_and_predict(tmp_path):
@@ -218,7 +283,9 @@ def test_a_checkpoint_holds_the_datasets_description(files, tmp_path, capsys):
     assert described["name"] == "csv" and described["classes"] == ["setosa", "versicolor",
                                                                    "virginica"]
     assert described["options"]["path"] == f"{files}/iris.csv"
-    assert described["target"] == "species" and len(described["mean"]) == 4
+    assert described["target"] == "species" and described["outputs"] == 3
+    assert described["stored"] == "float32" and described["normalization"]["pixels"] is False
+    assert len(described["normalization"]["mean"]) == len(described["normalization"]["std"]) == 4
     assert described["examples"] == {"train": 105, "validation": 15, "test": 30}
 
 

@@ -31,9 +31,10 @@ from train.workdir import check as workdir_check
 
 log = logging.getLogger(__name__)
 
-# Config keys a resumed run may change freely: how long it runs, and where (devices, data path).
+# Config keys a resumed run may change freely: how long it runs, and where (devices, where its
+# data is: the data itself is checked by its fingerprint).
 RESUMABLE_CHANGES = ("epochs", "steps", "parallel.strategy", "parallel.mesh", "dataset.data_dir",
-                     "dataset.on_device")
+                     "dataset.path", "dataset.on_device")
 HISTORY_FILE = "history.jsonl"
 
 

@@ -18,7 +18,8 @@ from absl import logging
 
 import nets
 from data.arrays import ArrayDataset
-from data.images import CROP_FLIP, SPECS, scale
+from data.arrays import scale
+from data.images import CROP_FLIP, SPECS
 from experiments.configs.mnist_cnn import get_config
 from train.trainer import Trainer
 

@@ -53,6 +53,8 @@ DEFAULTS = (
     # named on the command line that it does not take is an error.
     ("dataset.path", "", None),                 # arrays (.npz), image_folder (a folder), csv
     ("dataset.target", "", None),               # csv: the column to predict ("": the last)
+    ("dataset.standardize", True, None),        # arrays, csv: float features standardised by
+                                                # the training split's mean and std per feature
     ("dataset.image_size", 0, NON_NEGATIVE),    # image_folder: resize to N x N (0: as they are)
     ("dataset.grayscale", False, None),         # image_folder: decode as grey instead of RGB
     ("dataset.max_in_memory_mb", 1024, NON_NEGATIVE),  # image_folder: larger ones are read

@@ -21,7 +21,7 @@ from sklearn.preprocessing import StandardScaler
 from threadpoolctl import threadpool_limits
 
 import nets
-from data.images import scale
+from data.arrays import scale
 from data.tfds_source import data_source
 from experiments.studies.common import Table, band, new_figure, spread
 from nets.activations import activation
