@@ -109,6 +109,8 @@ COMMANDS = {
             "skip": "half an hour; it regenerates the committed gallery"},
     },
     "docs/training.md": {
+        "WANDB_MODE=offline descent train --config experiments/configs/digits_mlp.py:tiny "
+        "--workdir runs/tracked --config.log.trackers=wandb,mlflow": {},
         "descent train --config experiments/configs/function_mlp.py --workdir runs/function": {
             "quote": "best checkpoint: step 2100; test mse 0.0004907, mae 0.009579 "
                      "(400 examples)"},
@@ -201,7 +203,9 @@ def test_commands_of_one_run_folder_form_one_chain_in_page_order():
 
 def test_the_commands_run_and_print_what_their_pages_quote(tmp_path, request):
     env = {**os.environ, "XLA_FLAGS": xla_flags(),
-           "PATH": BIN + os.pathsep + os.environ["PATH"]}
+           "PATH": BIN + os.pathsep + os.environ["PATH"],  # W&B's own files in the test's too
+           **{f"WANDB_{k}_DIR": str(tmp_path / "wandb-home" / k) for k in ("CACHE", "CONFIG",
+                                                                          "DATA")}}
     no_data = ""
     try:
         data_dir = request.getfixturevalue("prepared")
@@ -224,8 +228,12 @@ def test_the_commands_run_and_print_what_their_pages_quote(tmp_path, request):
         argv = [a.replace("runs/", str(tmp_path / "runs") + "/") for a in argv]
         if spec.get("data") == "flag":
             argv.append(f"--config.dataset.data_dir={data_dir}")
-        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT, env=env,
-                              timeout=300)
+        set_first = {}  # VARIABLE=value before the command, as a shell reads it
+        while "=" in argv[0] and argv[0].split("=")[0].isidentifier():
+            name, value = argv.pop(0).split("=", 1)
+            set_first[name] = value
+        return subprocess.run(argv, capture_output=True, text=True, cwd=ROOT,
+                              env={**env, **set_first}, timeout=300)
 
     def run_chain(chain: list[str]) -> list:
         results = []

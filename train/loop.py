@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 from flax import nnx
 
-from train import checkpoint, report, workdir_lock
+from train import checkpoint, report, trackers, workdir_lock
 from train.dataset import Dataset, Text
 from train.resume import (EarlyStopping, data_position, group_of, open_checkpoints,
                           prepare_workdir, resume)
@@ -113,6 +113,7 @@ class _Run:
     checkpoints: checkpoint.Checkpoints | None = None
     history: list = dataclasses.field(default_factory=list)
     writers: Writers | None = None
+    trackers: "trackers.Trackers | None" = None  # W&B, MLflow (`log.trackers`), on process 0
     stop_reason: str | None = None
     diverged_at: int | None = None  # the step whose loss (or another metric) was not finite
     final: TrainState | None = None  # the state of a run that stopped before the others
@@ -154,6 +155,7 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
                       plan.num_steps)
     for split in dict.fromkeys(s for s in (config.eval_split, test_split) if s):
         dataset.num_examples(split)  # a split the dataset lacks is named now
+    tracked_by = trackers.names(config)
     chief = jax.process_index() == 0
     info = logging.INFO if console and chief else logging.DEBUG
 
@@ -165,10 +167,15 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
         for run in members:
             run.checkpoints = held.enter_context(open_checkpoints(run.workdir, run.config,
                                                                   group=len(members) > 1))
+            run.trackers = held.enter_context(trackers.tracked(run.workdir, run.config,
+                                                               tracked_by, chief))
         summaries = _train(runs, members, dataset, plan, profile, info, console and chief,
                            allow_config_change, writers)
         if test_split:
             _test(runs, members, summaries, dataset, test_split)
+        for run, summary in zip(members, summaries):
+            if run.trackers:
+                run.trackers.finish(summary)
         return summaries
 
 
@@ -269,7 +276,8 @@ def _open_writers(members: list[_Run], shown: Console, user_writers: Sequence) -
                                                                  for w in user_writers]
         run.writers = Writers([JsonLines(run.workdir), *mine] + (
             [TensorBoard(run.workdir, run.config.eval_split, run.history)]
-            if chief and run.config.log.tensorboard else []))
+            if chief and run.config.log.tensorboard else [])
+            + ([run.trackers.write] if run.trackers else []))  # they end after the test
 
 
 def _log(runs: Runs, members: list[_Run], state, step: int, per_run: list, seconds, flops,

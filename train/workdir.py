@@ -40,6 +40,11 @@ UNSAFE = {
 }
 
 
+# Folders an experiment tracker (`log.trackers`) writes in the work directory and descent never
+# reads or writes: not searched for links.
+TRACKER_FOLDERS = ("wandb",)
+
+
 def check(workdir: str) -> str:
     """Refuses (ValueError) a work directory that orbax cannot take or that holds a link, as
     the module docstring says; returns its absolute path. A directory not yet made passes."""
@@ -82,6 +87,8 @@ def check_no_links(root: str) -> None:
             except FileNotFoundError:  # removed meanwhile (an orbax temporary): nothing to check
                 continue
             refuse_foreign(path, info)
+        if parent == root:  # W&B's own files, with its links to its logs: descent never goes in
+            dirs[:] = [d for d in dirs if d not in TRACKER_FOLDERS]
 
 
 def refuse_foreign(path: str, info: os.stat_result) -> None:
