@@ -15,6 +15,7 @@ import functools
 import importlib
 import inspect
 import os
+import re
 
 # Each loader is imported when first used: a run reads one dataset, and the others' libraries
 # (scikit-learn, grain, TensorFlow Datasets) take seconds to import.
@@ -66,6 +67,15 @@ PATHS = ("path", "data_dir")
 EVERY_DATASET = ("name", "batch_size", "eval_batch_size", "train_examples", "on_device")
 
 
+def check_path(option: str, value) -> None:
+    """Refuses a URL (gs://, s3://, ...) given where a file or folder is read: as a local path
+    it would be a folder named "gs:", the bucket never read."""
+    if isinstance(value, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
+        raise ValueError(f"{option} {value!r} is a URL: descent reads data from a file system "
+                         f"only; mount the bucket (gcsfuse for gs://, mountpoint-s3 for s3://) "
+                         f"and pass the mounted path")
+
+
 def options(name: str) -> dict:
     """The options dataset `name` takes, with their defaults."""
     return {p.name: p.default for p in inspect.signature(_loader(name)).parameters.values()}
@@ -80,6 +90,8 @@ def load(name: str, **given):
     if unknown:
         raise ValueError(f"dataset {name!r} takes no option {', '.join(unknown)}; its options: "
                          f"{', '.join(known) or 'none'}")
+    for key in PATHS:
+        check_path(f"dataset.{key}", given.get(key))
     dataset = _loader(name)(**given)
     recorded = {k: v for k, v in {**known, **given}.items() if k != "arrays"}  # not JSON
     for key in PATHS:  # recorded absolute: eval and predict then work from any directory
@@ -123,5 +135,5 @@ def check_same(dataset, description: dict) -> None:
 
 
 __all__ = ["ArrayDataset", "Batch", "CharText", "DATASETS", "Described", "EVERY_DATASET",
-           "FUNCTIONS", "FolderImages", "GrainImages", "Normalization", "PATHS", "check_same",
-           "described", "from_description", "load", "options"]
+           "FUNCTIONS", "FolderImages", "GrainImages", "Normalization", "PATHS", "check_path",
+           "check_same", "described", "from_description", "load", "options"]

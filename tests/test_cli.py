@@ -432,6 +432,24 @@ def test_every_config_takes_model_dtype_from_the_command_line(capsys, name):
     assert "  dtype: bfloat16\n" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("argv, message", [
+    (["train", "--config", TINY, "--workdir", "s3://bucket/run"],
+     "workdir s3://bucket/run is a URL: descent reads and writes work directories on a file "
+     "system only"),
+    (["eval", "--workdir", "gs://bucket/run"], "workdir gs://bucket/run is a URL"),
+    (["train", "--config", TINY, "--workdir", "run", "--config.dataset.name=csv",
+      "--config.dataset.path=gs://bucket/table.csv"],
+     "dataset.path 'gs://bucket/table.csv' is a URL: descent reads data from a file system only"),
+])
+def test_a_bucket_url_is_refused_before_anything_is_written(capsys, tmp_path, monkeypatch, argv,
+                                                            message):
+    monkeypatch.chdir(tmp_path)  # read as a local path, s3://bucket/run would be ./s3:/bucket/run
+    code, err = error_of(capsys, *argv)
+    assert code == 2 and message in err
+    assert "mount the bucket (gcsfuse for gs://, mountpoint-s3 for s3://)" in err
+    assert os.listdir(tmp_path) == []
+
+
 def test_a_link_in_a_workdir_is_refused_never_written_through(capsys, tmp_path):
     workdir = tmp_path / "run"
     assert main(["train", "--config", TINY, "--workdir", str(workdir)]) == 0

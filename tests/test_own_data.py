@@ -200,23 +200,31 @@ def test_a_run_predicts_without_its_data_and_finds_moved_data_from_any_directory
     train(capsys, "run", MLP, "--config.dataset.name=csv",
           "--config.dataset.path=tables/iris.csv")
     workdir = str(tmp_path / "run")
-    code, evaluated, err = fresh("eval", "--workdir", workdir)  # from the repository's folder
+    monkeypatch.chdir(ROOT)  # then evaluated and predicted from another directory
+
+    def descent(*argv):
+        code = main(list(argv))
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    code, evaluated, err = descent("eval", "--workdir", workdir)
     assert code == 0, err
-    code, predicted, err = fresh("predict", "--workdir", workdir, str(files / "iris.csv"))
+    code, predicted, err = descent("predict", "--workdir", workdir, str(files / "iris.csv"))
     assert code == 0, err
     shutil.move(tmp_path / "tables", tmp_path / "moved")
     code, without_data, err = fresh("predict", "--workdir", workdir, str(files / "iris.csv"))
     assert code == 0, err
     assert without_data == predicted and len(predicted.splitlines()) == 150
-    code, _, err = fresh("eval", "--workdir", workdir)
+    code, _, err = descent("eval", "--workdir", workdir)
     assert code == 2 and err.strip().endswith("say where it is now with --data-path")
-    code, out, err = fresh("eval", "--workdir", workdir, "--data-path",
-                           str(tmp_path / "moved" / "iris.csv"))
+    code, out, err = descent("eval", "--workdir", workdir, "--data-path",
+                             str(tmp_path / "moved" / "iris.csv"))
     assert code == 0 and out == evaluated, err
-    code, _, err = fresh("eval", "--workdir", workdir, "--data-path", str(files / "diabetes.csv"))
+    code, _, err = descent("eval", "--workdir", workdir, "--data-path",
+                           str(files / "diabetes.csv"))
     assert code == 2 and "the data of this run changed since it trained" in err
-    assert main(["eval", "--workdir", workdir, "--data-path", "tables/iris.csv"]) == 2
-    assert capsys.readouterr().err.strip() == (
+    code, _, err = descent("eval", "--workdir", workdir, "--data-path", "tables/iris.csv")
+    assert code == 2 and err.strip() == (
         "descent: error: --data-path 'tables/iris.csv' does not exist; point it at the file or "
         "folder the run trained on")
 
