@@ -715,8 +715,7 @@ def _check_rows(rows: np.ndarray, dataset, path: str) -> None:
 
 
 def _reads_pixels(dataset) -> bool:
-    splits = getattr(dataset, "splits", None)
-    return bool(splits) and next(iter(splits.values()))["inputs"].dtype == np.uint8
+    return dataset.description().get("stored") == "uint8"  # as its checkpoint records
 
 
 def _is_int(text: str) -> bool:

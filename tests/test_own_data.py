@@ -229,6 +229,25 @@ def test_a_run_predicts_without_its_data_and_finds_moved_data_from_any_directory
         "folder the run trained on")
 
 
+def test_predict_checks_npy_rows_as_the_run_read_its_own_with_the_data_gone(files, tmp_path,
+                                                                            capsys):
+    shutil.copy(files / "digits.npz", tmp_path / "digits.npz")
+    train(capsys, tmp_path / "run", MLP, "--config.dataset.name=arrays",
+          f"--config.dataset.path={tmp_path}/digits.npz")
+    os.remove(tmp_path / "digits.npz")
+    with np.load(files / "digits.npz") as f:
+        pixels = f["x_test"][:3, :, :, None]  # with the channel axis the run added
+    for name, rows, code, said in [
+            ("pixels", pixels, 0, "row 3: "),
+            ("floats", pixels / 255.0, 2, "this run reads pixels, integers 0..255"),
+            ("flat", pixels.reshape(3, -1), 2, "this run reads rows of shape (8, 8, 1)")]:
+        np.save(tmp_path / f"{name}.npy", rows)
+        assert main(["predict", "--workdir", str(tmp_path / "run"),
+                     str(tmp_path / f"{name}.npy")]) == code, name
+        out, err = capsys.readouterr()
+        assert said in (out if code == 0 else err), (name, out, err)
+
+
 def test_float_features_are_standardised_alike_in_an_npz_a_csv_and_from_python(tmp_path):
     wine = load_wine()  # 13 measurements in units from 0.1 to 1,680: unscaled, they swamp a net
     x, y = wine.data.astype(np.float32), wine.target
