@@ -1,7 +1,7 @@
 """A trained run's dataset as its checkpoint describes it, without its files: what `predict`
-needs (the input shape, the classes or regression outputs, and how raw inputs become model
-inputs, `Normalization`) and nothing it would have to read. Training and evaluation read the
-data itself (`data.from_description`)."""
+and `sample` need (the input shape, the classes or regression outputs, how raw inputs become
+model inputs, `Normalization`, and a text's vocabulary) and nothing they would have to read.
+Training and evaluation read the data itself (`data.from_description`)."""
 import dataclasses
 from collections.abc import Iterator
 
@@ -9,6 +9,7 @@ import numpy as np
 
 from data.arrays import Batch, Normalization, summary_line
 from data.batching import full_batches
+from data.text import CharText
 
 # What a description must hold to stand in for its dataset; a checkpoint written before these
 # were recorded (or of a dataset that records no `Normalization`) rebuilds from its files.
@@ -63,11 +64,32 @@ class Described:
                           f"evaluate")
 
 
+@dataclasses.dataclass(frozen=True)
+class DescribedText(Described):
+    """A character-level text run's dataset from its description: the vocabulary is its class
+    names, so text is encoded and decoded (for `sample`) without the training text."""
+
+    @property
+    def vocab(self) -> str:
+        return "".join(self.class_names)
+
+    @property
+    def context(self) -> int:
+        return self.input_shape[0]
+
+    def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
+        return full_batches(self.recorded["train_windows"], batch_size, "training windows")
+
+    encode = CharText.encode  # the very rules of the dataset it stands for
+    decode = CharText.decode
+
+
 def described(description: dict) -> Described | None:
     """The dataset `description` stands for, from the description alone; None where it lacks
     what that takes (then the data is read again)."""
     if any(key not in description for key in NEEDED):
         return None
-    return Described(description["name"], description["task"], tuple(description["classes"]),
-                     tuple(description["input_shape"]), int(description["outputs"]),
-                     Normalization.from_record(description["normalization"]), description)
+    kind = DescribedText if description.get("text") == "characters" else Described
+    return kind(description["name"], description["task"], tuple(description["classes"]),
+                tuple(description["input_shape"]), int(description["outputs"]),
+                Normalization.from_record(description["normalization"]), description)

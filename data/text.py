@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 
-from data.arrays import Batch
+from data.arrays import Batch, Normalization
 from data.batching import full_batches, padded_eval_indices, train_rows
 from data.tfds_source import data_source
 
@@ -60,14 +60,19 @@ class CharText:
         return (len(self._split(split)) - 1) // self.context
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
-        windows = (len(self._split(split)) - 1 - self.context) // self.context
-        return full_batches(windows, batch_size, f"windows of {self.context} characters in the "
-                                                 f"{split!r} text of {self.name}")
+        return full_batches(self._windows_of(split), batch_size, f"windows of {self.context} "
+                            f"characters in the {split!r} text of {self.name}")
+
+    def _windows_of(self, split: str) -> int:
+        """Training windows: each starts at a random offset, so one fewer fits than examples."""
+        return (len(self._split(split)) - 1 - self.context) // self.context
 
     def description(self) -> dict:
         """JSON: what rebuilds this dataset (see `ArrayDataset.description`)."""
         return {"name": self.name, "task": self.task, "input_shape": [self.context],
-                "classes": list(self.vocab), **self.about,
+                "classes": list(self.vocab), "outputs": self.num_outputs, "stored": "int32",
+                "normalization": Normalization().record(), "text": "characters",
+                "train_windows": self._windows_of("train"), **self.about,
                 "examples": {s: self.num_examples(s) for s in self.splits}}
 
     def summary(self) -> str:

@@ -383,7 +383,7 @@ def sample(workdir: str, prompt: str, length: int = 500, temperature: float = 1.
                          f"{temperature}")
     if not prompt:
         raise ValueError("the prompt is empty; give the text to continue, e.g. --prompt 'ROMEO:'")
-    r = restore(workdir, which, mesh="data=1")
+    r = restore(workdir, which, mesh="data=1", read_data=False)
     if not isinstance(r.dataset, Text):
         raise ValueError(f"{workdir} holds a {r.config.model.name} trained on "
                          f"{r.config.dataset.name}, which is not text; sample from a language "

@@ -217,13 +217,13 @@ def test_the_description_rebuilds_the_same_dataset(case):
 
 
 # Datasets whose description holds their preprocessing: `predict` needs none of their files.
-DESCRIBED = set(having("InMemory")) | {"image_folder read per example"}
+DESCRIBED = set(having("InMemory")) | {"image_folder read per example", "tiny_shakespeare"}
 
 
 def test_the_description_alone_predicts_as_the_dataset_does(case):
-    """Every in-memory dataset and a folder read per example stand in for themselves from their
-    description (the same shapes, outputs, classes and model inputs, to the bit); the others
-    (ImageNet-style reading, text) are read again from their files."""
+    """Every in-memory dataset, a folder read per example and character-level text stand in for
+    themselves from their description (the same shapes, outputs, classes, model inputs to the
+    bit, and text's encoding); ImageNet-style reading is read again from its files."""
     dataset = case.dataset
     described = data.described(dataset.description())
     if case.id not in DESCRIBED:
@@ -232,7 +232,16 @@ def test_the_description_alone_predicts_as_the_dataset_does(case):
     assert isinstance(described, Dataset) and isinstance(described, Preprocesses)
     for member in ("task", "class_names", "input_shape", "num_outputs"):
         assert getattr(described, member) == getattr(dataset, member), member
-    assert described.steps_per_epoch(BATCH) == dataset.steps_per_epoch(BATCH)
+    assert described.steps_per_epoch(case.batch_size) == dataset.steps_per_epoch(case.batch_size)
+    if isinstance(dataset, Text):  # the vocabulary is described: text encodes and decodes alike
+        assert isinstance(described, Text) and described.context == dataset.context
+        text = "".join(dataset.class_names[::-1])
+        np.testing.assert_array_equal(described.encode(text), dataset.encode(text))
+        assert described.decode(dataset.encode(text)) == text
+        with pytest.raises(ValueError, match="characters not in the"):
+            described.encode("\u2603")
+        return
+    assert not isinstance(described, Text)
     raw = (dataset.device_arrays("train")["inputs"][:BATCH] if isinstance(dataset, InMemory)
            else np.stack([np.asarray(Image.open(p).convert("RGB"))
                           for p in dataset.paths["train"][:BATCH]]))

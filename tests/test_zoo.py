@@ -2,6 +2,7 @@
 import functools
 import math
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -331,14 +332,16 @@ def test_models_lists_every_net_with_its_parameter_count(capsys):
 
 
 def test_sample_generates_from_a_trained_language_model(prepared, tmp_path, capsys):
-    workdir = str(tmp_path / "gpt")
+    workdir, text = str(tmp_path / "gpt"), tmp_path / "text"
+    shutil.copytree(os.path.join(prepared, "tiny_shakespeare"), text / "tiny_shakespeare")
     trained = descent("train", "--config", config_path("shakespeare_gpt.py") + ":tiny",
-                      "--workdir", workdir, f"--config.dataset.data_dir={prepared}",
+                      "--workdir", workdir, f"--config.dataset.data_dir={text}",
                       "--config.steps=30")
     assert trained.returncode == 0, trained.stderr
     assert trained.stdout.strip().splitlines()[-1].endswith(  # counted in characters
         f"characters), loss {trained.stdout.split(' loss ')[-1].strip()}")
     vocab = set(data.load("tiny_shakespeare", data_dir=prepared).vocab)
+    shutil.rmtree(text)  # the vocabulary travels with the checkpoint: sampling needs no text
 
     result = descent("sample", "--workdir", workdir, "--prompt", "ROMEO:", "--length", "80")
     assert result.returncode == 0, result.stderr
