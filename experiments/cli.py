@@ -115,11 +115,20 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="generate text from a language model's checkpoint")
     s.add_argument("--workdir", required=True)
-    s.add_argument("--prompt", required=True, help="the text to continue, e.g. 'ROMEO:'")
-    s.add_argument("--length", type=int, default=500, help="characters to generate (default 500)")
+    s.add_argument("--prompt", required=True, action="append",
+                   help="the text to continue, e.g. 'ROMEO:'; give it again for more texts, "
+                        "drawn together and printed one after another, a blank line between")
+    s.add_argument("--length", type=int, default=500,
+                   help="characters to generate at most (default 500)")
     s.add_argument("--temperature", type=float, default=1.0,
                    help="below 1 more likely characters, above 1 more varied; 0 always takes "
                         "the most likely (default 1)")
+    s.add_argument("--top-k", type=int, default=0,
+                   help="draw among the K most likely characters only (default 0: all)")
+    s.add_argument("--top-p", type=float, default=1.0,
+                   help="draw among the fewest most likely characters whose probabilities sum "
+                        "to P (nucleus sampling; default 1: all)")
+    s.add_argument("--stop", help="end a text after this text once it is drawn")
     s.add_argument("--checkpoint", default="best", help="best, latest or a step (default: best)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
@@ -333,8 +342,10 @@ def _run(argv: list[str]) -> int:
         for what, prediction in run.predict_files(restored, args.paths):
             _say(f"{printable(what)}: {_prediction(restored.dataset, prediction, args.top_k)}")
     elif args.command == "sample":
-        _say(run.sample(args.workdir, args.prompt, args.length, args.temperature,
-                        args.checkpoint, args.seed, progress=True))
+        texts = run.sample(args.workdir, args.prompt, args.length, args.temperature,
+                           args.checkpoint, args.seed, top_k=args.top_k, top_p=args.top_p,
+                           stop=args.stop, progress=True)
+        _say("\n\n".join(texts))
     return 0
 
 
@@ -354,7 +365,11 @@ def _check_numbers(args) -> None:
             raise _UsageError(f"{option} {value} must be from {low} to {high - 1:,}")
 
     given = vars(args)
-    at_least("--top-k", 1, given.get("top_k"))
+    at_least("--top-k", 0 if args.command == "sample" else 1, given.get("top_k"))
+    if given.get("top_p") is not None and not (math.isfinite(args.top_p)
+                                               and 0 < args.top_p <= 1):
+        raise _UsageError(f"--top-p {args.top_p} must be above 0 and at most 1 (1 draws among "
+                          f"every character)")
     at_least("--length", 1, given.get("length"))
     at_least("--seed", 0, given.get("seed"))
     if given.get("temperature") is not None and not (

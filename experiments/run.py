@@ -10,12 +10,11 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from flax import nnx
-from tqdm import tqdm
 
 import data
 import nets
 from experiments.config import check_values, complete
-from train import checkpoint, many, report, workdir_lock
+from train import checkpoint, many, report, sampling, workdir_lock
 from train.dataset import Dataset, InMemory, Preprocesses, ReadsImageFiles, Text
 from train.loop import counted, fit, scored_weights
 from train.resume import RESUMABLE_CHANGES, flat
@@ -370,66 +369,51 @@ def _evaluate(workdir: str, r: Restored, split: str, weights: str, which) -> dic
         **metrics, "counted": counted(r.dataset)})
 
 
-def sample(workdir: str, prompt: str, length: int = 500, temperature: float = 1.0,
-           which: str | int = "best", seed: int = 0, *, progress: bool = False) -> str:
-    """`prompt` followed by `length` characters drawn from the language model in `workdir`.
+def sample(workdir: str, prompt: str | Sequence[str], length: int = 500,
+           temperature: float = 1.0, which: str | int = "best", seed: int = 0, *,
+           top_k: int = 0, top_p: float = 1.0, stop: str | None = None, cache: bool = True,
+           progress: bool = False) -> str | list[str]:
+    """`prompt` followed by up to `length` characters drawn from the language model in
+    `workdir`; for a list of prompts, a list of texts, drawn together.
 
     Each character is drawn from softmax(logits / temperature) given the characters before it
-    (at most the model's context of them); temperature 0 takes the most likely one. `progress`
-    shows a progress bar on a terminal's stderr while the characters are drawn.
+    (at most the model's context of them), among the `top_k` most likely (0: all) and the
+    fewest most likely that make up `top_p` of the probability (1: all); temperature 0 takes
+    the most likely one. A text ends after `stop` once it is drawn. The GPT keeps a cache of
+    what it has read (`train.sampling`); `cache=False` reads the whole window every step.
+    `progress` shows a progress bar on a terminal's stderr while the characters are drawn.
     """
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if length < 1 or temperature < 0:
         raise ValueError(f"need --length >= 1 and --temperature >= 0, got {length} and "
                          f"{temperature}")
-    if not prompt:
+    if not (isinstance(top_k, int) and top_k >= 0) or not 0 < top_p <= 1:
+        raise ValueError(f"need --top-k >= 1 (or 0 for every character) and 0 < --top-p <= 1, "
+                         f"got {top_k} and {top_p}")
+    if stop is not None and not stop:
+        raise ValueError("--stop is empty; give the text to stop after, e.g. --stop $'\\n\\n'")
+    if not prompts or not all(prompts):
         raise ValueError("the prompt is empty; give the text to continue, e.g. --prompt 'ROMEO:'")
     r = restore(workdir, which, mesh="data=1", read_data=False)
     if not isinstance(r.dataset, Text):
         raise ValueError(f"{workdir} holds a {r.config.model.name} trained on "
                          f"{r.config.dataset.name}, which is not text; sample from a language "
                          f"model's run, e.g. experiments/configs/shakespeare_gpt.py")
+    encoded = [r.dataset.encode(p) for p in prompts]
     state = r.trainer.weights(r.state, r.weights)
     model = nnx.merge(r.trainer.graphdef, state.params, state.model_state)
-    ids = generate(model, r.dataset.encode(prompt), length, r.dataset.context, temperature,
-                   jax.random.PRNGKey(seed), progress=progress)
-    return prompt + r.dataset.decode(ids)
-
-
-def generate(model: nnx.Module, prompt_ids: np.ndarray, length: int, context: int,
-             temperature: float, key: jax.Array, *, progress: bool = False) -> np.ndarray:
-    """`length` token ids drawn one at a time from a causal language model's logits.
-
-    The model sees a fixed window of `context` ids, so one compiled step serves every position:
-    the prompt fills it from the left and, once full, it slides. Positions after the one read
-    hold zeros, which a causal model never looks at.
-    """
-    graphdef, state = nnx.split(model)
-
-    @jax.jit
-    def next_id(state, window_1xC, position, key):
-        logits_1xCxV = nnx.merge(graphdef, state)(window_1xC, train=False)
-        if logits_1xCxV.ndim != 3:
-            raise ValueError("this model classifies whole inputs; it is not a language model "
-                             "with logits at every position, so it cannot generate")
-        logits_V = logits_1xCxV[0, position]
-        if temperature == 0:
-            return jnp.argmax(logits_V)
-        return jax.random.categorical(key, logits_V / temperature)
-
-    window = np.zeros(context, np.int32)
-    filled = min(len(prompt_ids), context)
-    window[:filled] = prompt_ids[-filled:]
-    out = []
-    for i in tqdm(range(length), unit="char", leave=False, disable=None if progress else True):
-        token = int(next_id(state, window[None], filled - 1, jax.random.fold_in(key, i)))
-        out.append(token)
-        if filled < context:
-            window[filled] = token
-            filled += 1
-        else:
-            window = np.roll(window, -1)
-            window[-1] = token
-    return np.array(out, np.int32)
+    finished = None if stop is None else (lambda row, ids: stop in r.dataset.decode(ids))
+    drawn = sampling.generate(model, encoded, length, r.dataset.context,
+                              key=jax.random.PRNGKey(seed), temperature=temperature,
+                              top_k=top_k, top_p=top_p, cache=cache, finished=finished,
+                              progress=progress)
+    texts = []
+    for p, ids in zip(prompts, drawn):
+        text = r.dataset.decode(ids)
+        if stop is not None and stop in text:
+            text = text[:text.index(stop) + len(stop)]
+        texts.append(p + text)
+    return texts[0] if isinstance(prompt, str) else texts
 
 
 def predict(restored: Restored, inputs, batch_size: int = 256) -> np.ndarray:

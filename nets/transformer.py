@@ -26,11 +26,28 @@ class SelfAttention(nnx.Module):
         self.out = nnx.Linear(width, width, kernel_init=normal(out_std), dtype=dtype, rngs=rngs)
 
     def __call__(self, x_BxLxD):
+        q, k, v = self._qkv(x_BxLxD)
+        y_BxLxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
+        return self.out(y_BxLxNxH.reshape(x_BxLxD.shape))
+
+    def cached(self, x_BxTxD, cache, position_B):
+        """Causal attention of T new positions, row b's at position_B[b] on, over the keys and
+        values of the positions before (`cache`: (keys, values), each B x C x N x H); returns
+        the output and the cache with the new positions' keys and values written in."""
+        q, k, v = self._qkv(x_BxTxD)
+        write = jax.vmap(lambda old, new, at: jax.lax.dynamic_update_slice_in_dim(old, new, at, 0))
+        keys_BxCxNxH = write(cache[0], k.astype(cache[0].dtype), position_B)
+        values_BxCxNxH = write(cache[1], v.astype(cache[1].dtype), position_B)
+        queries_BxT = position_B[:, None] + jnp.arange(x_BxTxD.shape[1])
+        seen_BxTxC = jnp.arange(keys_BxCxNxH.shape[1]) <= queries_BxT[:, :, None]
+        y_BxTxNxH = jax.nn.dot_product_attention(q, keys_BxCxNxH, values_BxCxNxH,
+                                                 mask=seen_BxTxC[:, None])
+        return self.out(y_BxTxNxH.reshape(x_BxTxD.shape)), (keys_BxCxNxH, values_BxCxNxH)
+
+    def _qkv(self, x_BxLxD):
         b, length, width = x_BxLxD.shape
         qkv_BxLx3xNxH = self.qkv(x_BxLxD).reshape(b, length, 3, self.heads, width // self.heads)
-        q, k, v = (qkv_BxLx3xNxH[:, :, i] for i in range(3))
-        y_BxLxNxH = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)
-        return self.out(y_BxLxNxH.reshape(b, length, width))
+        return tuple(qkv_BxLx3xNxH[:, :, i] for i in range(3))
 
 
 class Block(nnx.Module):
@@ -50,14 +67,21 @@ class Block(nnx.Module):
         def drop(y):
             return self.dropout(y, deterministic=not train, rngs=rngs)
 
-        def mlp(y):
-            return self.down(jax.nn.gelu(self.up(y)))
-
         if self.pre_norm:
             x_BxLxD = x_BxLxD + drop(self.attention(self.norm1(x_BxLxD)))
-            return x_BxLxD + drop(mlp(self.norm2(x_BxLxD)))
+            return x_BxLxD + drop(self.mlp(self.norm2(x_BxLxD)))
         x_BxLxD = self.norm1(x_BxLxD + drop(self.attention(x_BxLxD)))
-        return self.norm2(x_BxLxD + drop(mlp(x_BxLxD)))
+        return self.norm2(x_BxLxD + drop(self.mlp(x_BxLxD)))
+
+    def cached(self, x_BxTxD, cache, position_B):
+        """A pre-norm block on T new positions with the attention cache (see `SelfAttention`),
+        as in inference: no dropout."""
+        y_BxTxD, cache = self.attention.cached(self.norm1(x_BxTxD), cache, position_B)
+        x_BxTxD = x_BxTxD + y_BxTxD
+        return x_BxTxD + self.mlp(self.norm2(x_BxTxD)), cache
+
+    def mlp(self, y):
+        return self.down(jax.nn.gelu(self.up(y)))
 
 
 def _blocks(layers, width, heads, causal, pre_norm, dropout, dtype, rngs):
@@ -110,6 +134,29 @@ class GPT(nnx.Module):
         for block in self.blocks:
             x_BxLxD = block(x_BxLxD, train, rngs)
         return self.embed.attend(self.norm(x_BxLxD)).astype(jnp.float32)
+
+    def empty_cache(self, batch: int) -> tuple:
+        """Keys and values of no position yet, per block: what `extend` starts from."""
+        attention = self.blocks[0].attention
+        shape = (batch, self.context, attention.heads, self.embed.features // attention.heads)
+        return tuple((jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
+                     for _ in self.blocks)
+
+    def extend(self, ids_BxT, position_B, cache) -> tuple[jax.Array, tuple]:
+        """Logits (B, T, V) of T new ids, row b's at positions position_B[b] on, given the keys
+        and values of every position before in `cache`; and the cache with theirs added. The
+        same numbers as `__call__` on the whole sequence, computed once per position: a
+        prefill writes the prompt (zeros after it are overwritten as the text grows), then
+        each step adds one position."""
+        length = ids_BxT.shape[1]
+        positions_BxTxD = jax.vmap(lambda at: jax.lax.dynamic_slice_in_dim(
+            self.positions[...], at, length))(position_B)
+        x_BxTxD = self.embed(ids_BxT) + positions_BxTxD.astype(self.dtype)
+        written = []
+        for block, kept in zip(self.blocks, cache):
+            x_BxTxD, kept = block.cached(x_BxTxD, kept, position_B)
+            written.append(kept)
+        return self.embed.attend(self.norm(x_BxTxD)).astype(jnp.float32), tuple(written)
 
 
 class Encoder(nnx.Module):

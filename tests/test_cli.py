@@ -185,6 +185,7 @@ def checkpoint_bytes(workdir) -> dict:
     ("sample --workdir W --prompt x --temperature 1e999", "--temperature inf must be a finite"),
     ("sample --workdir W --prompt x --seed -1", "--seed -1 must be from 0 to 2,147,483,647"),
     ("sample --workdir W --prompt=", "the prompt is empty"),
+    ("sample --workdir W --prompt x --stop=", "--stop is empty; give the text to stop after"),
     ("sample --workdir W --prompt x --length ten", "argument --length: invalid int value"),
     ("study nope", "unknown study 'nope'"),
     ("study activations --seeds 0", "--seeds 0 must be from 1 to 2,147,483,647"),

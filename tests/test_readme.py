@@ -140,6 +140,8 @@ COMMANDS = {
                   "--workdir runs/lstm", "data": "flag"},  # :cpu is 12 minutes
         'descent sample --workdir runs/lstm --prompt "ROMEO:" --length 500 '
         '--temperature 0.8': {"data": "needs"},
+        'descent sample --workdir runs/lstm --prompt "ROMEO:" --prompt "JULIET:" --top-p 0.9 '
+        '--stop "."': {"data": "needs"},
     },
 }
 

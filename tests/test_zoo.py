@@ -194,16 +194,16 @@ class NextIsSumOfLastTwo(nnx.Module):
 
 @pytest.mark.parametrize("prompt", [[3], [1, 2], [4, 0, 7, 7, 1, 2, 9]])
 def test_generate_feeds_back_each_token_and_slides_its_window(prompt):
-    from experiments.run import generate
+    from train.sampling import generate
 
     context, length = 5, 12  # the prompt is longer than the context in one case; so is the output
-    out = generate(NextIsSumOfLastTwo(), np.array(prompt, np.int32), length, context,
-                   temperature=1.0, key=jax.random.PRNGKey(0))
+    (out,) = generate(NextIsSumOfLastTwo(), [np.array(prompt, np.int32)], length, context,
+                      temperature=1.0, key=jax.random.PRNGKey(0))
     expected = list(prompt)
     for _ in range(length):
         window = expected[-context:]
         expected.append((window[-1] + (window[-2] if len(window) > 1 else 0)) % 10)
-    assert out.tolist() == expected[len(prompt):]
+    assert out == expected[len(prompt):]
 
 
 def test_bad_fields_name_the_fix():
@@ -352,6 +352,18 @@ def test_sample_generates_from_a_trained_language_model(prepared, tmp_path, caps
     greedy = run.sample(workdir, "ROMEO:", 40, temperature=0.0)
     assert greedy == run.sample(workdir, "ROMEO:", 40, temperature=0.0, seed=5)  # no draw
     assert run.sample(workdir, "ROMEO:", 40, seed=1) != run.sample(workdir, "ROMEO:", 40, seed=2)
+    # the cache changes no token: greedy texts of prompts of several lengths, drawn together,
+    # past the 32-character context (where the window slides), equal the whole window's
+    prompts = ["ROMEO:", "A", "JULIET: O Romeo, Romeo, wherefore art thou Romeo?"]
+    cached = run.sample(workdir, prompts, 45, temperature=0.0)
+    assert cached == run.sample(workdir, prompts, 45, temperature=0.0, cache=False)
+    assert cached[0] == run.sample(workdir, "ROMEO:", 45, temperature=0.0)  # alone or together
+    assert run.sample(workdir, prompts, 45, top_k=1, seed=3) == cached  # one left to draw
+    assert run.sample(workdir, prompts, 45, top_p=1e-6, seed=3) == cached
+    said = cached[0][len("ROMEO:"):]
+    stop = said[10:12]
+    assert run.sample(workdir, "ROMEO:", 45, temperature=0.0, stop=stop) == (
+        "ROMEO:" + said[:said.index(stop) + 2])
 
     code, err = error_of(capsys, "sample", "--workdir", workdir, "--prompt", "ROMEO: ☃",
                          "--length", "5")
