@@ -97,6 +97,46 @@ def _dropout_rngs(rngs):
     return None if rngs is None else nnx.Rngs(dropout=rngs)
 
 
+# `remat` values besides a policy of `jax.checkpoint_policies`: keep every activation of the
+# blocks for the backward pass, or keep only each block's input and recompute the rest there.
+REMAT = ("none", "block")
+
+
+def remat_policies() -> list[str]:
+    """The names `model.remat` takes: `REMAT`, then JAX's policies that take no arguments."""
+    policies = jax.checkpoint_policies
+    named = sorted(n for n in dir(policies) if not n.startswith("_") and n not in (
+        "save_only_these_names", "save_any_names_but_these", "save_and_offload_only_these_names",
+        "save_from_both_policies", "offload_dot_with_no_batch_dims",
+        "save_anything_except_these_names"))  # those take arguments
+    return [*REMAT, *named]
+
+
+def _run_blocks(blocks, x_BxLxD, train, rngs, remat: str):
+    """The blocks in turn; with `remat`, each recomputed in the backward pass (what it keeps is
+    `remat`'s policy: with `block`, only its input)."""
+    if remat == "none":
+        for block in blocks:
+            x_BxLxD = block(x_BxLxD, train, rngs)
+        return x_BxLxD
+    policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
+
+    @nnx.remat(policy=policy, static_argnums=(2,))
+    def step(block, x_BxLxD, train, rngs):
+        return block(x_BxLxD, train, rngs)
+
+    for block in blocks:
+        x_BxLxD = step(block, x_BxLxD, train, rngs)
+    return x_BxLxD
+
+
+def _check_remat(remat) -> str:
+    known = remat_policies()
+    if remat not in known:
+        raise ValueError(f"unknown model.remat {remat!r}; known: {', '.join(known)}")
+    return remat
+
+
 class GPT(nnx.Module):
     """A decoder-only language model over `num_classes` tokens: (B, L) ids -> (B, L, V) logits.
 
@@ -108,7 +148,8 @@ class GPT(nnx.Module):
     """
 
     def __init__(self, *, input_shape, num_classes, layers=12, heads=12, width=768, context=0,
-                 dropout=0.1, dtype="float32", rngs: nnx.Rngs):
+                 dropout=0.1, dtype="float32", remat="none", rngs: nnx.Rngs):
+        self.remat = _check_remat(remat)
         if len(input_shape) != 1:
             raise ValueError(f"a GPT takes (length,) token ids, not inputs of shape {input_shape}; "
                              f"use a text dataset such as tiny_shakespeare")
@@ -131,8 +172,7 @@ class GPT(nnx.Module):
         rngs = _dropout_rngs(rngs)
         x_BxLxD = self.embed(ids_BxL) + self.positions[:length].astype(self.dtype)
         x_BxLxD = self.dropout(x_BxLxD, deterministic=not train, rngs=rngs)
-        for block in self.blocks:
-            x_BxLxD = block(x_BxLxD, train, rngs)
+        x_BxLxD = _run_blocks(self.blocks, x_BxLxD, train, rngs, self.remat)
         return self.embed.attend(self.norm(x_BxLxD)).astype(jnp.float32)
 
     def empty_cache(self, batch: int) -> tuple:
@@ -170,7 +210,8 @@ class Encoder(nnx.Module):
     """
 
     def __init__(self, *, input_shape, num_classes, layers=4, heads=4, width=256, vocab_size=0,
-                 dropout=0.1, dtype="float32", rngs: nnx.Rngs):
+                 dropout=0.1, dtype="float32", remat="none", rngs: nnx.Rngs):
+        self.remat = _check_remat(remat)
         self.dtype = compute_dtype(dtype)
         self.vocab_size = vocab_size
         if vocab_size:
@@ -203,8 +244,7 @@ class Encoder(nnx.Module):
         x_BxLxD = jnp.concatenate([cls_Bx1xD.astype(self.dtype), x_BxLxD], axis=1)
         x_BxLxD = x_BxLxD + self.positions[: x_BxLxD.shape[1]].astype(self.dtype)
         x_BxLxD = self.dropout(self.norm(x_BxLxD), deterministic=not train, rngs=rngs)
-        for block in self.blocks:
-            x_BxLxD = block(x_BxLxD, train, rngs)
+        x_BxLxD = _run_blocks(self.blocks, x_BxLxD, train, rngs, self.remat)
         pooled_BxD = jnp.tanh(self.pooler(x_BxLxD[:, 0]))
         pooled_BxD = self.dropout(pooled_BxD, deterministic=not train, rngs=rngs)
         return self.head(pooled_BxD).astype(jnp.float32)

@@ -425,6 +425,15 @@ def test_a_net_that_cannot_read_text_is_refused_on_a_text_dataset(capsys, tmp_pa
     assert "use one of gpt, lstm, gru, rnn" in err
 
 
+def test_an_unknown_remat_policy_is_refused_before_the_workdir_is_made(capsys, tmp_path,
+                                                                       prepared):
+    code, err = error_of(capsys, "train", "--config", config_path("shakespeare_gpt.py") + ":tiny",
+                         "--workdir", str(tmp_path / "run"), "--config.model.remat=blocks",
+                         f"--config.dataset.data_dir={prepared}")
+    assert code == 2 and "unknown model.remat 'blocks'; known: none, block, checkpoint_dots" in err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("name", sorted(f for f in os.listdir(os.path.dirname(MLP))
                                         if f.endswith(".py") and f not in ("__init__.py",
                                                                            "common.py")))

@@ -117,3 +117,30 @@ def test_forget_bias_shifts_only_the_lstm_forget_gate():
                                                       np.zeros(12)], atol=1e-6)
     with pytest.raises(ValueError, match="forget_bias applies to the lstm cell, not to 'gru'"):
         nets.build("gru", input_shape=(5, 3), num_classes=4, forget_bias=1.0)
+
+
+@pytest.mark.parametrize("name, inputs", [("gpt", "ids"), ("bert", "rows")])
+@pytest.mark.parametrize("remat", ["block", "dots_with_no_batch_dims_saveable"])
+def test_remat_recomputes_the_blocks_to_the_same_gradients(name, inputs, remat):
+    """Dropout on, in training mode: a recomputed block draws the very masks it drew first."""
+    rng = np.random.default_rng(0)
+    if inputs == "ids":
+        shape, x = (16,), jnp.asarray(rng.integers(0, 30, (4, 16)), jnp.int32)
+    else:
+        shape, x = (8, 8, 1), jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32)
+    grads = []
+    for setting in ("none", remat):
+        model = nets.build(name, input_shape=shape, num_classes=30, layers=3, heads=2, width=32,
+                           dropout=0.1, remat=setting, seed=1)
+        grads.append(jax.tree.leaves(nnx.grad(lambda m: m(x, train=True, rngs=jax.random.PRNGKey(
+            2)).astype(jnp.float32).std())(model)))
+    assert len(grads[0]) == len(grads[1]) > 0
+    for plain, recomputed in zip(*grads):
+        np.testing.assert_allclose(recomputed, plain, rtol=1e-6, atol=1e-6)
+
+
+def test_an_unknown_remat_lists_the_policies():
+    with pytest.raises(ValueError, match=r"unknown model.remat 'blocks'; known: none, block, "
+                                         r"checkpoint_dots, .*dots_with_no_batch_dims_saveable"):
+        nets.build("gpt", input_shape=(8,), num_classes=5, layers=1, heads=1, width=8,
+                   remat="blocks")
