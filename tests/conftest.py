@@ -24,6 +24,11 @@ def xla_flags(devices: int = 1) -> str:
 
 
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
+# JAX's persistent compilation cache (on by default, in ~/.cache/descent/jax) in the checkout's
+# build/ folder instead: the tests' processes share their compiled programs there, and write
+# nothing into the user's home. A folder JAX is given wins over the config's.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(
+    os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "build", "jax-cache"))
 
 import jax  # noqa: E402
 import pytest  # noqa: E402

@@ -66,7 +66,7 @@ def error_of(capsys, *argv):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("--config.optimzer.name=adam", "unknown config key 'config.optimzer.name'; keys of config: checkpoint, dataset"),
+    ("--config.optimzer.name=adam", "unknown config key 'config.optimzer.name'; keys of config: checkpoint, compile_cache, dataset"),
     ("--config.epochs=three", "config.epochs='three' is not an int"),
     ("--config.optimizer.learning_rate=fast", "is not a float"),
     ("--config.model.name=resnet9", "unknown model 'resnet9'; known: bert, cnn, gpt, gru, lstm, mlp, resnet101"),
@@ -634,3 +634,30 @@ def test_closed_event_loops_of_a_failed_save_print_no_tracebacks(capsys, monkeyp
     assert main(["train"]) == 1
     assert capsys.readouterr().err == "descent: error: could not write a checkpoint\n"
     assert (sys.excepthook, sys.unraisablehook) == hooks  # as they were
+
+
+def test_compiled_programs_are_kept_in_the_cache_folder_the_config_names(tmp_path):
+    """In processes JAX was given no cache folder, as a user's are: by default the cache is
+    ~/.cache/descent/jax, `compile_cache` names another (a second run reads it back and writes
+    nothing new), and '' keeps none anywhere."""
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["XLA_FLAGS"] = xla_flags()
+
+    def train(workdir, *option, home="home"):
+        result = subprocess.run(
+            [sys.executable, "-m", "experiments", "train", "--config", TINY, "--workdir",
+             str(tmp_path / workdir), "--config.steps=3", *option], capture_output=True,
+            text=True, cwd=ROOT, env={**env, "HOME": str(tmp_path / home)}, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+
+    train("default")
+    assert any(n.startswith("jit_") for n in os.listdir(tmp_path / "home/.cache/descent/jax"))
+    cache = tmp_path / "cache"
+    train("first", f"--config.compile_cache={cache}", home="home2")
+    kept = sorted(os.listdir(cache))
+    assert any(name.startswith("jit_") for name in kept), kept
+    train("second", f"--config.compile_cache={cache}", home="home2")
+    assert sorted(os.listdir(cache)) == kept  # the same programs, read back
+    train("off", "--config.compile_cache=", home="home2")
+    assert sorted(os.listdir(cache)) == kept
+    assert not (tmp_path / "home2" / ".cache" / "descent").exists()

@@ -149,7 +149,7 @@ def test_tuples_are_written_with_commas_or_given_once_per_element():
     (["--config.log.tensorboard=maybe"], "is not a bool (the default is True); write true or "
                                          "false"),
     (["--config.optimzer.name=adam"], "unknown config key 'config.optimzer.name'; keys of "
-                                      "config: checkpoint, dataset"),
+                                      "config: checkpoint, compile_cache, dataset"),
     (["--config.optimizer.nmae=adam"], "unknown config key 'config.optimizer.nmae'; keys of "
                                        "config.optimizer: accumulate_steps"),
     (["--config.epochs=3", "--config.epochs=4"], "--config.epochs is given 2 times; give it "

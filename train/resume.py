@@ -34,7 +34,7 @@ log = logging.getLogger(__name__)
 # Config keys a resumed run may change freely: how long it runs, and where (devices, where its
 # data is: the data itself is checked by its fingerprint).
 RESUMABLE_CHANGES = ("epochs", "steps", "parallel.strategy", "parallel.mesh", "dataset.data_dir",
-                     "dataset.path", "dataset.on_device")
+                     "dataset.path", "dataset.on_device", "compile_cache")
 HISTORY_FILE = "history.jsonl"
 
 

@@ -8,7 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from train import pmap, sharding
+from train import compilation, pmap, sharding
 from train.dataset import Dataset, InMemory, check_dataset
 from train.losses import make_task
 from train.optimizers import learning_rate_schedule, make_optimizer
@@ -54,6 +54,7 @@ class Trainer:
         `config` has every field of the defaults (one saved by an older descent is completed
         before it gets here)."""
         check_dataset(dataset)
+        compilation.use_cache(config.compile_cache)  # before anything compiles
         steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
         self.steps_per_epoch = steps_per_epoch
         self.strategy = config.parallel.strategy

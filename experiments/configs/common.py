@@ -97,6 +97,7 @@ DEFAULTS = (
     ("log.tensorboard", True, None),            # TensorBoard event files in <workdir>/tensorboard
     ("log.trackers", "", None),                 # experiment trackers, e.g. "wandb,mlflow"
     ("log.project", "descent", None),           # their project (W&B) or experiment (MLflow)
+    ("compile_cache", "~/.cache/descent/jax", None),  # JAX's persistent cache; '' turns it off
 
     ("profile.start_step", 0, NON_NEGATIVE),    # N > 0: a jax.profiler trace of steps
     ("profile.num_steps", 3, COUNT),            # N .. N + num_steps - 1 into <workdir>/profile
