@@ -701,10 +701,20 @@ def _read_array_file(path: str) -> np.ndarray:
     return rows
 
 
-def _check_rows(rows: np.ndarray, dataset, path: str) -> None:
-    """Refuses rows of another shape than `dataset`'s inputs, or that are not pixels (integers
-    0..255) where it read pixels."""
+def as_input_rows(rows: np.ndarray, dataset) -> np.ndarray:
+    """Rows of (H, W) grey images get the channel axis of a run's (H, W, 1) inputs, as training
+    gave one to the same images (`arrays`); other rows are returned as they are."""
     shape = tuple(dataset.input_shape)
+    if len(shape) == 3 and shape[-1] == 1 and rows.shape[1:] == shape[:2]:
+        return rows[..., None]
+    return rows
+
+
+def _check_rows(rows: np.ndarray, dataset, path: str) -> None:
+    """Refuses rows of another shape than `dataset`'s inputs (a channel axis aside, see
+    `as_input_rows`), or that are not pixels (integers 0..255) where it read pixels."""
+    shape = tuple(dataset.input_shape)
+    rows = as_input_rows(rows, dataset)
     if rows.shape[1:] != shape:
         raise ValueError(f"{path} holds an array of shape {rows.shape}; this run reads rows of "
                          f"shape {shape}: give ({'N, ' + ', '.join(map(str, shape))})")

@@ -441,7 +441,7 @@ def predict_files(restored: Restored, paths: list[str]) -> list[tuple[str, np.nd
     """(what, prediction) for files a user has: image files (or folders of them) for a run on
     images, CSV files (a row each) for a run on a table, .npy arrays (a row each) for a run on
     arrays. Each is read as the run's dataset reads its own."""
-    from data.local import read_image, read_table_features
+    from data.local import as_input_rows, read_image, read_table_features
 
     dataset = restored.dataset
     if dataset.description().get("name") == "csv":
@@ -452,7 +452,8 @@ def predict_files(restored: Restored, paths: list[str]) -> list[tuple[str, np.nd
             rows.append(features)
         return list(zip(labels, predict(restored, np.concatenate(rows))))
     if all(p.endswith(".npy") for p in paths):
-        arrays = [np.load(_existing_file(p), allow_pickle=False) for p in paths]
+        arrays = [as_input_rows(np.load(_existing_file(p), allow_pickle=False), dataset)
+                  for p in paths]
         labels = [f"{p} row {i}" for p, a in zip(paths, arrays) for i in range(1, len(a) + 1)]
         return list(zip(labels, predict(restored, np.concatenate(arrays))))
     if len(dataset.input_shape) != 3:

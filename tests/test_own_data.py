@@ -237,8 +237,10 @@ def test_predict_checks_npy_rows_as_the_run_read_its_own_with_the_data_gone(file
     os.remove(tmp_path / "digits.npz")
     with np.load(files / "digits.npz") as f:
         pixels = f["x_test"][:3, :, :, None]  # with the channel axis the run added
+    outputs = {}
     for name, rows, code, said in [
             ("pixels", pixels, 0, "row 3: "),
+            ("grey", pixels[..., 0], 0, "row 3: "),  # (N, 8, 8), as the .npz held them
             ("floats", pixels / 255.0, 2, "this run reads pixels, integers 0..255"),
             ("flat", pixels.reshape(3, -1), 2, "this run reads rows of shape (8, 8, 1)")]:
         np.save(tmp_path / f"{name}.npy", rows)
@@ -246,6 +248,8 @@ def test_predict_checks_npy_rows_as_the_run_read_its_own_with_the_data_gone(file
                      str(tmp_path / f"{name}.npy")]) == code, name
         out, err = capsys.readouterr()
         assert said in (out if code == 0 else err), (name, out, err)
+        outputs[name] = [line.split(": ", 1)[1] for line in out.splitlines()]
+    assert outputs["grey"] == outputs["pixels"]
 
 
 def test_float_features_are_standardised_alike_in_an_npz_a_csv_and_from_python(tmp_path):
