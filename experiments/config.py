@@ -19,6 +19,7 @@ import ml_collections
 
 import nets
 from experiments.configs.common import DEFAULTS, INT_LIMIT, MODEL_RANGES, base_config
+from train.workdir import URL
 
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max, without importing numpy
 
@@ -180,6 +181,21 @@ def check_values(config: ml_collections.ConfigDict) -> None:
     if not config.steps and config.epochs < 1:
         raise ValueError(f"config.epochs={config.epochs} must be at least 1 (or set "
                          f"config.steps)")
+    _check_compile_cache(config.get("compile_cache", ""))
+
+
+def _check_compile_cache(folder: str) -> None:
+    """Refuses a compilation-cache folder JAX would not use, which it would otherwise skip in
+    silence: a URL (made into a local folder named "gs:") or a file."""
+    if not folder:
+        return
+    if URL.match(folder):
+        raise ValueError(f"config.compile_cache={folder!r} is a URL: the compilation cache is a "
+                         f"folder on this machine's file system; name one, or '' to turn it off")
+    path = os.path.expanduser(folder)
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"config.compile_cache={folder!r} is a file, not a folder; name a "
+                         f"folder (it is made if missing), or '' to turn it off")
 
 
 def _numbers(node: ml_collections.ConfigDict, prefix: str = ""):

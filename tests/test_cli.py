@@ -130,6 +130,10 @@ def error_of(capsys, *argv):
     ("--config.log.tensorboard=maybe", "config.log.tensorboard='maybe' is not a bool"),
     ("--config.dataset.on_device=maybe", "config.dataset.on_device='maybe' is not a bool"),
     ("--config.dataset.standardize=maybe", "config.dataset.standardize='maybe' is not a bool"),
+    ("--config.compile_cache=gs://bucket/cache", "config.compile_cache='gs://bucket/cache' is a "
+     "URL: the compilation cache is a folder on this machine's file system"),
+    (f"--config.compile_cache={ROOT}/README.md", "README.md' is a file, not a folder; name a "
+     "folder (it is made if missing), or '' to turn it off"),
     ("--config.dataset.on_device false", "unrecognized arguments: false; a true/false field "
                                          "takes its value after '=': --config.KEY=false"),
     ("--config.model.width=7 --config.model.width=9",
