@@ -37,7 +37,7 @@ from orbax.checkpoint._src.metadata import array_metadata_store
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
 from train.files import read_bytes, write_atomically
-from train.state import TrainState, abstract
+from train.state import TrainState, abstract, named
 
 log = logging.getLogger(__name__)
 
@@ -353,6 +353,11 @@ def _write_error(manager, step, error) -> CheckpointWriteError:
         f"Free space or make the work directory writable, then rerun to resume")
 
 
+def has_checkpoints(workdir: str) -> bool:
+    """Whether `workdir` holds a checkpoint (whole or not: reading one tells)."""
+    return bool(_listed_steps(os.path.join(workdir, "checkpoints")))
+
+
 def _listed_steps(directory) -> list[int]:
     """The steps of the checkpoints in `directory`, whether orbax lists them or not (one whose
     metadata is gone): real directories named by their step in ASCII digits."""
@@ -593,12 +598,4 @@ def _moved_by_another(target_dir: str, step: str) -> str | None:
 
 def _shapes(tree) -> dict[str, tuple]:
     """'params/hidden/0/kernel' -> shape, for every array in `tree` (a state or its metadata)."""
-    def name(key):
-        for attr in ("key", "name", "idx"):
-            if hasattr(key, attr):
-                return str(getattr(key, attr))
-        return str(key)
-
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(name(k) for k in path if name(k) != "value"): tuple(leaf.shape)
-            for path, leaf in leaves}
+    return {name: tuple(leaf.shape) for name, leaf in named(tree).items()}

@@ -29,7 +29,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 from flax import nnx
 
-from train import checkpoint, report, trackers, workdir_lock
+from train import checkpoint, report, trackers, warm_start, workdir_lock
 from train.dataset import Dataset, Text
 from train.resume import (EarlyStopping, data_position, group_of, open_checkpoints,
                           prepare_workdir, resume)
@@ -155,6 +155,10 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
                       plan.num_steps)
     for split in dict.fromkeys(s for s in (config.eval_split, test_split) if s):
         dataset.num_examples(split)  # a split the dataset lacks is named now
+    # a warm start that cannot be is named now; a run that resumes needs none
+    starts = [warm_start.plan(c.init_from, t.initial_state, c.model.name)
+              if c.init_from and not checkpoint.has_checkpoints(w) else None
+              for c, w, t in zip(configs, workdirs, runs.trainers)]
     tracked_by = trackers.names(config)
     chief = jax.process_index() == 0
     info = logging.INFO if console and chief else logging.DEBUG
@@ -170,7 +174,7 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
             run.trackers = held.enter_context(trackers.tracked(run.workdir, run.config,
                                                                tracked_by, chief))
         summaries = _train(runs, members, dataset, plan, profile, info, console and chief,
-                           allow_config_change, writers)
+                           allow_config_change, writers, starts)
         if test_split:
             _test(runs, members, summaries, dataset, test_split)
         for run, summary in zip(members, summaries):
@@ -180,8 +184,8 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
 
 
 def _train(runs: Runs, members: list[_Run], dataset: Dataset, plan: _Plan, profile: Profile,
-           info: int, show: bool, allow_config_change: bool, user_writers: Sequence
-           ) -> list[dict]:
+           info: int, show: bool, allow_config_change: bool, user_writers: Sequence,
+           starts: list[warm_start.Source | None]) -> list[dict]:
     config, chief = members[0].config, jax.process_index() == 0
     described = dataset.description()  # what rebuilds the dataset; saved with each checkpoint
 
@@ -189,7 +193,7 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, plan: _Plan, profi
     states, step, histories = resume(
         [run.checkpoints for run in members], [run.config for run in members],
         [run.workdir for run in members], [t.initial_state for t in runs.trainers], described,
-        plan.steps_per_epoch, allow_config_change, info)
+        plan.steps_per_epoch, allow_config_change, info, starts)
     for run, history in zip(members, histories):
         run.history = history
         run.stopping.replay(history)

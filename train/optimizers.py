@@ -1,6 +1,10 @@
 """Optimizers and learning-rate schedules by name, composed from plain optax."""
+import fnmatch
+
 import jax
 import optax
+
+from train.state import named
 
 
 def constant(learning_rate, **_):
@@ -69,12 +73,47 @@ def learning_rate_schedule(cfg, total_steps: int, steps_per_epoch: int = 0,
         decay_every=cfg.decay_every, decay_factor=cfg.decay_factor)
 
 
+def freeze_patterns(freeze: str) -> list[str]:
+    """`optimizer.freeze` ("blocks/0/*,embed/*") -> its patterns."""
+    return [p.strip() for p in freeze.split(",") if p.strip()]
+
+
+def frozen_labels(patterns: list[str]):
+    """For `optax.multi_transform`: labels each parameter array "frozen" when its name
+    (`blocks/0/attention/qkv/kernel`) matches one of `patterns` (shell-style: `*` matches
+    across `/` too), "trained" otherwise. A pattern that matches no parameter raises
+    ValueError: a typo would otherwise train what was meant to stay fixed."""
+    def labels(params):
+        names = list(named(params))
+        for pattern in patterns:
+            if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+                shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+                raise ValueError(f"optimizer.freeze pattern {pattern!r} matches no parameter of "
+                                 f"this model; its {len(names)} parameter arrays are named like "
+                                 f"{shown}")
+        marks = ["frozen" if any(fnmatch.fnmatchcase(name, p) for p in patterns) else "trained"
+                 for name in names]
+        return jax.tree.unflatten(jax.tree.structure(params), marks)
+
+    return labels
+
+
+def frozen_size(params, freeze: str) -> int:
+    """How many of `params`' numbers `optimizer.freeze` keeps as they are."""
+    patterns = freeze_patterns(freeze)
+    return sum(leaf.size for name, leaf in named(params).items()
+               if any(fnmatch.fnmatchcase(name, p) for p in patterns))
+
+
 def make_optimizer(cfg, total_steps: int, steps_per_epoch: int = 0, batch_size: int = 0
                    ) -> optax.GradientTransformation:
-    """optax chain: [clip by global norm] -> [L2 weight decay] -> optimizer with its schedule.
+    """optax chain: [clip by global norm] -> [L2 weight decay] -> optimizer with its schedule;
+    with `cfg.freeze`, applied only to the parameters it does not name, the others' updates
+    zero (`optax.multi_transform`), so they stay exactly as they started.
 
     Weight decay is coupled (added to the gradient, masked like adamw's) for every optimizer
-    but adamw, whose decay is decoupled inside it.
+    but adamw, whose decay is decoupled inside it. Clipping measures the gradient of the
+    trained parameters alone.
     """
     if cfg.name not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {cfg.name!r}; known: {', '.join(sorted(OPTIMIZERS))}")
@@ -85,4 +124,9 @@ def make_optimizer(cfg, total_steps: int, steps_per_epoch: int = 0, batch_size: 
         parts.append(optax.add_decayed_weights(cfg.weight_decay, mask=decay_mask))
     parts.append(OPTIMIZERS[cfg.name](
         learning_rate_schedule(cfg, total_steps, steps_per_epoch, batch_size), cfg))
-    return optax.chain(*parts)
+    tx = optax.chain(*parts)
+    patterns = freeze_patterns(cfg.freeze)
+    if not patterns:
+        return tx
+    return optax.multi_transform({"trained": tx, "frozen": optax.set_to_zero()},
+                                 frozen_labels(patterns))

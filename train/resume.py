@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import jax
 from jax.experimental import multihost_utils
 
-from train import checkpoint, report
+from train import checkpoint, report, warm_start
 from train.state import TrainState
 from train.workdir import check as workdir_check
 
@@ -34,7 +34,8 @@ log = logging.getLogger(__name__)
 # Config keys a resumed run may change freely: how long it runs, and where (devices, where its
 # data is: the data itself is checked by its fingerprint).
 RESUMABLE_CHANGES = ("epochs", "steps", "parallel.strategy", "parallel.mesh", "dataset.data_dir",
-                     "dataset.path", "dataset.on_device", "compile_cache")
+                     "dataset.path", "dataset.on_device", "compile_cache",
+                     "init_from")  # read at step 0 only
 HISTORY_FILE = "history.jsonl"
 
 
@@ -76,13 +77,15 @@ def open_checkpoints(workdir: str, config, group: bool = False):
 
 def resume(checkpoints: Sequence[checkpoint.Checkpoints], configs: Sequence,
            workdirs: Sequence[str], initial_states: Sequence[TrainState], described: dict,
-           steps_per_epoch: int, allow_config_change: bool, info: int = logging.INFO
+           steps_per_epoch: int, allow_config_change: bool, info: int = logging.INFO,
+           starts: Sequence[warm_start.Source | None] = ()
            ) -> tuple[list[TrainState], int, list[list[dict]]]:
     """(states, step, histories): a run alone's newest checkpoint that reads back whole, a
     group's at the newest step every run holds one at (or every run's initial state at step
-    0), and each run's metrics records up to that step (`metrics.jsonl` is cut there). A run
-    whose config or data changed since its checkpoint is refused unless `allow_config_change`;
-    `info` is the level of the messages."""
+    0, warm-started where its config says `init_from`: from `starts`, planned before, or
+    planned now), and each run's metrics records up to that step (`metrics.jsonl` is cut
+    there). A run whose config or data changed since its checkpoint is refused unless
+    `allow_config_change`; `info` is the level of the messages."""
     ahead = [[] for _ in checkpoints]  # a group's checkpoints newer than the step resumed
     if len(checkpoints) == 1:
         found = [checkpoints[0].restore_latest_good(initial_states[0])]
@@ -91,9 +94,13 @@ def resume(checkpoints: Sequence[checkpoint.Checkpoints], configs: Sequence,
         step, found, ahead = _restore_common(checkpoints, workdirs, initial_states,
                                              group_of(configs))
     states = []
-    for saved, config, workdir, like, resumed in zip(checkpoints, configs, workdirs,
-                                                      initial_states, found):
+    starts = list(starts) or [None] * len(configs)
+    for saved, config, workdir, like, resumed, start in zip(checkpoints, configs, workdirs,
+                                                             initial_states, found, starts):
         if resumed is None:
+            if config.init_from:
+                start = start or warm_start.plan(config.init_from, like, config.model.name)
+                like = warm_start.load(start, like, info)
             states.append(like)
             continue
         state, _, position = resumed

@@ -9,6 +9,7 @@ from typing import Protocol
 import jax
 
 from train.dataset import Dataset
+from train.optimizers import frozen_size
 from train.state import TrainState, num_params
 from train.trainer import Trainer
 
@@ -113,7 +114,9 @@ class One:
         trainer, batch_size = self.trainer, self.config.dataset.batch_size
         k = trainer.accumulate_steps
         micro = f", accumulated over {k} micro-batches of {batch_size // k}" if k > 1 else ""
-        return (f"training {num_params(trainer.initial_state):,} parameters for {num_steps} "
-                f"steps ({self.dataset.steps_per_epoch(batch_size)} per epoch, batch "
+        frozen = frozen_size(trainer.initial_state.params, self.config.optimizer.freeze)
+        frozen = f" ({frozen:,} of them frozen)" if frozen else ""
+        return (f"training {num_params(trainer.initial_state):,} parameters{frozen} for "
+                f"{num_steps} steps ({self.dataset.steps_per_epoch(batch_size)} per epoch, batch "
                 f"{batch_size}{micro}) on {len(self.devices)} {self.devices[0].platform} "
                 f"device(s) in {jax.process_count()} process(es), strategy {trainer.strategy}")

@@ -28,6 +28,19 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int,
     return graphdef, state
 
 
+def named(tree: Any) -> dict[str, Any]:
+    """'params/hidden/0/kernel' -> array, for every array in `tree` (a state, part of one, or
+    orbax's metadata of one): the names checkpoints, warm starts and frozen patterns use."""
+    def name(key):
+        for attr in ("key", "name", "idx"):
+            if hasattr(key, attr):
+                return str(getattr(key, attr))
+        return str(key)
+
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(name(k) for k in path if name(k) != "value"): leaf for path, leaf in leaves}
+
+
 def abstract(tree: Any) -> Any:
     """Shapes, dtypes and shardings of `tree` without its values: a restore target."""
     return jax.tree.map(

@@ -63,6 +63,9 @@ DEFAULTS = (
     ("dataset.test_fraction", 0.2, FRACTION),   # of all, where the data has no test split
 
     ("model.name", "", None),                   # a net of nets.NETS; its fields come with it
+    ("init_from", "", None),                    # WORKDIR[:STEP]: a fresh run starts from the
+                                                # parameters of that run's checkpoint (best,
+                                                # latest or a step; default best) that fit
 
     ("optimizer.name", "adam", None),           # sgd | adam | adamw | rmsprop
     ("optimizer.learning_rate", 1e-3, POSITIVE),
@@ -82,6 +85,8 @@ DEFAULTS = (
                                                 # k micro-batches of batch_size / k, in turn
     ("optimizer.ema_decay", 0.0, FRACTION),     # d > 0: also keep a moving average of the
                                                 # weights (e.g. 0.999), evaluated beside them
+    ("optimizer.freeze", "", None),             # parameter names kept as they start, e.g.
+                                                # "blocks/*,stem_*" (shell patterns)
 
     ("loss.name", "cross_entropy", None),       # cross_entropy | binary_cross_entropy | mse
     ("loss.label_smoothing", 0.0, FRACTION),
