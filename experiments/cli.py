@@ -150,6 +150,31 @@ def _parser() -> argparse.ArgumentParser:
                                        "Tiny Shakespeare (default ~/tensorflow_datasets)")
     st.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
 
+    im = sub.add_parser(
+        "import", help="turn a Hugging Face GPT-2 or a torchvision ResNet into a workdir",
+        description="Write the weights of a Hugging Face GPT-2 folder (config.json, "
+                    "model.safetensors) or a torchvision ResNet state dict (.safetensors, or "
+                    ".pth with PyTorch installed) into a new work directory, as its checkpoint "
+                    "at step 0: fine-tune from it with --config.init_from=WORKDIR, or export it.")
+    im.add_argument("source", choices=("hf-gpt2", "torchvision-resnet"))
+    im.add_argument("path", help="hf-gpt2: the model's folder; torchvision-resnet: its file")
+    im.add_argument("--workdir", required=True)
+    im.add_argument("--arch", help="torchvision-resnet: resnet18 ... resnet152, checked against "
+                                   "the file (default: read from it)")
+    im.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+
+    ex = sub.add_parser(
+        "export", help="write a gpt or resnet run's weights as Hugging Face's or torchvision's",
+        description="Write the parameters of a checkpoint into the folder --out as safetensors, "
+                    "with the names `descent import` reads: a gpt run as a Hugging Face GPT-2 "
+                    "(config.json, model.safetensors), a resnet run as a torchvision state "
+                    "dict (model.safetensors).")
+    ex.add_argument("workdir")
+    ex.add_argument("--out", required=True, help="a new or empty folder")
+    ex.add_argument("--format", choices=("safetensors",), default="safetensors")
+    ex.add_argument("--checkpoint", default="best", help="best, latest or a step (default: best)")
+    ex.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+
     m = sub.add_parser("models", help="list every net with its parameter count and fields",
                        description="Every net with its parameter count at its typical input "
                                    "and its fields' defaults; with --config, the parameters of "
@@ -305,6 +330,14 @@ def _run(argv: list[str]) -> int:
         return 0
     if args.command == "models":
         print_models(config if args.config else None)
+        return 0
+    if args.command in ("import", "export"):
+        from experiments import weights
+        if args.command == "import":
+            _say(weights.import_weights(args.source, args.path, args.workdir, args.arch))
+        else:
+            for path in weights.export(args.workdir, args.out, args.checkpoint):
+                _say(f"wrote {path}")
         return 0
     if args.command in ("train", "eval"):
         _join_processes(args)

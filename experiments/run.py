@@ -262,6 +262,10 @@ def _restore(workdir: str, which, strategy, mesh, weights, given=None, data_path
         except Exception as e:  # noqa: BLE001 - unreadable or unverified: damaged
             _set_aside(manager, step, e, which)
             continue
+        if described is not None and described.get("name") == "imported":
+            raise ValueError(f"{workdir} holds imported weights ({described['source']}) and no "
+                             f"data to use them on: fine-tune from them with "
+                             f"--config.init_from={workdir}, or `descent export` them")
         config.parallel.mesh = mesh
         config.parallel.strategy = strategy or config.parallel.strategy
         dataset = given

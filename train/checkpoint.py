@@ -475,6 +475,20 @@ def _restore_state(manager: ocp.CheckpointManager, step: int, like: TrainState) 
     return restored.state
 
 
+def read_arrays(manager: ocp.CheckpointManager, step: int, parts=("params", "model_state")
+                ) -> dict[str, np.ndarray]:
+    """'params/head/kernel' -> a host array, for every array of the state's `parts` at `step`
+    (checksums verified first): the weights alone, on no device, whatever mesh saved them."""
+    verify_checksums(manager, step)
+    saved = manager.item_metadata(step)["state"]
+    target = {part: jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype), saved[part])
+              for part in parts if part in saved}
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), target)
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
+        target, restore_args=restore_args, partial_restore=True))).state
+    return {name: np.asarray(leaf) for name, leaf in named(restored).items()}
+
+
 def saved_config(manager: ocp.CheckpointManager, step: int) -> dict:
     """The config saved with the checkpoint at `step`."""
     return manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore())).config
