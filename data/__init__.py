@@ -4,8 +4,9 @@ Imports no model or training code. What the training loop needs of a dataset is 
 in `train.dataset.Dataset`; everything here meets it. Datasets that fit in memory are decoded
 once into arrays (`ArrayDataset`); ImageNet-scale ones and large image folders are read per
 example through grain (`GrainImages`, `FolderImages`); text is windows of character ids
-(`CharText`). scikit-learn's bundled datasets and the synthetic tasks need no download; your own
-data comes in as `arrays`, `image_folder` or `csv`.
+(`CharText`), or of token ids memory-mapped from a corpus `descent data prepare text` wrote
+(`Tokens`). scikit-learn's bundled datasets and the synthetic tasks need no download; your own
+data comes in as `arrays`, `image_folder`, `csv` or `tokens`.
 
     dataset = data.load("csv", path="patients.csv", target="outcome")
     dataset = data.load("arrays", arrays={"x_train": x, "y_train": y})
@@ -34,6 +35,7 @@ _LOADERS = {
     "imagenet2012": ("data.imagenet", "grain_images"),
     "imagenette": ("data.imagenet", "grain_images"),
     "tiny_shakespeare": ("data.text", "tiny_shakespeare"),
+    "tokens": ("data.tokens", "tokens"),
 }
 DATASETS = tuple(_LOADERS)  # every dataset name
 _BY_NAME = ("tfds_images", "grain_images")  # loaders that serve several datasets by name
@@ -42,7 +44,8 @@ _BY_NAME = ("tfds_images", "grain_images")  # loaders that serve several dataset
 _CLASSES = {"ArrayDataset": "data.arrays", "Batch": "data.arrays", "CharText": "data.text",
             "Described": "data.description", "described": "data.description",
             "FolderImages": "data.local", "GrainImages": "data.imagenet",
-            "FUNCTIONS": "data.synthetic", "Normalization": "data.arrays"}
+            "FUNCTIONS": "data.synthetic", "Normalization": "data.arrays",
+            "Tokens": "data.tokens"}
 
 
 def __getattr__(name: str):

@@ -10,6 +10,7 @@ import numpy as np
 from data.arrays import Batch, Normalization, summary_line
 from data.batching import full_batches
 from data.text import CharText
+from data.tokens import Tokens
 
 # What a description must hold to stand in for its dataset; a checkpoint written before these
 # were recorded (or of a dataset that records no `Normalization`) rebuilds from its files.
@@ -84,12 +85,27 @@ class DescribedText(Described):
     decode = CharText.decode
 
 
+@dataclasses.dataclass(frozen=True)
+class DescribedTokens(DescribedText):
+    """A token corpus run's dataset from its description, which holds its tokenizer."""
+    unit = "tokens"
+
+    @property
+    def tokenizer_json(self) -> str:
+        return self.recorded["tokenizer"]
+
+    tokenizer = Tokens.tokenizer
+    encode = Tokens.encode
+    decode = Tokens.decode
+
+
 def described(description: dict) -> Described | None:
     """The dataset `description` stands for, from the description alone; None where it lacks
     what that takes (then the data is read again)."""
     if any(key not in description for key in NEEDED):
         return None
-    kind = DescribedText if description.get("text") == "characters" else Described
+    kind = {"characters": DescribedText, "tokens": DescribedTokens}.get(
+        description.get("text"), Described)
     return kind(description["name"], description["task"], tuple(description["classes"]),
                 tuple(description["input_shape"]), int(description["outputs"]),
                 Normalization.from_record(description["normalization"]), description)

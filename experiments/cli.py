@@ -119,7 +119,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="the text to continue, e.g. 'ROMEO:'; give it again for more texts, "
                         "drawn together and printed one after another, a blank line between")
     s.add_argument("--length", type=int, default=500,
-                   help="characters to generate at most (default 500)")
+                   help="characters (tokens, for a run on tokens) to generate at most "
+                        "(default 500)")
     s.add_argument("--temperature", type=float, default=1.0,
                    help="below 1 more likely characters, above 1 more varied; 0 always takes "
                         "the most likely (default 1)")
@@ -195,15 +196,27 @@ def _parser() -> argparse.ArgumentParser:
     d = sub.add_parser("data", help="prepare datasets")
     dsub = d.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
     prep = dsub.add_parser(
-        "prepare", help="build a tensorflow-datasets dataset from raw files on disk",
+        "prepare", help="build a dataset from raw files on disk, or your text as tokens",
         description="Build NAME (mnist, fashion_mnist, cifar10, cifar100, imagenette, "
                     "imagenet2012, tiny_shakespeare) with tfds's own builder from the raw "
                     "files tfds would download (e.g. the four MNIST IDX .gz files, "
                     "cifar-10-binary.tar.gz, ILSVRC2012_img_train.tar and ..._val.tar) found "
-                    "in --manual-dir. Needs TensorFlow: pip install -e '.[tf]'.")
-    prep.add_argument("name")
-    prep.add_argument("--manual-dir", required=True, help="folder holding the raw files")
-    prep.add_argument("--data-dir", help="tfds data directory (default: ~/tensorflow_datasets)")
+                    "in --manual-dir; needs TensorFlow: pip install -e '.[tf]'. Or `prepare "
+                    "text CORPUS --files F ...`: train a tokenizer on your text files and "
+                    "write them as token files into DATA_DIR/CORPUS, for "
+                    "--config.dataset.name=tokens --config.dataset.path=DATA_DIR/CORPUS.")
+    prep.add_argument("name", help="a tfds dataset, or `text`")
+    prep.add_argument("corpus", nargs="?", help="text: the name of the folder to write")
+    prep.add_argument("--manual-dir", help="folder holding the raw files")
+    prep.add_argument("--data-dir", help="tfds data directory (default: ~/tensorflow_datasets); "
+                                         "text: where CORPUS goes (default: runs/data)")
+    prep.add_argument("--files", nargs="+", help="text: the UTF-8 text files to encode")
+    prep.add_argument("--tokenizer", default="bpe:8192",
+                      help="text: bpe:SIZE (byte-level BPE trained on the files), byte, char, "
+                           "or gpt2:DIR (GPT-2's vocab.json and merges.txt in DIR); default "
+                           "bpe:8192")
+    prep.add_argument("--validation-fraction", type=float, default=0.1,
+                      help="text: the end of each file kept for validation (default 0.1)")
     prep.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
 
     launch = sub.add_parser(
@@ -320,9 +333,7 @@ def _run(argv: list[str]) -> int:
         parser.error(f"unrecognized arguments: {' '.join(rest)}{hint}")
     _check_numbers(args)
     if args.command == "data":
-        from data.prepare import prepare
-        prepare(args.name, args.manual_dir, args.data_dir, quiet=not args.verbose)
-        return 0
+        return prepare_data(args)
     if args.command == "study":
         return study(args)
     if args.command == "config":
@@ -615,6 +626,42 @@ def _join_processes(args) -> None:
                                args.coordinator_timeout)
     elif args.distributed or distributed.cluster_size_from_environment():
         distributed.initialize(timeout_s=args.coordinator_timeout)
+
+
+def prepare_data(args) -> int:
+    """`descent data prepare NAME --manual-dir DIR`, or `... text CORPUS --files ...`."""
+    text_only = [f"--{k.replace('_', '-')}" for k, default in (
+        ("files", None), ("tokenizer", "bpe:8192"), ("validation_fraction", 0.1))
+        if getattr(args, k) != default]
+    if args.name != "text":
+        if args.corpus is not None or text_only:
+            raise _UsageError(f"{', '.join(text_only) or args.corpus} applies to `descent data "
+                              f"prepare text CORPUS --files ...`, not to {args.name}")
+        if args.manual_dir is None:
+            raise _UsageError("data prepare NAME needs --manual-dir, the folder of raw files")
+        from data.prepare import prepare
+        prepare(args.name, args.manual_dir, args.data_dir, quiet=not args.verbose)
+        return 0
+    if args.corpus is None or not args.files:
+        raise _UsageError("data prepare text needs a name and the files: descent data prepare "
+                          "text CORPUS --files a.txt b.txt")
+    if args.manual_dir is not None:
+        raise _UsageError("--manual-dir applies to tfds datasets; text reads --files")
+    import json
+
+    from data import check_path, tokens
+    for path in [*args.files, args.data_dir]:
+        check_path("data prepare text", path)
+    data_dir = args.data_dir or os.path.join("runs", "data")
+    folder = tokens.prepare(args.corpus, args.files, args.tokenizer, data_dir,
+                            validation_fraction=args.validation_fraction,
+                            progress=sys.stderr.isatty())
+    manifest = json.load(open(os.path.join(folder, "manifest.json")))
+    counts = ", ".join(f"{v['tokens']:,} {k}" for k, v in manifest["splits"].items())
+    print(f"wrote {folder}: {counts} tokens, a vocabulary of {manifest['vocab_size']:,} "
+          f"({args.tokenizer}); train on it with --config.dataset.name=tokens "
+          f"--config.dataset.path={folder}")
+    return 0
 
 
 def _say(line: str) -> None:

@@ -31,9 +31,9 @@ def build(config: ml_collections.ConfigDict, dataset=None, *, deferred: bool = F
     function that builds it, for `Trainer` to make its state in one compiled program rather
     than array by array (a bad model field then fails when the Trainer is made)."""
     dataset = dataset if dataset is not None else load_dataset(config)
-    if counted(dataset) == "characters" and config.model.name not in LANGUAGE_MODELS:
+    if isinstance(dataset, Text) and config.model.name not in LANGUAGE_MODELS:
         raise ValueError(f"model.name={config.model.name} reads images or feature vectors, but "
-                         f"{config.dataset.name} is text (character ids): use one of "
+                         f"{config.dataset.name} is text ({counted(dataset)}): use one of "
                          f"{', '.join(LANGUAGE_MODELS)}")
     fields = {k: v for k, v in config.model.items() if k != "name"}
 

@@ -459,8 +459,9 @@ def scored_weights(config) -> str:
 
 
 def counted(dataset: Dataset) -> str:
-    """What an evaluation's `examples` count: characters for a language model, else examples."""
-    return "characters" if isinstance(dataset, Text) else "examples"
+    """What an evaluation's `examples` count: a language model's characters or tokens (its
+    dataset's `unit`), else examples."""
+    return getattr(dataset, "unit", "characters") if isinstance(dataset, Text) else "examples"
 
 
 @contextlib.contextmanager
