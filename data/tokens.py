@@ -279,17 +279,25 @@ def _tokenizer(spec: str, files: Sequence[str]):
         made.decoder = decoders.Fuse()
         return made
     if kind == "gpt2" and arg:
-        vocab, merges = (os.path.join(arg, f) for f in ("vocab.json", "merges.txt"))
-        for file in (vocab, merges):
-            if not os.path.isfile(file):
-                raise ValueError(f"--tokenizer {spec}: {arg} has no {os.path.basename(file)}; "
-                                 f"a GPT-2 tokenizer folder holds vocab.json and merges.txt")
-        made = Tokenizer(models.BPE.from_file(vocab, merges))
-        made.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        made.decoder = decoders.ByteLevel()
-        made.add_special_tokens([END])
-        return made
+        for file in ("vocab.json", "merges.txt"):
+            if not os.path.isfile(os.path.join(arg, file)):
+                raise ValueError(f"--tokenizer {spec}: {arg} has no {file}; a GPT-2 tokenizer "
+                                 f"folder holds vocab.json and merges.txt")
+        return gpt2_tokenizer(arg)
     raise ValueError(f"--tokenizer {spec!r} is not one of {', '.join(TOKENIZERS)} (e.g. bpe:8192)")
+
+
+def gpt2_tokenizer(folder: str):
+    """GPT-2's tokenizer from its `vocab.json` and `merges.txt` in `folder`: byte-level BPE,
+    no space added before a text, `<|endoftext|>` special."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    made = Tokenizer(models.BPE.from_file(os.path.join(folder, "vocab.json"),
+                                          os.path.join(folder, "merges.txt")))
+    made.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    made.decoder = decoders.ByteLevel()
+    made.add_special_tokens([END])
+    return made
 
 
 def _from_json(text: str):

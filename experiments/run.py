@@ -13,6 +13,7 @@ from flax import nnx
 
 import data
 import nets
+from experiments import weights
 from experiments.config import check_values, complete
 from train import checkpoint, many, report, sampling, workdir_lock
 from train.dataset import Dataset, InMemory, Preprocesses, ReadsImageFiles, Text
@@ -265,7 +266,8 @@ def _restore(workdir: str, which, strategy, mesh, weights, given=None, data_path
         if described is not None and described.get("name") == "imported":
             raise ValueError(f"{workdir} holds imported weights ({described['source']}) and no "
                              f"data to use them on: fine-tune from them with "
-                             f"--config.init_from={workdir}, or `descent export` them")
+                             f"--config.init_from={workdir}, or `descent export` them (a "
+                             f"GPT-2 imported with its tokenizer also samples)")
         config.parallel.mesh = mesh
         config.parallel.strategy = strategy or config.parallel.strategy
         dataset = given
@@ -398,22 +400,30 @@ def sample(workdir: str, prompt: str | Sequence[str], length: int = 500,
         raise ValueError("--stop is empty; give the text to stop after, e.g. --stop $'\\n\\n'")
     if not prompts or not all(prompts):
         raise ValueError("the prompt is empty; give the text to continue, e.g. --prompt 'ROMEO:'")
-    r = restore(workdir, which, mesh="data=1", read_data=False)
-    if not isinstance(r.dataset, Text):
-        raise ValueError(f"{workdir} holds a {r.config.model.name} trained on "
-                         f"{r.config.dataset.name}, which is not text; sample from a language "
-                         f"model's run, e.g. experiments/configs/shakespeare_gpt.py")
-    encoded = [r.dataset.encode(p) for p in prompts]
-    state = r.trainer.weights(r.state, r.weights)
-    model = nnx.merge(r.trainer.graphdef, state.params, state.model_state)
-    finished = None if stop is None else (lambda row, ids: stop in r.dataset.decode(ids))
-    drawn = sampling.generate(model, encoded, length, r.dataset.context,
+    imported = weights.imported(workdir)
+    if imported is not None:  # weights from elsewhere: no run, no data, maybe a tokenizer
+        if imported.get("text") != "tokens":
+            raise ValueError(f"{workdir} holds imported weights ({imported['source']}) without "
+                             f"a tokenizer to sample text with: import a GPT-2 folder that "
+                             f"holds vocab.json and merges.txt")
+        model, dataset = weights.load_imported(workdir, which)
+    else:
+        r = restore(workdir, which, mesh="data=1", read_data=False)
+        if not isinstance(r.dataset, Text):
+            raise ValueError(f"{workdir} holds a {r.config.model.name} trained on "
+                             f"{r.config.dataset.name}, which is not text; sample from a "
+                             f"language model's run, e.g. experiments/configs/shakespeare_gpt.py")
+        state = r.trainer.weights(r.state, r.weights)
+        model, dataset = nnx.merge(r.trainer.graphdef, state.params, state.model_state), r.dataset
+    encoded = [dataset.encode(p) for p in prompts]
+    finished = None if stop is None else (lambda row, ids: stop in dataset.decode(ids))
+    drawn = sampling.generate(model, encoded, length, dataset.context,
                               key=jax.random.PRNGKey(seed), temperature=temperature,
                               top_k=top_k, top_p=top_p, cache=cache, finished=finished,
                               progress=progress)
     texts = []
     for p, ids in zip(prompts, drawn):
-        text = r.dataset.decode(ids)
+        text = dataset.decode(ids)
         if stop is not None and stop in text:
             text = text[:text.index(stop) + len(stop)]
         texts.append(p + text)

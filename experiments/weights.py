@@ -17,7 +17,10 @@ import numpy as np
 import safetensors.numpy
 from flax import nnx
 
+import data
 import nets
+from data import tokens
+from data.arrays import Normalization
 from experiments.configs.common import base_config
 from experiments.config import model_fields
 from nets import convert
@@ -58,6 +61,8 @@ def import_weights(source: str, path: str, workdir: str, arch: str | None = None
     state = state.replace(opt_state=())  # a fine-tune makes its own
     description = {"name": IMPORTED, "source": about, "input_shape": list(input_shape),
                    "outputs": num_classes}
+    if source == "hf-gpt2":
+        description.update(_gpt2_tokenizer(path, num_classes, fields["context"]))
     prepare_workdir(workdir)
     with workdir_lock.hold(workdir, exclusive=True), checkpoint.Checkpoints(
             workdir, keep=1, keep_best=0) as saved:
@@ -131,6 +136,51 @@ def _hf_gpt2(directory: str):
         raise ValueError(f"{config_file} has no {e}; is it a GPT-2's?") from None
     params = convert.gpt2_params(_safetensors(weights), fields)
     return "gpt", fields, params, {}, f"Hugging Face GPT-2 {os.path.abspath(directory)}"
+
+
+def _gpt2_tokenizer(directory: str, vocab_size: int, context: int) -> dict:
+    """What the description of an imported GPT-2 says of its text: its tokenizer, where the
+    folder holds GPT-2's vocab.json and merges.txt (as the hub's gpt2 does), so `sample`
+    encodes and decodes text; otherwise nothing."""
+    if not all(os.path.isfile(os.path.join(directory, f)) for f in ("vocab.json", "merges.txt")):
+        return {}
+    made = tokens.gpt2_tokenizer(directory)
+    if made.get_vocab_size() > vocab_size:
+        raise ValueError(f"{directory}'s tokenizer has {made.get_vocab_size():,} tokens, more "
+                         f"than the model's {vocab_size:,} outputs: they do not belong together")
+    return {"task": "classification", "input_shape": [context], "classes": [],
+            "outputs": vocab_size, "stored": "int32", "normalization": Normalization().record(),
+            "text": "tokens", "tokenizer": made.to_str(), "train_windows": 0, "examples": {}}
+
+
+def load_imported(workdir: str, which: str = "latest") -> tuple[nnx.Module, object]:
+    """The net of an imported work directory with its weights, and its description as a
+    dataset (`data.described`: for a GPT-2 imported with its tokenizer, text it samples)."""
+    with workdir_lock.hold(workdir, exclusive=False):
+        manager = checkpoint.open_manager(workdir, read_only=True)
+        step = checkpoint.resolve_step(manager, which)
+        model = dict(checkpoint.saved_config(manager, step)["model"])
+        described = checkpoint.saved_dataset(manager, step)
+        arrays = checkpoint.read_arrays(manager, step)
+    name = model.pop("name")
+    params = _nested(arrays, "params/")
+    net = nets.build(name, input_shape=tuple(described["input_shape"]),
+                     num_classes=described["outputs"], **model)
+    _fill(net, nnx.Param, params)
+    stats = _nested(arrays, "model_state/")
+    if stats:
+        _fill(net, nnx.BatchStat, stats)
+    return net, data.described(described)
+
+
+def imported(workdir: str) -> dict | None:
+    """The description of an imported work directory's newest checkpoint; None for a run."""
+    if not checkpoint.has_checkpoints(workdir):
+        return None
+    with workdir_lock.hold(workdir, exclusive=False):
+        manager = checkpoint.open_manager(workdir, read_only=True)
+        described = checkpoint.saved_dataset(manager, checkpoint.resolve_step(manager))
+    return described if described and described.get("name") == IMPORTED else None
 
 
 def _torchvision_resnet(path: str, arch: str | None):

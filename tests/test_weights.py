@@ -72,6 +72,11 @@ def test_a_resnet_imports_from_either_file_and_a_fine_tune_starts_from_it(capsys
         fresh.load_state_dict(exported, strict=True)
         for key, value in resnet.state_dict().items():
             assert torch.equal(fresh.state_dict()[key], value), key
+    imported = str(tmp_path / "resnet18.pth")
+    code, err = error_of(capsys, "eval", "--workdir", imported)
+    assert code == 2 and "holds imported weights (torchvision ResNet-18 " in err
+    code, err = error_of(capsys, "sample", "--workdir", imported, "--prompt", "x")
+    assert code == 2 and "without a tokenizer to sample text with" in err
     # digits are 8x8 grey: the stem (3 colour channels) and nothing else starts fresh, and
     # the frozen blocks stay the imported ones
     config = tiny_config("digits_cnn.py", **{
@@ -85,6 +90,40 @@ def test_a_resnet_imports_from_either_file_and_a_fine_tune_starts_from_it(capsys
     blocks = [k for k in tuned if k.startswith("blocks/")]
     assert blocks and all(np.array_equal(tuned[k], imported[f"params/{k}"]) for k in blocks)
     assert tuned["stem_conv/kernel"].shape == (7, 7, 1, 64)
+
+
+def test_an_imported_gpt2_with_its_tokenizer_samples_what_transformers_generates(
+        capsys, tmp_path):
+    """Greedy decoding, which the two compute the same way: descent's cached sampler against
+    transformers' generate, from text through GPT-2's own tokenizer layout and back."""
+    from tokenizers import ByteLevelBPETokenizer
+    folder = tmp_path / "gpt2"
+    tokenizer = ByteLevelBPETokenizer()
+    tokenizer.train_from_iterator(["ROMEO: But soft, what light through yonder window "
+                                   "breaks? It is the east, and Juliet is the sun."] * 50,
+                                  vocab_size=300, special_tokens=["<|endoftext|>"],
+                                  show_progress=False)
+    folder.mkdir()
+    tokenizer.save_model(str(folder))  # vocab.json and merges.txt, as GPT-2's folder has them
+    torch.manual_seed(3)
+    model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=300, bos_token_id=0,
+        eos_token_id=0)).eval()
+    with torch.no_grad():  # weights far from their start: a text that moves, not one token
+        for p in model.parameters():  # repeated
+            p.normal_(0, 0.3)
+    model.save_pretrained(folder)
+    assert main(["import", "hf-gpt2", str(folder), "--workdir", str(tmp_path / "w")]) == 0
+    capsys.readouterr()
+    assert main(["sample", "--workdir", str(tmp_path / "w"), "--prompt", "ROMEO: But",
+                 "--length", "16", "--temperature", "0"]) == 0
+    ours = capsys.readouterr().out.rstrip("\n")
+    ids = tokenizer.encode("ROMEO: But").ids
+    with torch.no_grad():
+        drawn = model.generate(torch.tensor([ids]), max_new_tokens=16, do_sample=False,
+                               pad_token_id=0)[0, len(ids):].tolist()
+    assert len(drawn) == 16 and len(set(drawn)) > 1
+    assert ours == "ROMEO: But" + tokenizer.decode(drawn, skip_special_tokens=False)
 
 
 @pytest.mark.parametrize("argv,message", [
