@@ -15,7 +15,7 @@ import data
 import nets
 from experiments import weights
 from experiments.config import check_values, complete
-from train import checkpoint, many, report, sampling, workdir_lock
+from train import checkpoint, many, report, sampling, sharding, workdir_lock
 from train.dataset import Dataset, InMemory, Preprocesses, ReadsImageFiles, Text
 from train.loop import counted, fit, scored_weights
 from train.resume import RESUMABLE_CHANGES, flat
@@ -378,7 +378,7 @@ def _evaluate(workdir: str, r: Restored, split: str, weights: str, which) -> dic
 def sample(workdir: str, prompt: str | Sequence[str], length: int = 500,
            temperature: float = 1.0, which: str | int = "best", seed: int = 0, *,
            top_k: int = 0, top_p: float = 1.0, stop: str | None = None, cache: bool = True,
-           progress: bool = False) -> str | list[str]:
+           progress: bool = False, mesh: str = "data=-1") -> str | list[str]:
     """`prompt` followed by up to `length` characters drawn from the language model in
     `workdir`; for a list of prompts, a list of texts, drawn together.
 
@@ -388,6 +388,8 @@ def sample(workdir: str, prompt: str | Sequence[str], length: int = 500,
     the most likely one. A text ends after `stop` once it is drawn. The GPT keeps a cache of
     what it has read (`train.sampling`); `cache=False` reads the whole window every step.
     `progress` shows a progress bar on a terminal's stderr while the characters are drawn.
+    The run's weights are laid out as it trained (its strategy) on `mesh` (default: every
+    device), and the prompts are split over its `data` axis.
     """
     prompts = [prompt] if isinstance(prompt, str) else list(prompt)
     if length < 1 or temperature < 0:
@@ -407,8 +409,10 @@ def sample(workdir: str, prompt: str | Sequence[str], length: int = 500,
                              f"a tokenizer to sample text with: import a GPT-2 folder that "
                              f"holds vocab.json and merges.txt")
         model, dataset = weights.load_imported(workdir, which)
+        placed = None
     else:
-        r = restore(workdir, which, mesh="data=1", read_data=False)
+        r = restore(workdir, which, mesh=mesh, read_data=False)
+        placed = sharding.batch_sharding(r.trainer.mesh)
         if not isinstance(r.dataset, Text):
             raise ValueError(f"{workdir} holds a {r.config.model.name} trained on "
                              f"{r.config.dataset.name}, which is not text; sample from a "
@@ -420,7 +424,7 @@ def sample(workdir: str, prompt: str | Sequence[str], length: int = 500,
     drawn = sampling.generate(model, encoded, length, dataset.context,
                               key=jax.random.PRNGKey(seed), temperature=temperature,
                               top_k=top_k, top_p=top_p, cache=cache, finished=finished,
-                              progress=progress)
+                              progress=progress, sharding=placed)
     texts = []
     for p, ids in zip(prompts, drawn):
         text = dataset.decode(ids)

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding
 from tqdm import tqdm
 
 
@@ -43,12 +44,21 @@ def pick(logits_BxV: jax.Array, key: jax.Array, temperature: float, top_k: int =
 def generate(model: nnx.Module, prompts: Sequence[np.ndarray], length: int, context: int, *,
              key: jax.Array, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
              cache: bool = True, finished: Callable[[int, list[int]], bool] | None = None,
-             progress: bool = False) -> list[list[int]]:
+             progress: bool = False, sharding: NamedSharding | None = None
+             ) -> list[list[int]]:
     """Up to `length` token ids drawn after each of `prompts` (as `pick` draws them, step i
     with `fold_in(key, i)`); a prompt whose ids so far make `finished(row, ids)` true gets no
     more, and the drawing ends when every prompt has. `cache=False` reads the whole window at
-    every step even where the model could keep a cache (what the cache is measured against)."""
+    every step even where the model could keep a cache (what the cache is measured against).
+    With a batch `sharding` (the prompts over a mesh's `data` axis), each device reads its
+    share of the prompts, and its cache holds only theirs; rows are added to fill the axis
+    (copies of the first prompt, whose tokens are dropped)."""
     graphdef, state = nnx.split(model)
+    rows = len(prompts)
+    if sharding is not None:
+        share = sharding.mesh.shape["data"]
+        prompts = [*prompts, *[prompts[0]] * (-rows % share)]
+    put = (lambda x: x) if sharding is None else (lambda x: jax.device_put(x, sharding))
     batch = len(prompts)
     window_BxC = np.zeros((batch, context), np.int32)
     filled_B = np.zeros(batch, np.int32)
@@ -56,8 +66,9 @@ def generate(model: nnx.Module, prompts: Sequence[np.ndarray], length: int, cont
         filled_B[row] = min(len(ids), context)
         window_BxC[row, :filled_B[row]] = np.asarray(ids)[len(ids) - filled_B[row]:]
     cached = cache and hasattr(model, "extend")
-    logits_BxV, kept = _read_window(graphdef, cached, state, window_BxC, filled_B - 1)
+    logits_BxV, kept = _read_window(graphdef, cached, state, put(window_BxC), put(filled_B - 1))
     out, done = [[] for _ in prompts], np.zeros(batch, bool)
+    done[rows:] = True  # the rows that fill the mesh
     for i in tqdm(range(length), unit="token", leave=False, disable=None if progress else True):
         tokens_B = np.asarray(_draw(logits_BxV, jax.random.fold_in(key, i), temperature, top_k,
                                     top_p))
@@ -75,11 +86,13 @@ def generate(model: nnx.Module, prompts: Sequence[np.ndarray], length: int, cont
                 window_BxC[row] = np.roll(window_BxC[row], -1)
                 window_BxC[row, -1] = tokens_B[row]
         if cached and (at_B < context).all():  # every new token has a place: read just it
-            logits_BxV, kept = _read_next(graphdef, state, tokens_B[:, None].astype(np.int32),
-                                          at_B, kept)
+            logits_BxV, kept = _read_next(graphdef, state,
+                                          put(tokens_B[:, None].astype(np.int32)), put(at_B),
+                                          kept)
         else:
-            logits_BxV, kept = _read_window(graphdef, cached, state, window_BxC, filled_B - 1)
-    return out
+            logits_BxV, kept = _read_window(graphdef, cached, state, put(window_BxC),
+                                            put(filled_B - 1))
+    return out[:rows]
 
 
 # Compiled once per model structure and batch shape, for every call: the model's structure
