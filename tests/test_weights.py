@@ -4,6 +4,7 @@ directories that fine-tune (`init_from`) and export back to files their librarie
 the same logits; bad input is one line, exit 2, with nothing written."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -92,27 +93,37 @@ def test_a_resnet_imports_from_either_file_and_a_fine_tune_starts_from_it(capsys
     assert tuned["stem_conv/kernel"].shape == (7, 7, 1, 64)
 
 
-def test_an_imported_gpt2_with_its_tokenizer_samples_what_transformers_generates(
-        capsys, tmp_path):
-    """Greedy decoding, which the two compute the same way: descent's cached sampler against
-    transformers' generate, from text through GPT-2's own tokenizer layout and back."""
+ROMEO = ("ROMEO: But soft, what light through yonder window breaks? It is the east, and "
+         "Juliet is the sun.\n")
+
+
+@pytest.fixture(scope="module")
+def gpt2_with_tokenizer(tmp_path_factory):
+    """A GPT-2 folder as the hub lays one out: the model (2 layers, width 64, 64 positions,
+    300 tokens, weights far from their start so greedy text moves) and its tokenizer's
+    vocab.json and merges.txt (a byte-level BPE trained here on a line of Shakespeare)."""
     from tokenizers import ByteLevelBPETokenizer
-    folder = tmp_path / "gpt2"
+    folder = tmp_path_factory.mktemp("gpt2-with-tokenizer")
     tokenizer = ByteLevelBPETokenizer()
-    tokenizer.train_from_iterator(["ROMEO: But soft, what light through yonder window "
-                                   "breaks? It is the east, and Juliet is the sun."] * 50,
-                                  vocab_size=300, special_tokens=["<|endoftext|>"],
-                                  show_progress=False)
-    folder.mkdir()
-    tokenizer.save_model(str(folder))  # vocab.json and merges.txt, as GPT-2's folder has them
+    tokenizer.train_from_iterator([ROMEO] * 50, vocab_size=300,
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    tokenizer.save_model(str(folder))
     torch.manual_seed(3)
     model = transformers.GPT2LMHeadModel(transformers.GPT2Config(
         n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=300, bos_token_id=0,
         eos_token_id=0)).eval()
-    with torch.no_grad():  # weights far from their start: a text that moves, not one token
-        for p in model.parameters():  # repeated
+    with torch.no_grad():
+        for p in model.parameters():
             p.normal_(0, 0.3)
     model.save_pretrained(folder)
+    return folder, model, tokenizer
+
+
+def test_an_imported_gpt2_with_its_tokenizer_samples_what_transformers_generates(
+        capsys, gpt2_with_tokenizer, tmp_path):
+    """Greedy decoding, which the two compute the same way: descent's cached sampler against
+    transformers' generate, from text through GPT-2's own tokenizer layout and back."""
+    folder, model, tokenizer = gpt2_with_tokenizer
     assert main(["import", "hf-gpt2", str(folder), "--workdir", str(tmp_path / "w")]) == 0
     capsys.readouterr()
     assert main(["sample", "--workdir", str(tmp_path / "w"), "--prompt", "ROMEO: But",
@@ -124,6 +135,45 @@ def test_an_imported_gpt2_with_its_tokenizer_samples_what_transformers_generates
                                pad_token_id=0)[0, len(ids):].tolist()
     assert len(drawn) == 16 and len(set(drawn)) > 1
     assert ours == "ROMEO: But" + tokenizer.decode(drawn, skip_special_tokens=False)
+
+
+def test_gpt2_fine_tunes_on_text_prepared_with_its_own_tokenizer(capsys, gpt2_with_tokenizer,
+                                                                 tmp_path):
+    """The fine-tuning path of experiments/configs/gpt2_finetune.py, at its tiny size: import,
+    prepare text with GPT-2's tokenizer, train from the import, sample the result."""
+    folder = tmp_path / "gpt2-folder"  # GPT-2 as initialised: near its start, as trained
+    folder.mkdir()  # weights are (the fixture's are far from it, for varied samples)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy(gpt2_with_tokenizer[0] / name, folder)
+    torch.manual_seed(4)
+    transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        n_layer=2, n_head=4, n_embd=64, n_positions=64, vocab_size=300, bos_token_id=0,
+        eos_token_id=0)).save_pretrained(folder)
+    (tmp_path / "my.txt").write_text(ROMEO * 300)
+    imported, prepared = str(tmp_path / "gpt2"), str(tmp_path / "data")
+    assert main(["import", "hf-gpt2", str(folder), "--workdir", imported]) == 0
+    assert main(["data", "prepare", "text", "mytext", "--files", str(tmp_path / "my.txt"),
+                 "--tokenizer", f"gpt2:{folder}", "--data-dir", prepared]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", config_path("gpt2_finetune.py") + ":tiny", "--workdir",
+                 str(tmp_path / "tuned"), f"--config.dataset.path={prepared}/mytext",
+                 f"--config.init_from={imported}"]) == 0
+    said = capsys.readouterr()
+    assert "init_from: 28 of 28 arrays loaded from the checkpoint at step 0" in said.err + \
+        said.out
+    records = _train_records(tmp_path / "tuned")
+    assert records[0]["step"] == 1 and records[-1]["step"] == 40
+    assert records[-1]["train_loss"] < records[0]["train_loss"] / 2  # one line, repeated
+    assert main(["sample", "--workdir", str(tmp_path / "tuned"), "--prompt", "ROMEO:",
+                 "--length", "12", "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("ROMEO: But ")  # the line it learnt, word for word (the last cut)
+    assert set(out.split()[:-1]) <= set(ROMEO.split()) and len(out.split()) > 4, out
+
+
+def _train_records(workdir) -> list[dict]:
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if "train_loss" in r]
 
 
 @pytest.mark.parametrize("argv,message", [
