@@ -9,9 +9,9 @@
 GPT-2 small's shape (12 layers, 12 heads, width 768, 1,024 positions, 50,257 tokens), so every
 array of the import loads; AdamW at 3e-5 after 100 warmup steps, decaying to 0 over 2,000
 steps of 8 windows of 1,024 tokens, gradients clipped at 1, GPT-2's dropout of 0.1. Its
-result depends on your text; GPT-2's own weights are a download away from the machine this
-was written on, so no number is claimed here. `:tiny` is the 2-layer, width-64 GPT-2 with 64
-positions and 300 tokens that the tests build with transformers.
+result depends on your text, and none is claimed: the tests download nothing, so they have
+never fine-tuned GPT-2's own weights. `:tiny` is the 2-layer, width-64 GPT-2 with 64
+positions and 300 tokens that tests/test_weights.py builds with transformers.
 """
 from experiments.configs.common import base_config, check_variant
 
