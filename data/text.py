@@ -26,6 +26,7 @@ class CharText:
     about: dict = dataclasses.field(default_factory=dict)
 
     task = "classification"  # of the next character, at every position
+    unit = "characters"  # what a window holds and evaluation counts
 
     @property
     def num_classes(self) -> int:
@@ -61,7 +62,7 @@ class CharText:
 
     def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
         return full_batches(self._windows_of(split), batch_size, f"windows of {self.context} "
-                            f"characters in the {split!r} text of {self.name}")
+                            f"{self.unit} in the {split!r} text of {self.name}")
 
     def _windows_of(self, split: str) -> int:
         """Training windows: each starts at a random offset, so one fewer fits than examples."""

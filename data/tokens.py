@@ -27,7 +27,8 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from data.arrays import Batch, Normalization
-from data.batching import full_batches, padded_eval_indices, train_rows
+from data.batching import train_rows
+from data.text import CharText
 
 END = "<|endoftext|>"  # between documents, as GPT-2's tokenizer names it
 SPLITS = ("train", "validation")
@@ -141,16 +142,12 @@ class Tokens:
         return self.tokenizer.decode([int(i) for i in np.asarray(ids).reshape(-1)],
                                      skip_special_tokens=False)
 
-    def num_examples(self, split: str) -> int:
-        return (len(self._split(split)) - 1) // self.context
-
-    def steps_per_epoch(self, batch_size: int, split: str = "train") -> int:
-        return full_batches(self._windows_of(split), batch_size, f"windows of {self.context} "
-                            f"tokens in the {split!r} tokens of {self.name}")
-
-    def _windows_of(self, split: str) -> int:
-        """Training windows: each starts at a random offset, so one fewer fits than examples."""
-        return (len(self._split(split)) - 1 - self.context) // self.context
+    # windows on a grid, counted and evaluated as a character text's are
+    num_examples = CharText.num_examples
+    steps_per_epoch = CharText.steps_per_epoch
+    _windows_of = CharText._windows_of
+    eval_batches = CharText.eval_batches
+    _split = CharText._split
 
     def description(self) -> dict:
         return {"name": self.name, "task": self.task, "input_shape": [self.context],
@@ -182,23 +179,10 @@ class Tokens:
                                  process_count=process_count):
             yield self._windows(ids, offset + idx * self.context)
 
-    def eval_batches(self, split: str, batch_size: int, *, process_index: int = 0,
-                     process_count: int = 1) -> Iterator[Batch]:
-        """Every non-overlapping window once; the last batch padded, with mask 0 there."""
-        ids = self._split(split)
-        for windows, mask in padded_eval_indices(self.num_examples(split), batch_size,
-                                                 process_index, process_count):
-            yield {**self._windows(ids, windows * self.context), "mask": mask}
-
     def _windows(self, ids: np.ndarray, starts: np.ndarray) -> Batch:
+        """Only these windows of the memory map are read, as int32 ids."""
         chunk = np.stack([np.asarray(ids[s:s + self.context + 1], np.int32) for s in starts])
         return {"inputs": chunk[:, :-1], "targets": chunk[:, 1:]}
-
-    def _split(self, split: str) -> np.ndarray:
-        if split not in self.splits:
-            raise ValueError(f"{self.name} has no split {split!r}; its splits: "
-                             f"{', '.join(self.splits)}")
-        return self.splits[split]
 
 
 def tokens(path: str = "", context: int = 256) -> Tokens:
