@@ -132,3 +132,24 @@ def test_bad_warm_starts_and_freezes_are_one_line_exit_2_and_write_nothing(
     assert code == 2 and message in err, err
     assert not workdir.exists()
     assert checkpoint_bytes(source) == before
+
+
+@pytest.mark.parametrize("damaged", ["state/_METADATA", "state/manifest.ocdbt"])
+def test_a_damaged_source_is_refused_before_anything_is_written_and_left_as_it_is(
+        capsys, source, tmp_path, damaged):
+    """The metadata a warm start plans from is read only once the files pass their checksums:
+    a damaged one would otherwise fail inside orbax with a traceback."""
+    copy = tmp_path / "source"
+    shutil.copytree(source, copy)
+    step = max(int(s) for s in os.listdir(copy / "checkpoints") if s.isdigit())
+    path = copy / "checkpoints" / str(step) / damaged
+    path.write_bytes(path.read_bytes()[:-7] + b"garbage")
+    before = checkpoint_bytes(str(copy))
+    workdir = tmp_path / "run"
+    code, err = error_of(capsys, "train", "--config", MLP + ":tiny", "--workdir", str(workdir),
+                         f"--config.init_from={copy}:{step}")
+    assert code == 2, err
+    assert f"init_from: the checkpoint at step {step} in {copy} is damaged ({damaged} does not " \
+           f"match its checksum); name another step" in err, err
+    assert not workdir.exists()
+    assert checkpoint_bytes(str(copy)) == before

@@ -45,8 +45,9 @@ def parse(init_from: str) -> tuple[str, str]:
 
 def plan(init_from: str, like: TrainState, model: str) -> Source:
     """What a warm start from `init_from` loads into a state shaped as `like`, of net `model`,
-    read from the checkpoint's metadata alone. Raises ValueError when `init_from` names no
-    checkpoint, one of another net, or one none of whose parameters fits."""
+    read from the checkpoint's metadata once its files have passed their checksums. Raises
+    ValueError when `init_from` names no checkpoint, a damaged one, one of another net, or one
+    none of whose parameters fits."""
     workdir, which = parse(init_from)
     if URL.match(workdir):
         raise ValueError(f"init_from={init_from!r} is a URL; descent reads a warm start from a "
@@ -58,6 +59,11 @@ def plan(init_from: str, like: TrainState, model: str) -> Source:
     with workdir_lock.hold(workdir, exclusive=False):
         manager = checkpoint.open_manager(workdir, read_only=True)
         step = checkpoint.resolve_step(manager, which)
+        try:  # before any of its metadata is read: a damaged file must not crash the reading
+            checkpoint.verify_checksums(manager, step)
+        except checkpoint.DamagedCheckpoint as e:
+            raise ValueError(f"init_from: the checkpoint at step {step} in {workdir} is damaged "
+                             f"({e}); name another step") from None
         theirs = checkpoint.saved_config(manager, step).get("model", {}).get("name")
         saved = {name: tuple(leaf.shape)
                  for name, leaf in named(manager.item_metadata(step)["state"]).items()}
@@ -77,15 +83,10 @@ def plan(init_from: str, like: TrainState, model: str) -> Source:
 
 
 def load(source: Source, like: TrainState, level: int = logging.INFO) -> TrainState:
-    """`like` (a fresh state) with the arrays `source` lists read from its checkpoint, each laid
-    out as `like`'s own; a moving average of the weights starts at the loaded ones."""
+    """`like` (a fresh state) with the arrays `source` lists read from its checkpoint (checked by
+    `plan`), each laid out as `like`'s own; a moving average of the weights starts at the loaded ones."""
     with workdir_lock.hold(source.workdir, exclusive=False):
         manager = checkpoint.open_manager(source.workdir, read_only=True)
-        try:
-            checkpoint.verify_checksums(manager, source.step)
-        except checkpoint.DamagedCheckpoint as e:
-            raise ValueError(f"init_from: the checkpoint at step {source.step} in "
-                             f"{source.workdir} is damaged ({e}); name another step") from None
         ours = _parts(like)
         target = _target(_saved_parts(manager, source.step), "",
                          {name: ours[name] for name in source.loaded})
