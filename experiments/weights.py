@@ -29,6 +29,7 @@ from train.files import write_atomically
 from train.optimizers import make_optimizer
 from train.resume import prepare_workdir
 from train.state import create_state
+from train.workdir import URL
 
 SOURCES = ("hf-gpt2", "torchvision-resnet")
 IMPORTED = "imported"  # the dataset name an imported work directory's description records
@@ -79,6 +80,11 @@ def export(workdir: str, out: str, which: str = "best") -> list[str]:
     """Writes the parameters of checkpoint `which` of `workdir` into the folder `out`: a GPT as
     a Hugging Face GPT-2 (config.json, model.safetensors), a ResNet as a torchvision state dict
     (model.safetensors). Returns the files written; never overwrites one."""
+    if URL.match(out):
+        raise ValueError(f"--out {out!r} is a URL; descent writes an export to a folder on this "
+                         f"machine: name one and copy it to the bucket")
+    if os.path.lexists(out) and not os.path.isdir(out):
+        raise ValueError(f"--out {out!r} is a file; export into a new or empty folder")
     if not checkpoint.has_checkpoints(workdir):
         raise ValueError(f"no checkpoints in {workdir}; name a work directory descent trained "
                          f"or imported into")
@@ -220,8 +226,14 @@ def _pth(path: str) -> dict[str, np.ndarray]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch's errors for a file that is not one
-        raise ValueError(f"{path} cannot be read as a PyTorch state dict "
-                         f"({_first_line(e)})") from None
+        # torch's own message advises loading the file with its code run: never repeated here
+        if "This file can still be loaded" in str(e):
+            raise ValueError(f"{path} is not a state dict of tensors alone (PyTorch's restricted "
+                             f"loader refused it): save model.state_dict() with torch.save, "
+                             f"or as .safetensors") from None
+        why = ("not a file torch.save wrote" if "Weights only load failed" in str(e)
+               else _first_line(e))
+        raise ValueError(f"{path} cannot be read as a PyTorch state dict ({why})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} holds no state dict of tensors; save model.state_dict()")
     return {k: v.detach().cpu().numpy() for k, v in state.items()}

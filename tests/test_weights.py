@@ -2,6 +2,7 @@
 torchvision ResNet, built here with random weights (nothing downloaded), become work
 directories that fine-tune (`init_from`) and export back to files their libraries load with
 the same logits; bad input is one line, exit 2, with nothing written."""
+import fractions
 import json
 import os
 import shutil
@@ -197,6 +198,12 @@ def _train_records(workdir) -> list[dict]:
     ("export TRAINED --out W", "export writes a gpt run as a Hugging Face GPT-2 and a resnet "
      "run as torchvision's; this run's model is mlp"),
     ("export MADE/nowhere --out W", "no checkpoints in"),
+    ("import torchvision-resnet MADE/code.pth --workdir W", "code.pth is not a state dict of "
+     "tensors alone (PyTorch's restricted loader refused it): save model.state_dict()"),
+    ("export TRAINED --out gs://bucket/W", "--out 'gs://bucket/W' is a URL; descent writes an "
+     "export to a folder on this machine"),
+    ("export TRAINED --out MADE/gpt2/config.json", "is a file; export into a new or empty "
+     "folder"),
 ])
 def test_bad_imports_and_exports_are_one_line_exit_2_and_write_nothing(
         capsys, made, tmp_path, argv, message):
@@ -215,12 +222,16 @@ def test_bad_imports_and_exports_are_one_line_exit_2_and_write_nothing(
         message = message.replace(key, value)
     code, err = error_of(capsys, *args)
     assert code == 2 and message in err, err
-    assert not workdir.exists()
+    assert "weights_only" not in err  # PyTorch's advice to run the file's code is not repeated
+    assert not workdir.exists() and not os.path.exists("gs:")  # no folder named like a URL
     assert checkpoint_bytes(trained) == before
 
 
 def _plant(root) -> None:
-    """GPT-2 folders that are wrong in one way each, beside the good one."""
+    """GPT-2 folders that are wrong in one way each, beside the good one, and a PyTorch file
+    that holds an object besides tensors (which unpickling would construct)."""
+    if not (root / "code.pth").exists():
+        torch.save({"fc.weight": fractions.Fraction(1, 3)}, root / "code.pth")
     good = safetensors.numpy.load_file(root / "gpt2" / "model.safetensors")
     config = json.loads((root / "gpt2" / "config.json").read_text())
     for name, tensors, changes in (
