@@ -17,6 +17,8 @@ BIN = os.path.dirname(sys.executable)
 OWN = ("the reader's own files; tests/test_own_data.py trains, evaluates and predicts the same "
        "way on an .npz, a folder of PNGs and CSV tables it writes")
 CLUSTER = "needs a {} cluster; tests/test_distributed_env.py simulates its variables"
+WEIGHTS = ("needs {} of the reader's; tests/test_weights.py imports those transformers and "
+           "torchvision write, fine-tunes and exports them")
 
 # Every `descent ...` command in the sh blocks of each page, in order (comments stripped), the
 # README first. Each one is run as written, with `runs/` inside one temporary folder shared by
@@ -43,6 +45,17 @@ COMMANDS = {
     "docs/checkpoints.md": {
         "descent eval --workdir runs/cnn": {},
         "descent eval --workdir runs/cnn --checkpoint latest --split validation": {},
+        # names runs/quick first, so it runs in the README's runs/quick chain, after it
+        "descent train --config experiments/configs/digits_mlp.py:tiny "
+        "--config.init_from=runs/quick --workdir runs/tuned "
+        "--config.optimizer.freeze='hidden/*'": {},
+        "descent import hf-gpt2 gpt2 --workdir runs/gpt2": {
+            "skip": WEIGHTS.format("a GPT-2 folder")},
+        "descent import torchvision-resnet resnet18.pth --workdir runs/resnet18": {
+            "skip": WEIGHTS.format("a ResNet-18 file")},
+        "descent export runs/resnet18 --out resnet18-exported": {
+            "skip": "exports the import above; tests/test_weights.py exports imported GPT-2 and "
+                    "ResNet-18 runs and loads them in transformers and torchvision"},
     },
     "docs/configs-and-cli.md": {
         "descent train --config experiments/configs/digits_cnn.py --workdir runs/cnn "
@@ -79,6 +92,19 @@ COMMANDS = {
         "--config.dataset.target=price": {"skip": OWN},
         "descent predict --workdir runs/pets photos/unsorted --top-k 3": {"skip": OWN},
         "descent predict --workdir runs/iris new_flowers.csv": {"skip": OWN},
+        # input.txt is Tiny Shakespeare's; :cpu is minutes, :tiny seconds
+        "descent data prepare text shakespeare --files input.txt --tokenizer bpe:2048 "
+        "--data-dir runs/bpe": {
+            "as": "descent data prepare text shakespeare --files "
+                  "../shared/data/tiny_shakespeare/input.txt --tokenizer bpe:2048 "
+                  "--data-dir runs/bpe", "data": "needs"},
+        "descent train --config experiments/configs/shakespeare_gpt.py:cpu --workdir "
+        "runs/bpe/gpt --config.dataset.name=tokens --config.dataset.path=runs/bpe/shakespeare": {
+            "as": "descent train --config experiments/configs/shakespeare_gpt.py:tiny --workdir "
+                  "runs/bpe/gpt --config.dataset.name=tokens "
+                  "--config.dataset.path=runs/bpe/shakespeare", "data": "needs"},
+        'descent sample --workdir runs/bpe/gpt --prompt "ROMEO:" --length 100': {
+            "data": "needs"},
     },
     "docs/design.md": {},
     "docs/performance.md": {},
@@ -142,6 +168,18 @@ COMMANDS = {
         '--temperature 0.8': {"data": "needs"},
         'descent sample --workdir runs/lstm --prompt "ROMEO:" --prompt "JULIET:" --top-p 0.9 '
         '--stop "."': {"data": "needs"},
+        "descent import hf-gpt2 gpt2 --workdir runs/gpt2": {
+            "skip": WEIGHTS.format("a GPT-2 folder")},
+        "descent data prepare text mytext --files my.txt --tokenizer gpt2:gpt2": {
+            "skip": "needs GPT-2's tokenizer files and the reader's text; tests/test_weights.py "
+                    "prepares text with an imported GPT-2's tokenizer and fine-tunes on it"},
+        "descent train --config experiments/configs/gpt2_finetune.py --workdir runs/mytext "
+        "--config.dataset.path=runs/data/mytext --config.init_from=runs/gpt2": {
+            "skip": "hours on a CPU, and needs the two above; tests/test_weights.py fine-tunes "
+                    "gpt2_finetune.py:tiny the same way"},
+        'descent sample --workdir runs/mytext --prompt "Once upon a time"': {
+            "skip": "samples the fine-tune above; tests/test_weights.py samples an imported "
+                    "GPT-2"},
     },
 }
 
