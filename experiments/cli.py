@@ -176,6 +176,21 @@ def _parser() -> argparse.ArgumentParser:
     ex.add_argument("--checkpoint", default="best", help="best, latest or a step (default: best)")
     ex.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
 
+    pl = sub.add_parser(
+        "plan", help="the memory and FLOPs a config's training step needs per device",
+        description="Compile a config's training step for its mesh without training or "
+                    "allocating the model, and print per device: the bytes of the parameters, "
+                    "the optimizer state and the rest of the state under the run's shardings, "
+                    "the batch, XLA's temporary bytes, and the FLOPs of one step.")
+    pl.add_argument("--config", required=True,
+                    help="config file, e.g. experiments/configs/shakespeare_gpt.py[:cpu]")
+    pl.add_argument("--devices", type=int, metavar="N",
+                    help="plan on N CPU devices made for it (default: this machine's devices)")
+    pl.add_argument("--device-memory", metavar="SIZE",
+                    help="each device's memory, e.g. 80GB or 16GiB: say whether the run fits, "
+                         "and if not, what would make it")
+    pl.add_argument("--verbose", action="store_true", help=argparse.SUPPRESS)
+
     m = sub.add_parser("models", help="list every net with its parameter count and fields",
                        description="Every net with its parameter count at its typical input "
                                    "and its fields' defaults; with --config, the parameters of "
@@ -315,7 +330,7 @@ def _run(argv: list[str]) -> int:
     if args.command == "launch-local":
         raise _UsageError("launch-local needs a command after `--`, e.g. "
                           "`descent launch-local --num-processes 2 -- train --config ...`")
-    takes_config = args.command in ("train", "config") or (
+    takes_config = args.command in ("train", "config", "plan") or (
         args.command == "models" and args.config)
     if takes_config:
         from experiments.config import load_config, override
@@ -325,8 +340,8 @@ def _run(argv: list[str]) -> int:
             from experiments.config import check_values
             check_values(config)
     elif any(arg.startswith("--config.") for arg in rest):
-        raise _UsageError(f"--config.* overrides apply to `descent train`, `config show` and "
-                          f"`models --config`, not `{args.command}`")
+        raise _UsageError(f"--config.* overrides apply to `descent train`, `plan`, `config "
+                          f"show` and `models --config`, not `{args.command}`")
     if rest:  # absl reads `--config.log.tensorboard false` as true, then `false` is left over
         hint = ("; a true/false field takes its value after '=': --config.KEY=false"
                 if any(arg.lower() in ("true", "false") for arg in rest) else "")
@@ -342,6 +357,8 @@ def _run(argv: list[str]) -> int:
     if args.command == "models":
         print_models(config if args.config else None)
         return 0
+    if args.command == "plan":
+        return plan(config, overridden, args)
     if args.command in ("import", "export"):
         from experiments import weights
         if args.command == "import":
@@ -421,6 +438,7 @@ def _check_numbers(args) -> None:
         raise _UsageError(f"--temperature {args.temperature} must be a finite number, at least "
                           f"0 (0 always takes the most likely character)")
     at_least("--coordinator-timeout", 1, given.get("coordinator_timeout"))
+    at_least("--devices", 1, given.get("devices"), 2**16)
     if args.command != "launch-local":
         at_least("--num-processes", 1, given.get("num_processes"))
         at_least("--process-id", 0, given.get("process_id"))
@@ -553,6 +571,36 @@ def study(args) -> int:
         studies.run(args.name, args.out, **options)
         _say(f"report: {os.path.abspath(os.path.join(args.out, args.name, 'report.md'))}")
     return 0
+
+
+def plan(config, overridden: list[str], args) -> int:
+    """`descent plan`: the training step compiled for the config's mesh, never run."""
+    from train import plan as planning
+    memory = planning.parse_bytes(args.device_memory) if args.device_memory else None
+    if args.devices:
+        _use_cpu_devices(args.devices)
+    from experiments import run
+    run.check_named_options(config, overridden)
+    model, dataset = run.build(config, deferred=True)
+    for line in planning.report(planning.make_plan(config, model, dataset), memory):
+        _say(line)
+    return 0
+
+
+def _use_cpu_devices(count: int) -> None:
+    """Makes JAX start with `count` CPU devices; in a process where JAX has started, its
+    devices must already be those."""
+    import jax
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+        jax.config.update("jax_platforms", "cpu")
+    except RuntimeError:  # JAX has started (descent called from Python): take it as it is
+        pass
+    devices = jax.devices()
+    if len(devices) != count or devices[0].platform != "cpu":
+        raise ValueError(f"--devices {count}: JAX started in this process with "
+                         f"{len(devices)} {devices[0].platform} device(s); run `descent plan` "
+                         f"in a process of its own")
 
 
 def print_models(config=None) -> None:

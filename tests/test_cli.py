@@ -169,7 +169,7 @@ def checkpoint_bytes(workdir) -> dict:
     ("eval --workdir W --split nope", "digits has no split 'nope'; its splits: train, validation"),
     ("eval --workdir W --checkpoint latest --checkpoint best",
      "--checkpoint is given twice ('latest' and 'best')"),
-    ("eval --workdir W --config.model.width=7", "apply to `descent train`, `config show`"),
+    ("eval --workdir W --config.model.width=7", "apply to `descent train`, `plan`, `config show`"),
     ("eval --workdir W --weights ema", "this run keeps no moving average of its weights (it was "
      "trained with optimizer.ema_decay=0); evaluate its raw weights"),
     ("eval --workdir W --weights average", "argument --weights: invalid choice: 'average'"),
@@ -390,7 +390,7 @@ def test_config_show_prints_every_field_with_overrides_applied(capsys):
     code, err = error_of(capsys, "config", "show", TINY, "--config.model.wdith=7")
     assert code == 2 and "unknown config key 'config.model.wdith'" in err
     code, err = error_of(capsys, "eval", "--workdir", "w", "--config.model.width=7")
-    assert code == 2 and "apply to `descent train`, `config show` and `models --config`" in err
+    assert code == 2 and "apply to `descent train`, `plan`, `config show` and `models --config`" in err
 
 
 def test_models_counts_exactly_the_net_a_config_trains(capsys, tmp_path):

@@ -109,6 +109,16 @@ COMMANDS = {
     "docs/design.md": {},
     "docs/performance.md": {},
     "docs/scaling.md": {
+        # runs/bpe is docs/data.md's corpus: these run after its chain has prepared it
+        "descent plan --config experiments/configs/gpt2_finetune.py "
+        "--config.dataset.path=runs/bpe/shakespeare --devices 1 --device-memory 16GB": {
+            "data": "needs"},
+        "descent plan --config experiments/configs/gpt2_finetune.py "
+        "--config.dataset.path=runs/bpe/shakespeare --devices 8 --device-memory 16GB": {
+            "data": "needs"},
+        "descent plan --config experiments/configs/gpt2_finetune.py "
+        "--config.dataset.path=runs/bpe/shakespeare --devices 8 "
+        "--config.parallel.strategy=fsdp --device-memory 16GB": {"data": "needs"},
         'gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all --command "cd descent && '
         '.venv/bin/descent train --distributed --config experiments/configs/digits_cnn.py '
         '--workdir /mnt/bucket/run"': {"skip": "needs a Cloud TPU pod slice"},

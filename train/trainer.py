@@ -33,6 +33,7 @@ class Compiled(NamedTuple):
     step: Callable          # the compiled train step: (state, batch) -> (state, metrics)
     seconds: float          # how long compiling it took
     flops: float | None     # XLA's count of one step's FLOPs, per device, where it has one
+    memory: object | None   # XLA's memory analysis of the compiled step, where it has one
 
 
 class Trainer:
@@ -44,7 +45,8 @@ class Trainer:
     mapping over devices lives inside it (`train.pmap`).
     """
 
-    def __init__(self, config, model: nnx.Module | Callable[[], nnx.Module], dataset: Dataset):
+    def __init__(self, config, model: nnx.Module | Callable[[], nnx.Module], dataset: Dataset,
+                 *, materialize: bool = True):
         """`model` is a built model, or a function that builds it: then the state is never
         built eagerly, array by array, but traced for its shapes and created by one compiled
         program directly in its place on the mesh (each device makes only its share of an
@@ -52,7 +54,9 @@ class Trainer:
         `dataset.batch_size`) shape the learning-rate schedule, and its task, `classification`
         (integer labels) or `regression` (float targets), the metrics beside the loss.
         `config` has every field of the defaults (one saved by an older descent is completed
-        before it gets here)."""
+        before it gets here). With `materialize=False` (and a function for `model`), the state
+        is never made: `initial_state` holds each array's shape, dtype and sharding, enough to
+        compile the steps for it (`descent plan`)."""
         check_dataset(dataset)
         compilation.use_cache(config.compile_cache)  # before anything compiles
         steps_per_epoch = dataset.steps_per_epoch(config.dataset.batch_size)
@@ -89,8 +93,14 @@ class Trainer:
             self.graphdef, abstract_state = nnx.eval_shape(lambda: fresh_state(model()))
             self.state_sharding = sharding.state_sharding(abstract_state, self.mesh,
                                                           self.strategy)
-            init = jax.jit(lambda: fresh_state(model())[1], out_shardings=self.state_sharding)
-            self.initial_state = init.lower().compile(**_compile_once(self.mesh))()
+            if materialize:
+                init = jax.jit(lambda: fresh_state(model())[1],
+                               out_shardings=self.state_sharding)
+                self.initial_state = init.lower().compile(**_compile_once(self.mesh))()
+            else:
+                self.initial_state = jax.tree.map(
+                    lambda x, where: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=where),
+                    abstract_state, self.state_sharding)
         replicated = sharding.replicated(self.mesh)
         l2 = opt.weight_decay if opt.name != "adamw" else 0.0  # adamw's decay is decoupled
         step_of = functools.partial(
@@ -173,7 +183,11 @@ class Trainer:
             flops = float(lowered.cost_analysis()["flops"]) / self._devices_per_traced_program
         except Exception:  # noqa: BLE001 - a backend without cost analysis: no FLOP/s, no MFU
             flops = None
-        return Compiled(step, seconds, flops)
+        try:
+            memory = executable.memory_analysis()
+        except Exception:  # noqa: BLE001 - a backend without memory analysis
+            memory = None
+        return Compiled(step, seconds, flops, memory)
 
     def weights(self, state: TrainState, which: str = "raw") -> TrainState:
         """`state` with the parameters `which` names: `raw` (as trained) or `ema` (their moving

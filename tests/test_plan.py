@@ -1,0 +1,108 @@
+"""`descent plan`: a config's memory per device and FLOPs per step, found without training or
+allocating the model, on the 8 fake devices of the suite and on the devices it is told to make."""
+import os
+import subprocess
+import sys
+
+import pytest
+
+from experiments.cli import main
+from experiments.config import load_config, override
+from experiments.run import build
+from train.plan import make_plan
+
+from conftest import ROOT, config_path
+from test_cli import error_of
+
+GPT = config_path("shakespeare_gpt.py")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """Text as byte tokens (257 of them), enough for batches of 1,024-token windows."""
+    folder = tmp_path_factory.mktemp("corpus")
+    text = folder / "text.txt"
+    text.write_text("ROMEO: But soft, what light through yonder window breaks?\n" * 4000)
+    assert main(["data", "prepare", "text", "bytes", "--files", str(text), "--tokenizer", "byte",
+                 "--data-dir", str(folder)]) == 0
+    return str(folder / "bytes")
+
+
+def gpt2_small(corpus: str, *overrides: str, layers: int = 12) -> list[str]:
+    """GPT-2 small's blocks and positions (12 layers, 12 heads, width 768, 1,024 tokens) over
+    byte tokens, batch 8: the command-line overrides."""
+    return [f"--config.model.layers={layers}", "--config.model.heads=12",
+            "--config.model.width=768", "--config.model.context=1024", "--config.dataset.context=1024",
+            "--config.dataset.batch_size=8", "--config.dataset.name=tokens",
+            f"--config.dataset.path={corpus}", *overrides]
+
+
+def plan_of(corpus: str, *overrides: str):
+    config, _, rest = override(load_config(GPT), gpt2_small(corpus, *overrides))
+    assert not rest
+    model, dataset = build(config, deferred=True)
+    return make_plan(config, model, dataset)
+
+
+def test_fsdp_over_8_devices_holds_an_eighth_of_the_state_on_each(corpus):
+    alone = plan_of(corpus, "--config.parallel.mesh=data=1")
+    split = plan_of(corpus, "--config.parallel.strategy=fsdp")
+    assert alone.devices == 1 and split.devices == 8
+    # GPT-2 small has 124,439,808 parameters with its 50,257 tokens; here 257 (768 numbers each)
+    assert alone.parameters == split.parameters == 124_439_808 - 50_000 * 768
+    assert alone.params == 4 * alone.parameters  # float32, whole on the one device
+    assert alone.optimizer == pytest.approx(2 * alone.params, rel=1e-3)  # AdamW's two moments
+    for part in ("params", "optimizer"):  # arrays under 4,096 numbers stay whole: within 10 %
+        assert getattr(split, part) == pytest.approx(getattr(alone, part) / 8, rel=0.1), part
+    assert split.batch * 8 == alone.batch  # the batch is split over the data axis as well
+    # XLA's temporaries of the step: a device computes an eighth of the batch
+    assert split.temporaries < alone.temporaries / 4
+    # a step of a GPT costs about 6 FLOPs per parameter and token, and attention on top
+    tokens = 8 * 1024
+    assert 6 * alone.parameters * tokens < alone.flops < 1.5 * 6 * alone.parameters * tokens
+    assert split.flops == pytest.approx(alone.flops / 8, rel=0.05)
+
+
+def test_the_plan_says_whether_it_fits_and_names_what_would_make_it(capsys, corpus):
+    argv = ["plan", "--config", GPT, *gpt2_small(corpus, layers=2)]
+    assert main([*argv, "--device-memory", "80GB"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    blocks = 10 * (12 * 768 * 768 + 13 * 768)  # the 10 blocks of 12 it lacks, biases and norms
+    assert out[0] == (f"plan: gpt, {124_439_808 - 50_000 * 768 - blocks:,} parameters, batch 8, "
+                      f"on 8 cpu device(s), mesh data=8, strategy dp")
+    assert out[-1].startswith("fits in 80.00 GB per device (")
+    assert main([*argv, "--device-memory", "100MiB"]) == 0
+    last = capsys.readouterr().out.splitlines()[-1]
+    assert last.startswith("does not fit in 104.86 MB per device: it needs ")
+    assert "--config.parallel.strategy=fsdp (the state split over the 8 devices" in last
+    assert "--config.model.remat=block" in last
+
+
+def test_devices_are_made_for_the_plan_in_a_process_of_its_own(corpus):
+    result = subprocess.run(
+        [os.path.join(os.path.dirname(sys.executable), "descent"), "plan", "--config",
+         GPT + ":tiny", "--config.dataset.name=tokens", f"--config.dataset.path={corpus}",
+         "--devices", "4", "--config.parallel.strategy=fsdp"],
+        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "on 4 cpu device(s), mesh data=4, strategy fsdp" in result.stdout.splitlines()[0]
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["--device-memory", "lots"], "--device-memory 'lots' is not a size such as 80GB, 16GiB or "
+     "512MB"),
+    (["--device-memory", "0GB"], "--device-memory '0GB' must be a positive size such as 80GB"),
+    (["--device-memory", "nanGB"], "--device-memory 'nanGB' is not a size"),
+    (["--devices", "0"], "--devices 0 must be from 1 to 65,535"),
+    (["--devices", "3"], "--devices 3: JAX started in this process with 8 cpu device(s); run "
+     "`descent plan` in a process of its own"),
+    (["--config.parallel.mesh=data=16"], "parallel.mesh='data=16' needs 16 devices but 8 cpu "
+     "devices were found"),
+    (["--config.model.remat=sometimes"], "unknown model.remat 'sometimes'; known: none, block"),
+])
+def test_bad_plans_are_one_line_exit_2(capsys, corpus, argv, message):
+    import jax
+    assert jax.device_count() == 8  # JAX has started: --devices cannot change this process's
+    code, err = error_of(capsys, "plan", "--config", GPT + ":tiny", "--config.dataset.name=tokens",
+                         f"--config.dataset.path={corpus}", *argv)
+    assert code == 2 and message in err, err
