@@ -7,6 +7,10 @@ from nets import activations
 from nets.conv import conv_impl as conv_function
 from nets.inits import kernel_init
 from nets.dtypes import compute_dtype, output_dtype
+from nets.partitioning import named
+
+
+zeros, ones = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
 
 
 def max_pool_2x2(x_BxHxWxC):
@@ -54,11 +58,15 @@ class CNN(nnx.Module):
         self.convs = nnx.List()
         self.norms = nnx.List()
         for out_channels in channels:
-            self.convs.append(nnx.Conv(in_channels, out_channels, (kernel_size, kernel_size),
-                                       use_bias=not batch_norm, kernel_init=weights, dtype=dt,
-                                       conv_general_dilated=convolve, rngs=rngs))
+            self.convs.append(nnx.Conv(
+                in_channels, out_channels, (kernel_size, kernel_size), use_bias=not batch_norm,
+                kernel_init=named(weights, "window", "window", "conv_in", "conv_out"),
+                bias_init=named(zeros, "conv_out"), dtype=dt, conv_general_dilated=convolve,
+                rngs=rngs))
             if batch_norm:
-                self.norms.append(nnx.BatchNorm(out_channels, momentum=0.9, dtype=dt, rngs=rngs))
+                self.norms.append(nnx.BatchNorm(
+                    out_channels, momentum=0.9, dtype=dt, scale_init=named(ones, "conv_out"),
+                    bias_init=named(zeros, "conv_out"), rngs=rngs))
             in_channels = out_channels
             height, width = height // 2, width // 2
         if height < 1 or width < 1:
@@ -67,10 +75,13 @@ class CNN(nnx.Module):
                 f"below 1x1; use fewer model.channels"
             )
         features = height * width * in_channels
-        self.dense = (nnx.Linear(features, dense, kernel_init=weights, dtype=dt, rngs=rngs)
+        self.dense = (nnx.Linear(features, dense, kernel_init=named(weights, "features", "mlp"),
+                                 bias_init=named(zeros, "mlp"), dtype=dt, rngs=rngs)
                       if dense else None)
-        features = dense or features
-        self.head = nnx.Linear(features, num_classes, kernel_init=weights, dtype=dt, rngs=rngs)
+        self.head = nnx.Linear(dense or features, num_classes,
+                               kernel_init=named(weights, "mlp" if dense else "features",
+                                                 "classes"),
+                               bias_init=named(zeros, "classes"), dtype=dt, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def blocks(self, x_BxHxWxC, *, train=False) -> list[jax.Array]:

@@ -7,6 +7,7 @@ from flax import nnx
 from nets import activations
 from nets.inits import kernel_init
 from nets.dtypes import compute_dtype, output_dtype
+from nets.partitioning import named
 
 
 class MLP(nnx.Module):
@@ -27,12 +28,19 @@ class MLP(nnx.Module):
         weights = kernel_init(init)
         in_features = math.prod(input_shape)
         sizes = [in_features] + [width] * depth
+        zeros = nnx.initializers.zeros_init()
+        # Megatron-LM's pairs: a layer split by its units (columns), then one split by its
+        # inputs (rows), whose output is whole again
+        names = [("embed", "mlp") if i % 2 == 0 else ("mlp", "embed") for i in range(depth)]
         self.hidden = nnx.List(
-            [nnx.Linear(a, b, kernel_init=weights, dtype=self.dtype, rngs=rngs)
-             for a, b in zip(sizes[:-1], sizes[1:])]
+            [nnx.Linear(a, b, kernel_init=named(weights, *n), bias_init=named(zeros, n[1]),
+                        dtype=self.dtype, rngs=rngs)
+             for a, b, n in zip(sizes[:-1], sizes[1:], names)]
         )
-        self.head = nnx.Linear(sizes[-1], num_classes, kernel_init=weights, dtype=self.dtype,
-                               rngs=rngs)
+        self.head = nnx.Linear(sizes[-1], num_classes,
+                               kernel_init=named(weights, "mlp" if depth % 2 else "embed",
+                                                 "classes"),
+                               bias_init=named(zeros, "classes"), dtype=self.dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x_BxI, *, train=False, rngs=None) -> jax.Array:

@@ -9,7 +9,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from nets import activations
 from nets.dtypes import compute_dtype
+from nets.partitioning import constrain, named
 
 # depth -> (blocks per stage, bottleneck?)
 DEPTHS = {
@@ -29,14 +31,17 @@ conv_init = nnx.initializers.variance_scaling(2.0, "fan_out", "normal")
 def conv(in_channels, out_channels, kernel, stride, dtype, rngs):
     pad = kernel // 2  # symmetric padding: the reference's output alignment, not XLA's "SAME"
     return nnx.Conv(in_channels, out_channels, (kernel, kernel), strides=stride,
-                    padding=((pad, pad), (pad, pad)), use_bias=False, kernel_init=conv_init,
+                    padding=((pad, pad), (pad, pad)), use_bias=False,
+                    kernel_init=named(conv_init, "window", "window", "conv_in", "conv_out"),
                     dtype=dtype, rngs=rngs)
 
 
 def batch_norm(channels, dtype, rngs, zero=False):
     # momentum 0.9 keeps 90 % of the running average per step (PyTorch's momentum=0.1)
+    scale = nnx.initializers.zeros if zero else nnx.initializers.ones
     return nnx.BatchNorm(channels, momentum=0.9, epsilon=1e-5, dtype=dtype, rngs=rngs,
-                         scale_init=nnx.initializers.zeros if zero else nnx.initializers.ones)
+                         scale_init=named(scale, "conv_out"),
+                         bias_init=named(nnx.initializers.zeros, "conv_out"))
 
 
 class Block(nnx.Module):
@@ -46,7 +51,9 @@ class Block(nnx.Module):
     identity (Goyal et al. 2017), which helps large-batch training.
     """
 
-    def __init__(self, in_channels, channels, stride, bottleneck, zero_init, dtype, rngs):
+    def __init__(self, in_channels, channels, stride, bottleneck, zero_init, activation, dtype,
+                 rngs):
+        self.act = activation
         if bottleneck:
             shapes = [(in_channels, channels, 1, 1), (channels, channels, 3, stride),
                       (channels, channels * EXPANSION, 1, 1)]
@@ -66,12 +73,12 @@ class Block(nnx.Module):
         for i, (conv_, norm) in enumerate(zip(self.convs, self.norms)):
             x = norm(conv_(x), use_running_average=not train)
             if i < len(self.convs) - 1:
-                x = jax.nn.relu(x)
+                x = activations.activation(self.act)(x)
         shortcut = x_BxHxWxC
         if self.project:
             shortcut = self.shortcut_norm(self.shortcut_conv(shortcut),
                                           use_running_average=not train)
-        return jax.nn.relu(x + shortcut)
+        return activations.activation(self.act)(x + shortcut)
 
 
 class ResNet(nnx.Module):
@@ -80,10 +87,14 @@ class ResNet(nnx.Module):
     `stem="imagenet"`: a 7x7 stride-2 convolution and a 3x3 stride-2 max-pool (for 224x224
     images); `stem="cifar"`: one 3x3 stride-1 convolution and no pooling (for 32x32 images).
     `width` is the first stage's channels (64 in the paper); each later stage doubles it.
+    `activation` is ReLU in the paper and in torchvision's weights; a smooth one (gelu) makes
+    the gradient a continuous function of the weights (tests compare devices' rounding).
     """
 
     def __init__(self, *, input_shape, num_classes, depth=50, stem="imagenet", width=64,
-                 zero_init_residual=False, dtype="float32", rngs: nnx.Rngs):
+                 zero_init_residual=False, activation="relu", dtype="float32", rngs: nnx.Rngs):
+        activations.activation(activation)  # an unknown name fails here, not at first call
+        self.act = activation
         if depth not in DEPTHS:
             raise ValueError(f"unknown ResNet depth {depth}; known: {', '.join(map(str, DEPTHS))}")
         if stem not in STEMS:
@@ -104,16 +115,21 @@ class ResNet(nnx.Module):
             for i in range(count):
                 stride = 2 if stage > 0 and i == 0 else 1
                 self.blocks.append(Block(in_channels, channels, stride, bottleneck,
-                                         zero_init_residual, self.dtype, rngs))
+                                         zero_init_residual, activation, self.dtype, rngs))
                 in_channels = channels * EXPANSION if bottleneck else channels
-        self.head = nnx.Linear(in_channels, num_classes, dtype=self.dtype, rngs=rngs)
+        self.head = nnx.Linear(in_channels, num_classes,
+                               kernel_init=named(nnx.initializers.lecun_normal(), "conv_in",
+                                                 "classes"),
+                               bias_init=named(nnx.initializers.zeros, "classes"),
+                               dtype=self.dtype, rngs=rngs)
 
     def __call__(self, x_BxHxWxC, *, train=False, rngs=None) -> jax.Array:
         x = x_BxHxWxC.astype(self.dtype)
-        x = jax.nn.relu(self.stem_norm(self.stem_conv(x), use_running_average=not train))
+        x = self.stem_norm(self.stem_conv(x), use_running_average=not train)
+        x = activations.activation(self.act)(x)
         if self.stem == "imagenet":
             x = nnx.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-        for block in self.blocks:
-            x = block(x, train)
+        for block in self.blocks:  # the batch split as the step's rules say, between blocks
+            x = constrain(block(x, train), "batch", None, None, None)
         x_BxC = jnp.mean(x, axis=(1, 2))
         return self.head(x_BxC).astype(jnp.float32)

@@ -13,8 +13,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from nets.dtypes import compute_dtype
+from nets.partitioning import constrain, named
 
 normal = nnx.initializers.normal
+zeros, ones = nnx.initializers.zeros_init(), nnx.initializers.ones_init()
+default_kernel = nnx.initializers.lecun_normal()  # nnx.Linear's own
 
 
 class SelfAttention(nnx.Module):
@@ -22,8 +25,11 @@ class SelfAttention(nnx.Module):
         if width % heads:
             raise ValueError(f"model.width={width} does not divide into model.heads={heads}")
         self.heads, self.causal = heads, causal
-        self.qkv = nnx.Linear(width, 3 * width, kernel_init=normal(0.02), dtype=dtype, rngs=rngs)
-        self.out = nnx.Linear(width, width, kernel_init=normal(out_std), dtype=dtype, rngs=rngs)
+        # Megatron-LM's split: the heads' projections by columns, the output by rows
+        self.qkv = nnx.Linear(width, 3 * width, kernel_init=named(normal(0.02), "embed", "heads"),
+                              bias_init=named(zeros, "heads"), dtype=dtype, rngs=rngs)
+        self.out = nnx.Linear(width, width, kernel_init=named(normal(out_std), "heads", "embed"),
+                              bias_init=named(zeros, "embed"), dtype=dtype, rngs=rngs)
 
     def __call__(self, x_BxLxD):
         q, k, v = self._qkv(x_BxLxD)
@@ -56,11 +62,12 @@ class Block(nnx.Module):
     def __init__(self, width, heads, causal, pre_norm, dropout, out_std, dtype, rngs):
         self.pre_norm = pre_norm
         self.attention = SelfAttention(width, heads, causal, out_std, dtype, rngs)
-        self.norm1 = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
-        self.norm2 = nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, rngs=rngs)
-        self.up = nnx.Linear(width, 4 * width, kernel_init=normal(0.02), dtype=dtype, rngs=rngs)
-        self.down = nnx.Linear(4 * width, width, kernel_init=normal(out_std), dtype=dtype,
-                               rngs=rngs)
+        self.norm1 = layer_norm(width, dtype, rngs)
+        self.norm2 = layer_norm(width, dtype, rngs)
+        self.up = nnx.Linear(width, 4 * width, kernel_init=named(normal(0.02), "embed", "mlp"),
+                             bias_init=named(zeros, "mlp"), dtype=dtype, rngs=rngs)
+        self.down = nnx.Linear(4 * width, width, kernel_init=named(normal(out_std), "mlp", "embed"),
+                               bias_init=named(zeros, "embed"), dtype=dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x_BxLxD, train, rngs):
@@ -82,6 +89,11 @@ class Block(nnx.Module):
 
     def mlp(self, y):
         return self.down(jax.nn.gelu(self.up(y)))
+
+
+def layer_norm(width, dtype, rngs):
+    return nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, scale_init=named(ones, "embed"),
+                         bias_init=named(zeros, "embed"), rngs=rngs)
 
 
 def _blocks(layers, width, heads, causal, pre_norm, dropout, dtype, rngs):
@@ -114,10 +126,12 @@ def remat_policies() -> list[str]:
 
 def _run_blocks(blocks, x_BxLxD, train, rngs, remat: str):
     """The blocks in turn; with `remat`, each recomputed in the backward pass (what it keeps is
-    `remat`'s policy: with `block`, only its input)."""
+    `remat`'s policy: with `block`, only its input). Between blocks the batch is split as the
+    step's rules say (`nets.partitioning`)."""
+    x_BxLxD = constrain(x_BxLxD, "batch", None, "embed")
     if remat == "none":
         for block in blocks:
-            x_BxLxD = block(x_BxLxD, train, rngs)
+            x_BxLxD = constrain(block(x_BxLxD, train, rngs), "batch", None, "embed")
         return x_BxLxD
     policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
 
@@ -126,7 +140,7 @@ def _run_blocks(blocks, x_BxLxD, train, rngs, remat: str):
         return block(x_BxLxD, train, rngs)
 
     for block in blocks:
-        x_BxLxD = step(block, x_BxLxD, train, rngs)
+        x_BxLxD = constrain(step(block, x_BxLxD, train, rngs), "batch", None, "embed")
     return x_BxLxD
 
 
@@ -158,11 +172,13 @@ class GPT(nnx.Module):
         if input_shape[0] > self.context:
             raise ValueError(f"inputs of {input_shape[0]} tokens exceed model.context={context}; "
                              f"set model.context >= {input_shape[0]}, or 0 to follow the input")
-        self.embed = nnx.Embed(num_classes, width, embedding_init=normal(0.02), dtype=self.dtype,
-                               rngs=rngs)
-        self.positions = nnx.Param(normal(0.01)(rngs.params(), (self.context, width)))
+        self.embed = nnx.Embed(num_classes, width,
+                               embedding_init=named(normal(0.02), "vocab", "embed"),
+                               dtype=self.dtype, rngs=rngs)
+        self.positions = nnx.Param(named(normal(0.01), "positions", "embed")(
+            rngs.params(), (self.context, width)))
         self.blocks = _blocks(layers, width, heads, True, True, dropout, self.dtype, rngs)
-        self.norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=self.dtype, rngs=rngs)
+        self.norm = layer_norm(width, self.dtype, rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, ids_BxL, *, train=False, rngs=None) -> jax.Array:
@@ -218,21 +234,29 @@ class Encoder(nnx.Module):
             if len(input_shape) != 1:
                 raise ValueError(f"model.vocab_size={vocab_size} means (length,) token ids, but "
                                  f"the inputs have shape {input_shape}; set model.vocab_size=0")
-            self.embed = nnx.Embed(vocab_size, width, embedding_init=normal(0.02),
+            self.embed = nnx.Embed(vocab_size, width,
+                                   embedding_init=named(normal(0.02), "vocab", "embed"),
                                    dtype=self.dtype, rngs=rngs)
         else:
             if len(input_shape) < 2:
                 raise ValueError(f"inputs of shape {input_shape} are not a sequence of feature "
                                  f"vectors; for token ids set model.vocab_size")
             features = math.prod(input_shape[1:])
-            self.embed = nnx.Linear(features, width, dtype=self.dtype, rngs=rngs)
+            self.embed = nnx.Linear(features, width,
+                                    kernel_init=named(default_kernel, "features", "embed"),
+                                    bias_init=named(zeros, "embed"), dtype=self.dtype, rngs=rngs)
         length = input_shape[0] + 1  # and the [CLS] position
-        self.cls = nnx.Param(normal(0.02)(rngs.params(), (1, 1, width)))
-        self.positions = nnx.Param(normal(0.02)(rngs.params(), (length, width)))
-        self.norm = nnx.LayerNorm(width, epsilon=1e-5, dtype=self.dtype, rngs=rngs)
+        self.cls = nnx.Param(named(normal(0.02), None, None, "embed")(rngs.params(),
+                                                                      (1, 1, width)))
+        self.positions = nnx.Param(named(normal(0.02), "positions", "embed")(
+            rngs.params(), (length, width)))
+        self.norm = layer_norm(width, self.dtype, rngs)
         self.blocks = _blocks(layers, width, heads, False, False, dropout, self.dtype, rngs)
-        self.pooler = nnx.Linear(width, width, dtype=self.dtype, rngs=rngs)
-        self.head = nnx.Linear(width, num_classes, dtype=self.dtype, rngs=rngs)
+        self.pooler = nnx.Linear(width, width, kernel_init=named(default_kernel, "embed", None),
+                                 bias_init=named(zeros, None), dtype=self.dtype, rngs=rngs)
+        self.head = nnx.Linear(width, num_classes,
+                               kernel_init=named(default_kernel, None, "classes"),
+                               bias_init=named(zeros, "classes"), dtype=self.dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x, *, train=False, rngs=None) -> jax.Array:

@@ -233,12 +233,14 @@ def test_restore_across_device_counts_and_strategies(tmp_path):
     model, dataset = run.build(config)
     summary = fit(config, str(tmp_path), model, dataset)
     sharded = [x.sharding.spec for x in jax.tree.leaves(summary["state"].params)]
-    assert any("data" in spec for spec in sharded), "fsdp sharded nothing"
+    assert any("fsdp" in spec for spec in sharded), "fsdp sharded nothing"
     saved = jax.device_get(summary["state"])
     saved_test = summary["trainer"].evaluate(summary["state"], dataset.eval_batches("test", 256))
-    for mesh, strategy in [("data=1", "dp"), ("data=2", "dp"), ("data=8", "pmap")]:
+    for mesh, strategy, devices in [("data=1", "dp", 1), ("data=2", "dp", 2), ("data=8", "pmap", 8),
+                                    ("data=2,fsdp=2,tensor=2", "dp", 8), ("tensor=8", "dp", 8),
+                                    ("data=4,tensor=2", "dp", 8)]:
         restored = run.restore(str(tmp_path), "latest", mesh=mesh, strategy=strategy)
-        assert restored.trainer.mesh.devices.size == int(mesh.split("=")[1])
+        assert restored.trainer.mesh.devices.size == devices
         assert_bit_identical(saved, jax.device_get(restored.state))
         test = restored.trainer.evaluate(restored.state, dataset.eval_batches("test", 256))
         assert test["accuracy"] == saved_test["accuracy"]

@@ -37,16 +37,19 @@ def gpt2_small(corpus: str, *overrides: str, layers: int = 12) -> list[str]:
             f"--config.dataset.path={corpus}", *overrides]
 
 
-def plan_of(corpus: str, *overrides: str):
-    config, _, rest = override(load_config(GPT), gpt2_small(corpus, *overrides))
+def plan_of(corpus: str, *overrides: str, layers: int = 12, compile: bool = True):
+    config, _, rest = override(load_config(GPT), gpt2_small(corpus, *overrides, layers=layers))
     assert not rest
     model, dataset = build(config, deferred=True)
-    return make_plan(config, model, dataset)
+    return make_plan(config, model, dataset, compile)
 
 
-def test_fsdp_over_8_devices_holds_an_eighth_of_the_state_on_each(corpus):
-    alone = plan_of(corpus, "--config.parallel.mesh=data=1")
-    split = plan_of(corpus, "--config.parallel.strategy=fsdp")
+@pytest.mark.parametrize("mesh", ["--config.parallel.strategy=fsdp",
+                                  "--config.parallel.mesh=fsdp=4,tensor=2 "
+                                  "--config.parallel.rules=vocab="])  # 257 tokens: whole
+def test_8_devices_hold_an_eighth_of_the_state_on_each(corpus, mesh):
+    alone = plan_of(corpus, "--config.parallel.mesh=data=1", compile=False)
+    split = plan_of(corpus, *mesh.split(), compile=False)
     assert alone.devices == 1 and split.devices == 8
     # GPT-2 small has 124,439,808 parameters with its 50,257 tokens; here 257 (768 numbers each)
     assert alone.parameters == split.parameters == 124_439_808 - 50_000 * 768
@@ -54,7 +57,12 @@ def test_fsdp_over_8_devices_holds_an_eighth_of_the_state_on_each(corpus):
     assert alone.optimizer == pytest.approx(2 * alone.params, rel=1e-3)  # AdamW's two moments
     for part in ("params", "optimizer"):  # arrays under 4,096 numbers stay whole: within 10 %
         assert getattr(split, part) == pytest.approx(getattr(alone, part) / 8, rel=0.1), part
-    assert split.batch * 8 == alone.batch  # the batch is split over the data axis as well
+
+
+def test_temporaries_and_flops_are_a_devices_share_of_the_step(corpus):
+    alone = plan_of(corpus, "--config.parallel.mesh=data=1", layers=2)
+    split = plan_of(corpus, "--config.parallel.strategy=fsdp", layers=2)
+    assert split.batch * 8 == alone.batch  # the batch is split over the devices
     # XLA's temporaries of the step: a device computes an eighth of the batch
     assert split.temporaries < alone.temporaries / 4
     # a step of a GPT costs about 6 FLOPs per parameter and token, and attention on top
@@ -85,7 +93,7 @@ def test_devices_are_made_for_the_plan_in_a_process_of_its_own(corpus):
          "--devices", "4", "--config.parallel.strategy=fsdp"],
         capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert "on 4 cpu device(s), mesh data=4, strategy fsdp" in result.stdout.splitlines()[0]
+    assert "on 4 cpu device(s), mesh fsdp=4, strategy fsdp" in result.stdout.splitlines()[0]
 
 
 @pytest.mark.parametrize("argv,message", [

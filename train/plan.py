@@ -14,6 +14,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 
+from train import sharding
 from train.dataset import Dataset, InMemory
 from train.state import num_params
 from train.trainer import Trainer
@@ -28,7 +29,7 @@ class Plan(NamedTuple):
     parameters: int            # how many numbers the model trains
     devices: int
     platform: str
-    mesh: str                  # as resolved: 'data=8'
+    mesh: str                  # as resolved: 'data=8', 'fsdp=4,tensor=2'
     strategy: str
     batch_size: int
     remat: str | None          # model.remat where the net takes it
@@ -57,16 +58,17 @@ def parse_bytes(text: str) -> int:
     return int(size)
 
 
-def make_plan(config, model, dataset: Dataset) -> Plan:
+def make_plan(config, model, dataset: Dataset, compile: bool = True) -> Plan:
     """The plan of training `model` (a function that builds it) on `dataset` as `config` says,
-    on this process's devices."""
+    on this process's devices; without `compile`, the state's and batch's bytes alone (no
+    temporaries, no FLOPs)."""
     trainer = Trainer(config, model, dataset, materialize=False)
     state = trainer.initial_state
     batch = next(iter(dataset.train_batches(config.dataset.batch_size, seed=config.seed,
                                             epoch=0)))
     batch = {k: jax.ShapeDtypeStruct(np.shape(v), np.asarray(v).dtype,
                                      sharding=trainer.batch_sharding) for k, v in batch.items()}
-    compiled = trainer.compile(state, batch)
+    compiled = trainer.compile(state, batch) if compile else None
     kept = 0
     if config.dataset.on_device and isinstance(dataset, InMemory):
         kept = sum(np.asarray(v).nbytes for v in dataset.device_arrays("train").values())
@@ -74,14 +76,15 @@ def make_plan(config, model, dataset: Dataset) -> Plan:
     return Plan(
         model=config.model.name, parameters=num_params(state),
         devices=trainer.mesh.devices.size, platform=first.platform,
-        mesh=",".join(f"{axis}={size}" for axis, size in trainer.mesh.shape.items()),
+        mesh=sharding.describe(trainer.mesh),
         strategy=trainer.strategy, batch_size=config.dataset.batch_size,
         remat=config.model.get("remat"), params=per_device(state.params),
         optimizer=per_device(state.opt_state),
         other=per_device((state.step, state.model_state, state.rng, state.ema_params)),
         batch=per_device(batch), on_device_data=kept,
-        temporaries=compiled.memory.temp_size_in_bytes if compiled.memory else None,
-        flops=compiled.flops)
+        temporaries=(compiled.memory.temp_size_in_bytes
+                     if compiled and compiled.memory else None),
+        flops=compiled.flops if compiled else None)
 
 
 def per_device(tree) -> int:

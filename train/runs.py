@@ -8,6 +8,7 @@ from typing import Protocol
 
 import jax
 
+from train import sharding
 from train.dataset import Dataset
 from train.optimizers import frozen_size
 from train.state import TrainState, num_params
@@ -119,4 +120,11 @@ class One:
         return (f"training {num_params(trainer.initial_state):,} parameters{frozen} for "
                 f"{num_steps} steps ({self.dataset.steps_per_epoch(batch_size)} per epoch, batch "
                 f"{batch_size}{micro}) on {len(self.devices)} {self.devices[0].platform} "
-                f"device(s) in {jax.process_count()} process(es), strategy {trainer.strategy}")
+                f"device(s) in {jax.process_count()} process(es), strategy {trainer.strategy}"
+                f"{_mesh(trainer.mesh)}")
+
+
+def _mesh(mesh) -> str:
+    """', mesh fsdp=2,tensor=4' where the mesh has more than a data axis; nothing otherwise."""
+    shown = sharding.describe(mesh)
+    return f", mesh {shown}" if "fsdp" in shown or "tensor" in shown else ""

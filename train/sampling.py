@@ -19,6 +19,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from tqdm import tqdm
 
+from train.sharding import batch_ways
+
 
 def pick(logits_BxV: jax.Array, key: jax.Array, temperature: float, top_k: int = 0,
          top_p: float = 1.0) -> jax.Array:
@@ -50,13 +52,13 @@ def generate(model: nnx.Module, prompts: Sequence[np.ndarray], length: int, cont
     with `fold_in(key, i)`); a prompt whose ids so far make `finished(row, ids)` true gets no
     more, and the drawing ends when every prompt has. `cache=False` reads the whole window at
     every step even where the model could keep a cache (what the cache is measured against).
-    With a batch `sharding` (the prompts over a mesh's `data` axis), each device reads its
-    share of the prompts, and its cache holds only theirs; rows are added to fill the axis
-    (copies of the first prompt, whose tokens are dropped)."""
+    With a batch `sharding` (the prompts over a mesh's `data` and `fsdp` axes), each device
+    reads its share of the prompts, and its cache holds only theirs; rows are added to fill
+    the axes (copies of the first prompt, whose tokens are dropped)."""
     graphdef, state = nnx.split(model)
     rows = len(prompts)
     if sharding is not None:
-        share = sharding.mesh.shape["data"]
+        share = batch_ways(sharding.mesh)
         prompts = [*prompts, *[prompts[0]] * (-rows % share)]
     put = (lambda x: x) if sharding is None else (lambda x: jax.device_put(x, sharding))
     batch = len(prompts)

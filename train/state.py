@@ -31,14 +31,19 @@ def create_state(model: nnx.Module, tx: optax.GradientTransformation, seed: int,
 def named(tree: Any) -> dict[str, Any]:
     """'params/hidden/0/kernel' -> array, for every array in `tree` (a state, part of one, or
     orbax's metadata of one): the names checkpoints, warm starts and frozen patterns use."""
+    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {path_name(path): leaf for path, leaf in leaves}
+
+
+def path_name(path) -> str:
+    """A pytree path as `named` writes it: 'params/hidden/0/kernel'."""
     def name(key):
         for attr in ("key", "name", "idx"):
             if hasattr(key, attr):
                 return str(getattr(key, attr))
         return str(key)
 
-    leaves = jax.tree_util.tree_flatten_with_path(tree)[0]
-    return {"/".join(name(k) for k in path if name(k) != "value"): leaf for path, leaf in leaves}
+    return "/".join(name(k) for k in path if name(k) != "value")
 
 
 def abstract(tree: Any) -> Any:

@@ -8,6 +8,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from nets import partitioning
 from train import compilation, pmap, sharding
 from train.dataset import Dataset, InMemory, check_dataset
 from train.losses import make_task
@@ -63,7 +64,9 @@ class Trainer:
         self.steps_per_epoch = steps_per_epoch
         self.strategy = config.parallel.strategy
         sharding.check_strategy(self.strategy)
-        self.mesh = sharding.make_mesh(config.parallel.mesh)
+        self.mesh = sharding.make_mesh(config.parallel.mesh, strategy=self.strategy)
+        rules = sharding.parse_rules(config.parallel.get("rules", ""))
+        self._rules = {**rules, "batch": sharding.BATCH}  # the names activations are given
         sharding.check_batch_size(config.dataset.batch_size, self.mesh)
         sharding.check_batch_size(config.dataset.eval_batch_size, self.mesh,
                                   "dataset.eval_batch_size")
@@ -87,12 +90,12 @@ class Trainer:
         self.batch_sharding = sharding.batch_sharding(self.mesh)
         if isinstance(model, nnx.Module):
             self.graphdef, state = fresh_state(model)
-            self.state_sharding = sharding.state_sharding(state, self.mesh, self.strategy)
+            self.state_sharding = sharding.state_sharding(state, self.mesh, self.strategy, rules)
             self.initial_state = jax.device_put(state, self.state_sharding)
         else:
             self.graphdef, abstract_state = nnx.eval_shape(lambda: fresh_state(model()))
             self.state_sharding = sharding.state_sharding(abstract_state, self.mesh,
-                                                          self.strategy)
+                                                          self.strategy, rules)
             if materialize:
                 init = jax.jit(lambda: fresh_state(model())[1],
                                out_shardings=self.state_sharding)
@@ -116,16 +119,30 @@ class Trainer:
             self._step = pmap.canonical_step(step_of(graphdef, axis_name=pmap.AXIS), self.mesh)
             self._devices_per_traced_program = 1
         else:
-            self._step = step_of(self.graphdef)
+            self._step = self._constrained(step_of(self.graphdef))
         self.train_step = jax.jit(
             self._step, in_shardings=(self.state_sharding, self.batch_sharding),
             out_shardings=(self.state_sharding, replicated), donate_argnums=0)
         self.eval_step = jax.jit(
-            make_eval_step(self.graphdef, self.task),
+            self._constrained(make_eval_step(self.graphdef, self.task)),
             in_shardings=(self.state_sharding, self.batch_sharding), out_shardings=replicated)
-        self._gradients = jax.jit(make_gradient_step(self.graphdef, self.task),
+        self._gradients = jax.jit(self._constrained(make_gradient_step(self.graphdef,
+                                                                       self.task)),
                                   in_shardings=(self.state_sharding, self.batch_sharding),
                                   out_shardings=self.state_sharding.params)
+
+    def _constrained(self, step: Callable) -> Callable:
+        """`step` traced with the nets' activations placed by the run's rules (the batch over
+        `data` and `fsdp`) at their block boundaries (`nets.partitioning`); under `pmap` the
+        step runs per device, and places nothing."""
+        if self.strategy == "pmap":
+            return step
+
+        @functools.wraps(step)
+        def traced(*args):
+            with partitioning.rules(self.mesh, self._rules):
+                return step(*args)
+        return traced
 
     def put(self, batch: dict) -> dict:
         """This process's numpy batch -> global arrays on the mesh, as `train_step` takes them."""

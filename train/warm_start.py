@@ -83,8 +83,9 @@ def plan(init_from: str, like: TrainState, model: str) -> Source:
 
 
 def load(source: Source, like: TrainState, level: int = logging.INFO) -> TrainState:
-    """`like` (a fresh state) with the arrays `source` lists read from its checkpoint (checked by
-    `plan`), each laid out as `like`'s own; a moving average of the weights starts at the loaded ones."""
+    """`like` (a fresh state) with the arrays `source` lists read from its checkpoint (checked
+    by `plan`), each laid out as `like`'s own; a moving average of the weights starts at the
+    loaded ones."""
     with workdir_lock.hold(source.workdir, exclusive=False):
         manager = checkpoint.open_manager(source.workdir, read_only=True)
         ours = _parts(like)

@@ -117,7 +117,10 @@ DEFAULTS = (
     ("checkpoint.keep_best", 1, NON_NEGATIVE),  # and the best M by early_stopping.monitor
 
     ("parallel.strategy", "dp", None),
-    ("parallel.mesh", "data=-1", None),         # axis=size pairs; -1 takes the remaining devices
+    ("parallel.mesh", "data=-1", None),         # axis=size pairs over data, fsdp, tensor; -1
+                                                # takes the remaining devices
+    ("parallel.rules", "", None),               # NAME=AXIS,...: where the nets' dimension names
+                                                # go, over train/sharding.py's RULES
 )
 
 # The nets' own fields have their defaults in the nets' constructors; these are the values a
