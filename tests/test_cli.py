@@ -77,7 +77,7 @@ def error_of(capsys, *argv):
     ("--config.loss.name=hinge", "unknown loss 'hinge'"),
     ("--config.dataset.batch_size=30", "use 24 or 32"),
     ("--config.early_stopping.monitor=accuracy", "is not one of eval_accuracy, eval_loss"),
-    ("--config.parallel.mesh=model=8", "only a 'data' axis is supported"),
+    ("--config.parallel.mesh=model=8", "names an unknown axis 'model'; the axes are data, fsdp, tensor"),
     ("--config.parallel.mesh=data=16", "needs 16 devices but 8 cpu devices were found"),
     ("--config.dataset.batch_size=0", "config.dataset.batch_size=0 must be at least 1"),
     ("--config.dataset.batch_size=-8", "config.dataset.batch_size=-8 must be at least 1"),

@@ -125,7 +125,7 @@ LATE_ROWS = [
     train(f"{override.split('=', 1)[0][9:]} that cannot work", override, names=[said])
     for override, said in (
         ("--config.parallel.mesh=data=16", "needs 16 devices but 8 cpu devices were found"),
-        ("--config.parallel.mesh=model=8", "only a 'data' axis is supported"),
+        ("--config.parallel.mesh=model=8", "names an unknown axis 'model'; the axes are data"),
         ("--config.dataset.batch_size=30", "use 24 or 32"),
         ("--config.optimizer.accumulate_steps=3", "micro-batches that divide over 8 devices"),
         ("--config.profile.start_step=500", "profile.start_step=500 is after the run's last"),

@@ -161,12 +161,12 @@ def test_each_dropout_layer_draws_its_own_mask():
 
 
 def test_zero_init_residual_starts_each_block_as_the_identity():
-    block = Block(8, 8, 1, bottleneck=False, zero_init=True, dtype=jnp.float32,
-                  rngs=nnx.Rngs(0))
+    block = Block(8, 8, 1, bottleneck=False, zero_init=True, activation="relu",
+                  dtype=jnp.float32, rngs=nnx.Rngs(0))
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 6, 6, 8))
     np.testing.assert_allclose(block(x, train=True), jax.nn.relu(x), atol=1e-6)
-    plain = Block(8, 8, 1, bottleneck=False, zero_init=False, dtype=jnp.float32,
-                  rngs=nnx.Rngs(0))
+    plain = Block(8, 8, 1, bottleneck=False, zero_init=False, activation="relu",
+                  dtype=jnp.float32, rngs=nnx.Rngs(0))
     assert not np.allclose(plain(x, train=True), jax.nn.relu(x), atol=1e-3)
 
 

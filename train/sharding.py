@@ -199,11 +199,14 @@ def state_sharding(state, mesh: Mesh, strategy: str = "dp", rules: dict | None =
         return jax.tree.map(lambda _: replicated(mesh), state)
 
     def place(path, leaf):
+        # a value without a shape (optax's placeholder for a frozen array's state) is whole
         if isinstance(leaf, nnx.Variable):
-            where = spec(path_name(path), leaf.get_value().shape,
-                         leaf.get_metadata().get("out_sharding"), mesh, rules)
-            return leaf.replace(NamedSharding(mesh, where))
-        return NamedSharding(mesh, spec(path_name(path), leaf.shape, None, mesh, rules))
+            shape = getattr(leaf.get_value(), "shape", ())
+            names = leaf.get_metadata().get("out_sharding") if shape else None
+            return leaf.replace(NamedSharding(mesh, spec(path_name(path), shape, names, mesh,
+                                                         rules)))
+        shape = getattr(leaf, "shape", ())
+        return NamedSharding(mesh, spec(path_name(path), shape, None, mesh, rules))
 
     return jax.tree_util.tree_map_with_path(
         place, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
