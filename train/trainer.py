@@ -22,6 +22,11 @@ def total_steps(config, steps_per_epoch: int) -> int:
     return config.steps or config.epochs * steps_per_epoch
 
 
+# Evaluation steps dispatched before waiting for them: XLA's collectives on CPU devices (a
+# machine's simulated ones) have aborted the process with many programs queued, under load.
+EVAL_IN_FLIGHT = 8
+
+
 class DeviceFeed(NamedTuple):
     """A training split kept on the devices: each step is sent a plan (the batch's row numbers
     and its augmentation draws, a few numbers per example) and reads its batch there."""
@@ -224,9 +229,11 @@ class Trainer:
         `weights` picks the raw parameters or their moving average (`ema`)."""
         state = self.weights(state, weights)
         sums = None
-        for batch in batches:
+        for i, batch in enumerate(batches):
             out = self.eval_step(state, sharding.put_batch(batch, self.batch_sharding))
             sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+            if i % EVAL_IN_FLIGHT == EVAL_IN_FLIGHT - 1:
+                jax.block_until_ready(sums)
         return summarize_eval(self.fetch(sums))
 
 
