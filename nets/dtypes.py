@@ -1,5 +1,6 @@
-"""Compute dtypes by name. Parameters are always float32; activations and matmuls run in the
-compute dtype, and logits come back as float32 so losses are computed at full precision.
+"""Dtypes by name. Parameters are float32 (the Transformers also take `param_dtype=bfloat16`);
+activations and matmuls run in the compute dtype, and logits come back as float32 so losses are
+computed at full precision.
 float64 is for numerical checks (gradients against finite differences): it needs JAX's 64-bit
 mode (`with jax.enable_x64(True):`) and parameters cast to float64 by the caller."""
 import jax
@@ -23,3 +24,14 @@ def compute_dtype(name: str):
 def output_dtype(dtype):
     """Logits' dtype: float32, or float64 when computing in float64."""
     return jnp.promote_types(dtype, jnp.float32)
+
+
+PARAM_DTYPES = ("float32", "bfloat16")
+
+
+def parameter_dtype(name: str):
+    """The dtype parameters are kept in: float32 (the default) or bfloat16, which halves the
+    parameters' and the optimizer state's memory (the moments take the parameters' dtype)."""
+    if name not in PARAM_DTYPES:
+        raise ValueError(f"unknown model.param_dtype {name!r}; known: {', '.join(PARAM_DTYPES)}")
+    return DTYPES[name]

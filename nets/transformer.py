@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from nets.dtypes import compute_dtype
+from nets.dtypes import compute_dtype, parameter_dtype
 from nets.partitioning import constrain, named
 
 normal = nnx.initializers.normal
@@ -21,15 +21,15 @@ default_kernel = nnx.initializers.lecun_normal()  # nnx.Linear's own
 
 
 class SelfAttention(nnx.Module):
-    def __init__(self, width, heads, causal, out_std, dtype, rngs):
+    def __init__(self, width, heads, causal, out_std, dtypes, rngs):
         if width % heads:
             raise ValueError(f"model.width={width} does not divide into model.heads={heads}")
         self.heads, self.causal = heads, causal
         # Megatron-LM's split: the heads' projections by columns, the output by rows
         self.qkv = nnx.Linear(width, 3 * width, kernel_init=named(normal(0.02), "embed", "heads"),
-                              bias_init=named(zeros, "heads"), dtype=dtype, rngs=rngs)
+                              bias_init=named(zeros, "heads"), **dtypes, rngs=rngs)
         self.out = nnx.Linear(width, width, kernel_init=named(normal(out_std), "heads", "embed"),
-                              bias_init=named(zeros, "embed"), dtype=dtype, rngs=rngs)
+                              bias_init=named(zeros, "embed"), **dtypes, rngs=rngs)
 
     def __call__(self, x_BxLxD):
         q, k, v = self._qkv(x_BxLxD)
@@ -59,15 +59,15 @@ class SelfAttention(nnx.Module):
 class Block(nnx.Module):
     """x + attention(x), then x + mlp(x), with LayerNorm before (`pre_norm`) or after each."""
 
-    def __init__(self, width, heads, causal, pre_norm, dropout, out_std, dtype, rngs):
+    def __init__(self, width, heads, causal, pre_norm, dropout, out_std, dtypes, rngs):
         self.pre_norm = pre_norm
-        self.attention = SelfAttention(width, heads, causal, out_std, dtype, rngs)
-        self.norm1 = layer_norm(width, dtype, rngs)
-        self.norm2 = layer_norm(width, dtype, rngs)
+        self.attention = SelfAttention(width, heads, causal, out_std, dtypes, rngs)
+        self.norm1 = layer_norm(width, dtypes, rngs)
+        self.norm2 = layer_norm(width, dtypes, rngs)
         self.up = nnx.Linear(width, 4 * width, kernel_init=named(normal(0.02), "embed", "mlp"),
-                             bias_init=named(zeros, "mlp"), dtype=dtype, rngs=rngs)
+                             bias_init=named(zeros, "mlp"), **dtypes, rngs=rngs)
         self.down = nnx.Linear(4 * width, width, kernel_init=named(normal(out_std), "mlp", "embed"),
-                               bias_init=named(zeros, "embed"), dtype=dtype, rngs=rngs)
+                               bias_init=named(zeros, "embed"), **dtypes, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x_BxLxD, train, rngs):
@@ -91,16 +91,16 @@ class Block(nnx.Module):
         return self.down(jax.nn.gelu(self.up(y)))
 
 
-def layer_norm(width, dtype, rngs):
-    return nnx.LayerNorm(width, epsilon=1e-5, dtype=dtype, scale_init=named(ones, "embed"),
+def layer_norm(width, dtypes, rngs):
+    return nnx.LayerNorm(width, epsilon=1e-5, **dtypes, scale_init=named(ones, "embed"),
                          bias_init=named(zeros, "embed"), rngs=rngs)
 
 
-def _blocks(layers, width, heads, causal, pre_norm, dropout, dtype, rngs):
+def _blocks(layers, width, heads, causal, pre_norm, dropout, dtypes, rngs):
     # GPT-2's scaling: each residual branch's output projection has std 0.02 / sqrt(2 * layers),
     # so the residual stream's variance does not grow with depth.
     out_std = 0.02 / math.sqrt(2 * layers)
-    return nnx.List([Block(width, heads, causal, pre_norm, dropout, out_std, dtype, rngs)
+    return nnx.List([Block(width, heads, causal, pre_norm, dropout, out_std, dtypes, rngs)
                      for _ in range(layers)])
 
 
@@ -159,26 +159,30 @@ class GPT(nnx.Module):
     defaults are GPT-2 small: 12 layers, 12 heads, width 768. Dropout acts on the embeddings
     and on each residual branch, not on the attention probabilities (GPT-2 also drops those;
     `jax.nn.dot_product_attention`, whose fused kernels we want, has no dropout).
+    `param_dtype` is the parameters' dtype (`nets.dtypes.parameter_dtype`), `dtype` the
+    computation's.
     """
 
     def __init__(self, *, input_shape, num_classes, layers=12, heads=12, width=768, context=0,
-                 dropout=0.1, dtype="float32", remat="none", rngs: nnx.Rngs):
+                 dropout=0.1, dtype="float32", param_dtype="float32", remat="none",
+                 rngs: nnx.Rngs):
         self.remat = _check_remat(remat)
         if len(input_shape) != 1:
             raise ValueError(f"a GPT takes (length,) token ids, not inputs of shape {input_shape}; "
                              f"use a text dataset such as tiny_shakespeare")
         self.dtype = compute_dtype(dtype)
+        dtypes = dict(dtype=self.dtype, param_dtype=parameter_dtype(param_dtype))
         self.context = context or input_shape[0]
         if input_shape[0] > self.context:
             raise ValueError(f"inputs of {input_shape[0]} tokens exceed model.context={context}; "
                              f"set model.context >= {input_shape[0]}, or 0 to follow the input")
         self.embed = nnx.Embed(num_classes, width,
                                embedding_init=named(normal(0.02), "vocab", "embed"),
-                               dtype=self.dtype, rngs=rngs)
+                               **dtypes, rngs=rngs)
         self.positions = nnx.Param(named(normal(0.01), "positions", "embed")(
-            rngs.params(), (self.context, width)))
-        self.blocks = _blocks(layers, width, heads, True, True, dropout, self.dtype, rngs)
-        self.norm = layer_norm(width, self.dtype, rngs)
+            rngs.params(), (self.context, width), dtypes["param_dtype"]))
+        self.blocks = _blocks(layers, width, heads, True, True, dropout, dtypes, rngs)
+        self.norm = layer_norm(width, dtypes, rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, ids_BxL, *, train=False, rngs=None) -> jax.Array:
@@ -226,9 +230,11 @@ class Encoder(nnx.Module):
     """
 
     def __init__(self, *, input_shape, num_classes, layers=4, heads=4, width=256, vocab_size=0,
-                 dropout=0.1, dtype="float32", remat="none", rngs: nnx.Rngs):
+                 dropout=0.1, dtype="float32", param_dtype="float32", remat="none",
+                 rngs: nnx.Rngs):
         self.remat = _check_remat(remat)
         self.dtype = compute_dtype(dtype)
+        dtypes = dict(dtype=self.dtype, param_dtype=parameter_dtype(param_dtype))
         self.vocab_size = vocab_size
         if vocab_size:
             if len(input_shape) != 1:
@@ -236,7 +242,7 @@ class Encoder(nnx.Module):
                                  f"the inputs have shape {input_shape}; set model.vocab_size=0")
             self.embed = nnx.Embed(vocab_size, width,
                                    embedding_init=named(normal(0.02), "vocab", "embed"),
-                                   dtype=self.dtype, rngs=rngs)
+                                   **dtypes, rngs=rngs)
         else:
             if len(input_shape) < 2:
                 raise ValueError(f"inputs of shape {input_shape} are not a sequence of feature "
@@ -244,19 +250,19 @@ class Encoder(nnx.Module):
             features = math.prod(input_shape[1:])
             self.embed = nnx.Linear(features, width,
                                     kernel_init=named(default_kernel, "features", "embed"),
-                                    bias_init=named(zeros, "embed"), dtype=self.dtype, rngs=rngs)
+                                    bias_init=named(zeros, "embed"), **dtypes, rngs=rngs)
         length = input_shape[0] + 1  # and the [CLS] position
-        self.cls = nnx.Param(named(normal(0.02), None, None, "embed")(rngs.params(),
-                                                                      (1, 1, width)))
+        self.cls = nnx.Param(named(normal(0.02), None, None, "embed")(
+            rngs.params(), (1, 1, width), dtypes["param_dtype"]))
         self.positions = nnx.Param(named(normal(0.02), "positions", "embed")(
-            rngs.params(), (length, width)))
-        self.norm = layer_norm(width, self.dtype, rngs)
-        self.blocks = _blocks(layers, width, heads, False, False, dropout, self.dtype, rngs)
+            rngs.params(), (length, width), dtypes["param_dtype"]))
+        self.norm = layer_norm(width, dtypes, rngs)
+        self.blocks = _blocks(layers, width, heads, False, False, dropout, dtypes, rngs)
         self.pooler = nnx.Linear(width, width, kernel_init=named(default_kernel, "embed", None),
-                                 bias_init=named(zeros, None), dtype=self.dtype, rngs=rngs)
+                                 bias_init=named(zeros, None), **dtypes, rngs=rngs)
         self.head = nnx.Linear(width, num_classes,
                                kernel_init=named(default_kernel, None, "classes"),
-                               bias_init=named(zeros, "classes"), dtype=self.dtype, rngs=rngs)
+                               bias_init=named(zeros, "classes"), **dtypes, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, x, *, train=False, rngs=None) -> jax.Array:
