@@ -177,10 +177,10 @@ def test_every_strategy_and_process_count_gives_the_same_numbers(model, tmp_path
 
 @pytest.mark.parametrize("model", sorted(MESH_MODELS))
 def test_every_mesh_gives_the_same_numbers(model, corpus, capsys):
-    # the meshes with a tensor axis (8x1x1 and 1x8x1 split no layer, and lay out every net's
-    # arrays by the rule the MLP and the CNN above check on them); the ResNet, whose 20 steps
-    # take 8 s a mesh, on the mesh of all three axes
-    meshes = MESHES[2:] if model != "resnet" else [("2x2x2", "data=2,fsdp=2,tensor=2")]
+    # Meshes with a tensor axis: 8x1x1 and 1x8x1 split no layer, and lay out every net's arrays
+    # by the rule the MLP and the CNN above check on them. The GPT on 1x1x8, 2x2x2 and 4x1x2,
+    # the encoder on 1x1x8 and 2x2x2, the ResNet (8 s a mesh) on 2x2x2.
+    meshes = {"resnet": [MESHES[3]], "bert": MESHES[2:4], "gpt": MESHES[2:]}[model]
     results = {label: train_in_process(model_config(model, corpus, **{"parallel.mesh": mesh}))
                for label, mesh in [("1 device", "data=1"), *meshes]}
     assert_the_same_numbers(model, results, capsys)
