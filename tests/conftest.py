@@ -101,3 +101,18 @@ def _prepare(data_dir: str) -> None:
     # the shared MNIST files are re-compressed: checked by their content instead
     assert ("t10k-labels-idx1-ubyte.gz differs from the archive tfds registered (another "
             "compression of it), but its decompressed content matches") in result.stderr
+
+
+# The files that take longest, started first: the two test processes take whole files, and a
+# long one started last leaves the other process idle at the end (the README's commands alone
+# take two minutes). Longest first is how a fixed set of jobs finishes soonest on two workers.
+LONGEST_FIRST = ("test_readme.py", "test_parallel.py", "test_group_kill.py", "test_zoo.py",
+                 "test_checkpoints.py", "test_cli.py")
+
+
+def pytest_collection_modifyitems(items):
+    def rank(item):
+        name = os.path.basename(str(item.fspath))
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: each file's tests, and the other files, keep their order
