@@ -3,17 +3,14 @@
 A net says what each dimension of a parameter is (`embed`, `mlp`, `heads`, `vocab`,
 `conv_out`, ...) where it creates it, through flax's own sharding metadata (`named`); the
 training code's rules table maps the names onto mesh axes (train/sharding.py). Activations
-are constrained at block boundaries (`constrain`) by the same names, while a step is traced
-under `rules` (the batch over the `data` and `fsdp` axes); elsewhere that is a no-op, so a net
-runs anywhere as it is.
+are constrained at block boundaries (`constrain`) by the same names, through flax's logical
+axis rules and the mesh JAX is tracing for, as the training step sets both (the batch over the
+`data` and `fsdp` axes); where neither is set that is a no-op, so a net runs anywhere as it is.
 """
-import contextlib
-
 import jax
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec as P
-
-_ACTIVE = []  # (mesh, {name: axis or tuple of axes}) while a step is traced under `rules`
+from flax.core import spmd
+from jax.sharding import PartitionSpec as P
 
 
 def named(init, *names):
@@ -22,21 +19,10 @@ def named(init, *names):
     return nnx.with_partitioning(init, names, eager_sharding=False)
 
 
-@contextlib.contextmanager
-def rules(mesh, table: dict):
-    """While tracing: `constrain` places activations on `mesh` as `table` maps their names."""
-    _ACTIVE.append((mesh, table))
-    try:
-        yield
-    finally:
-        _ACTIVE.pop()
-
-
 def constrain(x: jax.Array, *names) -> jax.Array:
     """`x`, whose dimensions are called `names` ("batch", None, ...), laid out as the active
-    rules say; `x` itself where none are active."""
-    if not _ACTIVE:
+    logical axis rules say on the active mesh; `x` itself where there are none."""
+    rules = dict(spmd.get_logical_axis_rules())
+    if not rules or jax.sharding.get_abstract_mesh().empty:
         return x
-    mesh, table = _ACTIVE[-1]
-    axes = [table.get(name) or None if name else None for name in names]
-    return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(*axes)))
+    return jax.lax.with_sharding_constraint(x, P(*(rules.get(n) if n else None for n in names)))

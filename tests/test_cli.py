@@ -79,6 +79,16 @@ def error_of(capsys, *argv):
     ("--config.early_stopping.monitor=accuracy", "is not one of eval_accuracy, eval_loss"),
     ("--config.parallel.mesh=model=8", "names an unknown axis 'model'; the axes are data, fsdp, tensor"),
     ("--config.parallel.mesh=data=16", "needs 16 devices but 8 cpu devices were found"),
+    ("--config.parallel.mesh=tensor=8 --config.model.width=36", "params/hidden/0/bias: its "
+     "dimension 0 (mlp) of size 36 does not divide over the 8 devices of the tensor axis"),
+    ("--config.parallel.rules=mlp=data", "parallel.rules entry 'mlp=data' names no mesh axis a "
+     "parameter is split over: fsdp or tensor"),
+    ("--config.parallel.rules=hidden=tensor", "parallel.rules entry 'hidden=tensor' is not "
+     "NAME=AXIS with NAME one of mlp, heads"),
+    ("--config.parallel.mesh=tensor=2 --config.parallel.strategy=fsdp", "parallel.strategy=fsdp "
+     "reads the mesh's data axis as fsdp"),
+    ("--config.parallel.mesh=tensor=8 --config.parallel.strategy=pmap", "parallel.strategy=pmap "
+     "maps the step over the data axis alone"),
     ("--config.dataset.batch_size=0", "config.dataset.batch_size=0 must be at least 1"),
     ("--config.dataset.batch_size=-8", "config.dataset.batch_size=-8 must be at least 1"),
     ("--config.dataset.eval_batch_size=0", "config.dataset.eval_batch_size=0 must be at least 1"),

@@ -186,6 +186,17 @@ def test_every_mesh_gives_the_same_numbers(model, corpus, capsys):
     assert_the_same_numbers(model, results, capsys)
 
 
+def test_the_blocks_activations_are_constrained_to_the_batch_split(corpus):
+    """Between blocks the encoder's activations are placed as the rules say: the batch over
+    data and fsdp, the rest whole (on its 2 blocks and before them: 3 constraints)."""
+    trainer, dataset = trainer_for(model_config("bert", corpus,
+                                                **{"parallel.mesh": "data=2,fsdp=2,tensor=2"}))
+    batch = trainer.put(next(dataset.train_batches(64, seed=0, epoch=0)))
+    program = trainer.eval_step.lower(trainer.initial_state, batch).as_text()
+    assert program.count('sharding_constraint') == 3
+    assert program.count('<@mesh, [{"data", "fsdp"}, {}, {}]>') == 3
+
+
 def assert_the_same_numbers(model, results, capsys):
     reference, reference_test = results.pop("1 device")
     for label, (state, test) in results.items():

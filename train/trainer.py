@@ -7,8 +7,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 from flax import nnx
+from flax.core import spmd
 
-from nets import partitioning
 from train import compilation, pmap, sharding
 from train.dataset import Dataset, InMemory, check_dataset
 from train.losses import make_task
@@ -71,7 +71,9 @@ class Trainer:
         sharding.check_strategy(self.strategy)
         self.mesh = sharding.make_mesh(config.parallel.mesh, strategy=self.strategy)
         rules = sharding.parse_rules(config.parallel.get("rules", ""))
-        self._rules = {**rules, "batch": sharding.BATCH}  # the names activations are given
+        # flax's logical axis rules for the activations the nets constrain by name
+        self._rules = (*((name, axis or None) for name, axis in rules.items()),
+                       ("batch", sharding.BATCH))
         sharding.check_batch_size(config.dataset.batch_size, self.mesh)
         sharding.check_batch_size(config.dataset.eval_batch_size, self.mesh,
                                   "dataset.eval_batch_size")
@@ -137,15 +139,16 @@ class Trainer:
                                   out_shardings=self.state_sharding.params)
 
     def _constrained(self, step: Callable) -> Callable:
-        """`step` traced with the nets' activations placed by the run's rules (the batch over
-        `data` and `fsdp`) at their block boundaries (`nets.partitioning`); under `pmap` the
-        step runs per device, and places nothing."""
+        """`step` traced under the run's mesh and logical axis rules (flax's), by which the nets
+        place their activations at block boundaries (the batch over `data` and `fsdp`); under
+        `pmap` the step runs per device, and places nothing."""
         if self.strategy == "pmap":
             return step
 
         @functools.wraps(step)
         def traced(*args):
-            with partitioning.rules(self.mesh, self._rules):
+            with (jax.sharding.use_abstract_mesh(self.mesh.abstract_mesh),
+                  spmd.logical_axis_rules(self._rules)):
                 return step(*args)
         return traced
 
