@@ -97,6 +97,10 @@ def export(workdir: str, out: str, which: str = "best") -> list[str]:
                              f"as torchvision's; this run's model is {model['name']}")
         arrays = checkpoint.read_arrays(manager, step)
     params = _nested(arrays, "params/")
+    if model.get("scan_layers"):  # stacked blocks: layer i is index i of every array
+        stacked = params["blocks"]
+        layers = jax.tree.leaves(stacked)[0].shape[0]
+        params["blocks"] = {i: jax.tree.map(lambda x, i=i: x[i], stacked) for i in range(layers)}
     if model["name"] == "gpt":
         vocab = params["embed"]["embedding"].shape[0]
         fields = {**model, "context": params["positions"].shape[0]}  # also where it was 0

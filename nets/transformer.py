@@ -96,12 +96,32 @@ def layer_norm(width, dtypes, rngs):
                          bias_init=named(zeros, "embed"), rngs=rngs)
 
 
-def _blocks(layers, width, heads, causal, pre_norm, dropout, dtypes, rngs):
+def _blocks(layers, width, heads, causal, pre_norm, dropout, dtypes, rngs, scan=False):
     # GPT-2's scaling: each residual branch's output projection has std 0.02 / sqrt(2 * layers),
     # so the residual stream's variance does not grow with depth.
     out_std = 0.02 / math.sqrt(2 * layers)
-    return nnx.List([Block(width, heads, causal, pre_norm, dropout, out_std, dtypes, rngs)
-                     for _ in range(layers)])
+    blocks = [Block(width, heads, causal, pre_norm, dropout, out_std, dtypes, rngs)
+              for _ in range(layers)]
+    return _stacked(blocks) if scan else nnx.List(blocks)
+
+
+def _stacked(blocks: list) -> nnx.Module:
+    """One block whose every array holds those of `blocks` one after another: a leading
+    dimension, named `layers`, that `_run_blocks` scans over. Made from the blocks one by one,
+    so its numbers are those of the same blocks unstacked."""
+    graphdef, _ = nnx.split(blocks[0])
+    stacked = nnx.merge(graphdef, jax.tree.map(lambda *xs: jnp.stack(xs),
+                                               *(nnx.split(b)[1] for b in blocks)))
+    for _, variable in nnx.iter_graph(stacked):
+        if isinstance(variable, nnx.Variable):
+            names = variable.get_metadata().get("out_sharding")
+            rest = names if names is not None else (None,) * (variable.get_value().ndim - 1)
+            variable.set_metadata(out_sharding=("layers", *rest))
+    return stacked
+
+
+def _layer_count(stacked: nnx.Module) -> int:
+    return jax.tree.leaves(nnx.state(stacked))[0].shape[0]
 
 
 def _dropout_rngs(rngs):
@@ -127,21 +147,32 @@ def remat_policies() -> list[str]:
 def _run_blocks(blocks, x_BxLxD, train, rngs, remat: str):
     """The blocks in turn; with `remat`, each recomputed in the backward pass (what it keeps is
     `remat`'s policy: with `block`, only its input). Between blocks the batch is split as the
-    step's rules say (`nets.partitioning`)."""
+    step's rules say (`nets.partitioning`). `blocks` is a list, or one stacked block
+    (`_stacked`, `scan_layers`): then one `lax.scan` runs them, compiled once for every layer,
+    each drawing its dropout masks from a key of its own."""
     x_BxLxD = constrain(x_BxLxD, "batch", None, "embed")
-    if remat == "none":
+    policy = None if remat in REMAT else getattr(jax.checkpoint_policies, remat)
+    if isinstance(blocks, nnx.List):
+        def step(block, x_BxLxD, train, rngs):
+            return block(x_BxLxD, train, rngs)
+
+        if remat != "none":
+            step = nnx.remat(step, policy=policy, static_argnums=(2,))
         for block in blocks:
-            x_BxLxD = constrain(block(x_BxLxD, train, rngs), "batch", None, "embed")
+            x_BxLxD = constrain(step(block, x_BxLxD, train, rngs), "batch", None, "embed")
         return x_BxLxD
-    policy = None if remat == "block" else getattr(jax.checkpoint_policies, remat)
+    graphdef, state = nnx.split(blocks)
+    keys = None if rngs is None else jax.random.split(rngs.dropout(), _layer_count(blocks))
 
-    @nnx.remat(policy=policy, static_argnums=(2,))
-    def step(block, x_BxLxD, train, rngs):
-        return block(x_BxLxD, train, rngs)
+    def layer(x_BxLxD, state_and_key):
+        state, key = state_and_key
+        block = nnx.merge(graphdef, state)
+        y_BxLxD = block(x_BxLxD, train, None if key is None else nnx.Rngs(dropout=key))
+        return constrain(y_BxLxD, "batch", None, "embed"), None
 
-    for block in blocks:
-        x_BxLxD = constrain(step(block, x_BxLxD, train, rngs), "batch", None, "embed")
-    return x_BxLxD
+    if remat != "none":
+        layer = jax.checkpoint(layer, policy=policy)
+    return jax.lax.scan(layer, x_BxLxD, (state, keys))[0]
 
 
 def _check_remat(remat) -> str:
@@ -165,7 +196,7 @@ class GPT(nnx.Module):
 
     def __init__(self, *, input_shape, num_classes, layers=12, heads=12, width=768, context=0,
                  dropout=0.1, dtype="float32", param_dtype="float32", remat="none",
-                 rngs: nnx.Rngs):
+                 scan_layers=False, rngs: nnx.Rngs):
         self.remat = _check_remat(remat)
         if len(input_shape) != 1:
             raise ValueError(f"a GPT takes (length,) token ids, not inputs of shape {input_shape}; "
@@ -181,11 +212,17 @@ class GPT(nnx.Module):
                                **dtypes, rngs=rngs)
         self.positions = nnx.Param(named(normal(0.01), "positions", "embed")(
             rngs.params(), (self.context, width), dtypes["param_dtype"]))
-        self.blocks = _blocks(layers, width, heads, True, True, dropout, dtypes, rngs)
+        self.blocks = _blocks(layers, width, heads, True, True, dropout, dtypes, rngs,
+                              scan_layers)
         self.norm = layer_norm(width, dtypes, rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def __call__(self, ids_BxL, *, train=False, rngs=None) -> jax.Array:
+        return self.logits(self.features(ids_BxL, train=train, rngs=rngs))
+
+    def features(self, ids_BxL, *, train=False, rngs=None) -> jax.Array:
+        """The last hidden states (B, L, D), normalised: what `logits` reads, position by
+        position (so a loss may make the logits of a few positions at a time)."""
         length = ids_BxL.shape[1]
         if length > self.context:
             raise ValueError(f"{length} tokens exceed the model's context of {self.context}")
@@ -193,12 +230,21 @@ class GPT(nnx.Module):
         x_BxLxD = self.embed(ids_BxL) + self.positions[:length].astype(self.dtype)
         x_BxLxD = self.dropout(x_BxLxD, deterministic=not train, rngs=rngs)
         x_BxLxD = _run_blocks(self.blocks, x_BxLxD, train, rngs, self.remat)
-        return self.embed.attend(self.norm(x_BxLxD)).astype(jnp.float32)
+        return self.norm(x_BxLxD)
+
+    def logits(self, h_BxLxD) -> jax.Array:
+        """float32 logits over the vocabulary of hidden states from `features`."""
+        return self.embed.attend(h_BxLxD).astype(jnp.float32)
 
     def empty_cache(self, batch: int) -> tuple:
-        """Keys and values of no position yet, per block: what `extend` starts from."""
-        attention = self.blocks[0].attention
-        shape = (batch, self.context, attention.heads, self.embed.features // attention.heads)
+        """Keys and values of no position yet, per block (stacked blocks: one pair, each
+        with a leading dimension of layers): what `extend` starts from."""
+        stacked = not isinstance(self.blocks, nnx.List)
+        heads = (self.blocks if stacked else self.blocks[0]).attention.heads
+        shape = (batch, self.context, heads, self.embed.features // heads)
+        if stacked:
+            shape = (_layer_count(self.blocks), *shape)
+            return jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype)
         return tuple((jnp.zeros(shape, self.dtype), jnp.zeros(shape, self.dtype))
                      for _ in self.blocks)
 
@@ -212,11 +258,20 @@ class GPT(nnx.Module):
         positions_BxTxD = jax.vmap(lambda at: jax.lax.dynamic_slice_in_dim(
             self.positions[...], at, length))(position_B)
         x_BxTxD = self.embed(ids_BxT) + positions_BxTxD.astype(self.dtype)
-        written = []
-        for block, kept in zip(self.blocks, cache):
-            x_BxTxD, kept = block.cached(x_BxTxD, kept, position_B)
-            written.append(kept)
-        return self.embed.attend(self.norm(x_BxTxD)).astype(jnp.float32), tuple(written)
+        if isinstance(self.blocks, nnx.List):
+            written = []
+            for block, kept in zip(self.blocks, cache):
+                x_BxTxD, kept = block.cached(x_BxTxD, kept, position_B)
+                written.append(kept)
+            return self.logits(self.norm(x_BxTxD)), tuple(written)
+        graphdef, state = nnx.split(self.blocks)
+
+        def layer(x_BxTxD, state_and_kept):
+            state, kept = state_and_kept
+            return nnx.merge(graphdef, state).cached(x_BxTxD, kept, position_B)
+
+        x_BxTxD, written = jax.lax.scan(layer, x_BxTxD, (state, cache))
+        return self.logits(self.norm(x_BxTxD)), written
 
 
 class Encoder(nnx.Module):
@@ -231,7 +286,7 @@ class Encoder(nnx.Module):
 
     def __init__(self, *, input_shape, num_classes, layers=4, heads=4, width=256, vocab_size=0,
                  dropout=0.1, dtype="float32", param_dtype="float32", remat="none",
-                 rngs: nnx.Rngs):
+                 scan_layers=False, rngs: nnx.Rngs):
         self.remat = _check_remat(remat)
         self.dtype = compute_dtype(dtype)
         dtypes = dict(dtype=self.dtype, param_dtype=parameter_dtype(param_dtype))
@@ -257,7 +312,8 @@ class Encoder(nnx.Module):
         self.positions = nnx.Param(named(normal(0.02), "positions", "embed")(
             rngs.params(), (length, width), dtypes["param_dtype"]))
         self.norm = layer_norm(width, dtypes, rngs)
-        self.blocks = _blocks(layers, width, heads, False, False, dropout, dtypes, rngs)
+        self.blocks = _blocks(layers, width, heads, False, False, dropout, dtypes, rngs,
+                              scan_layers)
         self.pooler = nnx.Linear(width, width, kernel_init=named(default_kernel, "embed", None),
                                  bias_init=named(zeros, None), **dtypes, rngs=rngs)
         self.head = nnx.Linear(width, num_classes,

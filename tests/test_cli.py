@@ -124,6 +124,9 @@ def error_of(capsys, *argv):
     ("--config.optimizer.decay_factor=0", "config.optimizer.decay_factor=0.0 must be above 0"),
     ("--config.optimizer.warmup_steps=-3", "config.optimizer.warmup_steps=-3 must be at least 0"),
     ("--config.loss.label_smoothing=1", "config.loss.label_smoothing=1.0 must be at least 0 and"),
+    ("--config.loss.chunk=-4", "config.loss.chunk=-4 must be at least 0"),
+    ("--config.loss.chunk=4", "loss.chunk=4 applies to a language model's logits per position "
+     "(model.name=gpt), not to MLP; set loss.chunk=0"),
     ("--config.optimizer.accumulate_steps=0", "config.optimizer.accumulate_steps=0 must be at least 1"),
     ("--config.optimizer.accumulate_steps=3", "dataset.batch_size=32 does not split into "
      "optimizer.accumulate_steps=3 micro-batches that divide over 8 devices (it must be a "
@@ -439,12 +442,18 @@ def test_a_net_that_cannot_read_text_is_refused_on_a_text_dataset(capsys, tmp_pa
     assert "use one of gpt, lstm, gru, rnn" in err
 
 
-def test_an_unknown_remat_policy_is_refused_before_the_workdir_is_made(capsys, tmp_path,
-                                                                       prepared):
+@pytest.mark.parametrize("override,message", [
+    ("--config.model.remat=blocks", "unknown model.remat 'blocks'; known: none, block, "
+                                    "checkpoint_dots"),
+    ("--config.loss.chunk=7", "loss.chunk=7 does not divide the sequence of 32 positions; use a "
+                              "divisor such as 8, or 0 for all at once"),
+])
+def test_a_bad_language_model_lever_is_refused_before_the_workdir_is_made(
+        capsys, tmp_path, prepared, override, message):
     code, err = error_of(capsys, "train", "--config", config_path("shakespeare_gpt.py") + ":tiny",
-                         "--workdir", str(tmp_path / "run"), "--config.model.remat=blocks",
+                         "--workdir", str(tmp_path / "run"), override,
                          f"--config.dataset.data_dir={prepared}")
-    assert code == 2 and "unknown model.remat 'blocks'; known: none, block, checkpoint_dots" in err
+    assert code == 2 and message in err
     assert not (tmp_path / "run").exists()
 
 

@@ -132,11 +132,57 @@ def test_remat_recomputes_the_blocks_to_the_same_gradients(name, inputs, remat):
     for setting in ("none", remat):
         model = nets.build(name, input_shape=shape, num_classes=30, layers=3, heads=2, width=32,
                            dropout=0.1, remat=setting, seed=1)
-        grads.append(jax.tree.leaves(nnx.grad(lambda m: m(x, train=True, rngs=jax.random.PRNGKey(
-            2)).astype(jnp.float32).std())(model)))
+        grads.append(jax.tree.leaves(nnx.jit(nnx.grad(lambda m: m(
+            x, train=True, rngs=jax.random.PRNGKey(2)).astype(jnp.float32).std()))(model)))
     assert len(grads[0]) == len(grads[1]) > 0
     for plain, recomputed in zip(*grads):
         np.testing.assert_allclose(recomputed, plain, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("name, inputs", [("gpt", "ids"), ("bert", "rows")])
+@pytest.mark.parametrize("remat", ["none", "block"])
+def test_scanned_layers_compute_what_the_loop_computes(name, inputs, remat):
+    """model.scan_layers stacks the same blocks (the same initial numbers) and runs them as one
+    scan: the logits and every gradient are the loop's, its layer i at index i of the stack.
+    Dropout off: the scan draws each layer's masks from a key of its own."""
+    rng = np.random.default_rng(0)
+    if inputs == "ids":
+        shape, x = (16,), jnp.asarray(rng.integers(0, 30, (4, 16)), jnp.int32)
+    else:
+        shape, x = (8, 8, 1), jnp.asarray(rng.normal(size=(4, 8, 8, 1)), jnp.float32)
+    made = {scan: nets.build(name, input_shape=shape, num_classes=30, layers=3, heads=2,
+                             width=32, dropout=0.0, remat=remat if scan else "none",
+                             scan_layers=scan, seed=1) for scan in (False, True)}
+    loop, scanned = (nnx.state(made[s], nnx.Param) for s in (False, True))
+    assert scanned["blocks"]["up"]["kernel"][...].shape == (3, 32, 128)
+    np.testing.assert_array_equal(scanned["blocks"]["up"]["kernel"][...][2],
+                                  loop["blocks"][2]["up"]["kernel"][...])
+    np.testing.assert_allclose(made[True](x), made[False](x), rtol=1e-6, atol=1e-6)
+    grads = {scan: nnx.jit(nnx.grad(lambda m: m(x, train=True, rngs=jax.random.key(2)).std()))(
+        model) for scan, model in made.items()}
+    for i in range(3):
+        per_layer = jax.tree.map(lambda g: g[i], grads[True]["blocks"])
+        for a, b in zip(jax.tree.leaves(per_layer), jax.tree.leaves(grads[False]["blocks"][i])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for part in ("embed", "norm" if name == "gpt" else "head"):
+        for a, b in zip(jax.tree.leaves(grads[True][part]), jax.tree.leaves(grads[False][part])):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_the_kv_cache_reads_scanned_layers():
+    """Sampling from a GPT with stacked blocks: the cache has one pair of stacked keys and
+    values, and a prefill then a step give the logits of the whole sequence at once."""
+    model = nets.build("gpt", input_shape=(12,), num_classes=30, layers=3, heads=2, width=16,
+                       dropout=0.0, scan_layers=True, seed=4)
+    ids = jnp.asarray(np.random.default_rng(1).integers(0, 30, (2, 12)), jnp.int32)
+    cache = model.empty_cache(2)
+    assert cache[0].shape == (3, 2, 12, 2, 8)
+    start = jnp.zeros(2, jnp.int32)
+    first, cache = model.extend(ids[:, :7], start, cache)
+    last, _ = model.extend(ids[:, 7:8], start + 7, cache)
+    whole = model(ids[:, :8])
+    np.testing.assert_allclose(first, whole[:, :7], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(last[:, 0], whole[:, 7], rtol=1e-5, atol=1e-5)
 
 
 def test_an_unknown_remat_lists_the_policies():

@@ -55,6 +55,12 @@ MESH_MODELS = {
     # a vocabulary of 264 BPE tokens: it divides over 8 tensor devices
     "gpt": ("shakespeare_gpt.py", {"dataset.name": "tokens", "dataset.path": "CORPUS", **SGD,
                                    "optimizer.learning_rate": 0.05}),
+    # the GPT's memory levers: its blocks stacked and scanned, recomputed in the backward
+    # pass, and its loss made 8 positions at a time
+    "gpt_levers": ("shakespeare_gpt.py", {"dataset.name": "tokens", "dataset.path": "CORPUS",
+                                          **SGD, "optimizer.learning_rate": 0.05,
+                                          "model.scan_layers": True, "model.remat": "block",
+                                          "loss.chunk": 8}),
     "bert": ("digits_mlp.py", {"model.name": "bert", "model.layers": 2, "model.heads": 2,
                                "model.width": 32, "model.dropout": 0.0, **SGD,
                                "optimizer.learning_rate": 0.05}),
@@ -179,8 +185,9 @@ def test_every_strategy_and_process_count_gives_the_same_numbers(model, tmp_path
 def test_every_mesh_gives_the_same_numbers(model, corpus, capsys):
     # Meshes with a tensor axis: 8x1x1 and 1x8x1 split no layer, and lay out every net's arrays
     # by the rule the MLP and the CNN above check on them. The GPT on 1x1x8, 2x2x2 and 4x1x2,
-    # the encoder on 1x1x8 and 2x2x2, the ResNet (8 s a mesh) on 2x2x2.
-    meshes = {"resnet": [MESHES[3]], "bert": MESHES[2:4], "gpt": MESHES[2:]}[model]
+    # the encoder on 1x1x8 and 2x2x2, the ResNet (8 s a mesh) and the GPT's levers on 2x2x2.
+    meshes = {"resnet": [MESHES[3]], "bert": MESHES[2:4], "gpt": MESHES[2:],
+              "gpt_levers": [MESHES[3]]}[model]
     results = {label: train_in_process(model_config(model, corpus, **{"parallel.mesh": mesh}))
                for label, mesh in [("1 device", "data=1"), *meshes]}
     assert_the_same_numbers(model, results, capsys)
@@ -221,6 +228,14 @@ def test_fsdp_shards_the_largest_divisible_dimension_and_replicates_small_arrays
         "fsdp", "tensor")
     assert sharding.fsdp_spec((4097,), 8) == jax.sharding.PartitionSpec()  # nothing divides
     assert sharding.fsdp_spec((512,), 8) == jax.sharding.PartitionSpec()   # small: replicated
+    # a stack of 96 layers (model.scan_layers), longer than its other dimension: fsdp splits
+    # each layer, not the stack, which the scan reads a layer at a time; where no dimension of
+    # a layer divides, the stack stays whole
+    mesh = sharding.make_mesh("fsdp=8")
+    assert sharding.spec("blocks/up/bias", (96, 64), ("layers", "mlp"), mesh,
+                         sharding.RULES) == jax.sharding.PartitionSpec(None, "fsdp")
+    assert sharding.spec("blocks/up/bias", (96, 100), ("layers", "mlp"), mesh,
+                         sharding.RULES) == jax.sharding.PartitionSpec()
 
 
 def test_unknown_strategy_lists_the_known_ones():

@@ -86,6 +86,7 @@ def test_the_plan_says_whether_it_fits_and_names_what_would_make_it(capsys, corp
     assert last.startswith("does not fit in 104.86 MB per device: it needs ")
     assert "--config.parallel.strategy=fsdp (the state split over the 8 devices" in last
     assert "--config.model.remat=block" in last
+    assert "--config.loss.chunk=128 (the float32 logits made 128 positions at a time" in last
 
 
 def test_devices_are_made_for_the_plan_in_a_process_of_its_own(corpus):

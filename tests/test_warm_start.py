@@ -153,3 +153,32 @@ def test_a_damaged_source_is_refused_before_anything_is_written_and_left_as_it_i
            f"match its checksum); name another step" in err, err
     assert not workdir.exists()
     assert checkpoint_bytes(str(copy)) == before
+
+
+def test_a_warm_start_restacks_layers_between_a_loop_and_model_scan_layers(tmp_path, capsys):
+    """A BERT-style encoder of 3 blocks trained with its blocks in a loop starts a run with
+    model.scan_layers (on 8 devices), and that run one with a loop again (on 1): each block's
+    arrays arrive as they were saved (frozen to stay so), one by one into the stack and back."""
+    bert = ["--config.model.name=bert", "--config.model.layers=3", "--config.model.heads=2",
+            "--config.model.width=16", "--config.steps=3", "--config.optimizer.freeze=blocks/*"]
+
+    def train(workdir, *more):
+        assert main(["train", "--config", MLP + ":tiny", "--workdir", str(tmp_path / workdir),
+                     *bert, *more]) == 0, capsys.readouterr().err
+        return params_of(str(tmp_path / workdir))
+
+    loop = train("loop", "--config.parallel.mesh=data=1")
+    capsys.readouterr()
+    stacked = train("stacked", f"--config.init_from={tmp_path / 'loop'}",
+                    "--config.model.scan_layers=true")
+    said = capsys.readouterr().out
+    assert "init_from: 22 of 22 arrays loaded" in said  # 12 per block, stacked
+    assert "init_from: 12 of them stacked from layers saved one by one" in said
+    assert stacked["blocks/up/kernel"].shape == (3, 16, 64)
+    back = train("back", f"--config.init_from={tmp_path / 'stacked'}",
+                 "--config.parallel.mesh=data=1")
+    for i in range(3):
+        for name in ("up/kernel", "attention/qkv/bias", "norm2/scale"):
+            assert np.array_equal(stacked[f"blocks/{name}"][i], loop[f"blocks/{i}/{name}"])
+            assert np.array_equal(back[f"blocks/{i}/{name}"], loop[f"blocks/{i}/{name}"])
+    assert not np.array_equal(back["head/kernel"], loop["head/kernel"])  # trained on

@@ -141,7 +141,9 @@ def test_an_imported_gpt2_with_its_tokenizer_samples_what_transformers_generates
 def test_gpt2_fine_tunes_on_text_prepared_with_its_own_tokenizer(capsys, gpt2_with_tokenizer,
                                                                  tmp_path):
     """The fine-tuning path of experiments/configs/gpt2_finetune.py, at its tiny size: import,
-    prepare text with GPT-2's tokenizer, train from the import, sample the result."""
+    prepare text with GPT-2's tokenizer, train from the import with the blocks stacked and
+    scanned (model.scan_layers: GPT-2's blocks are stacked as they load), sample the result,
+    export it back to GPT-2's layout."""
     folder = tmp_path / "gpt2-folder"  # GPT-2 as initialised: near its start, as trained
     folder.mkdir()  # weights are (the fixture's are far from it, for varied samples)
     for name in ("vocab.json", "merges.txt"):
@@ -158,10 +160,10 @@ def test_gpt2_fine_tunes_on_text_prepared_with_its_own_tokenizer(capsys, gpt2_wi
     capsys.readouterr()
     assert main(["train", "--config", config_path("gpt2_finetune.py") + ":tiny", "--workdir",
                  str(tmp_path / "tuned"), f"--config.dataset.path={prepared}/mytext",
-                 f"--config.init_from={imported}"]) == 0
+                 f"--config.init_from={imported}", "--config.model.scan_layers=true"]) == 0
     said = capsys.readouterr()
-    assert "init_from: 28 of 28 arrays loaded from the checkpoint at step 0" in said.err + \
-        said.out
+    assert "init_from: 16 of 16 arrays loaded from the checkpoint at step 0" in said.out
+    assert "init_from: 12 of them stacked from layers saved one by one" in said.out
     records = _train_records(tmp_path / "tuned")
     assert records[0]["step"] == 1 and records[-1]["step"] == 40
     assert records[-1]["train_loss"] < records[0]["train_loss"] / 2  # one line, repeated
@@ -170,6 +172,14 @@ def test_gpt2_fine_tunes_on_text_prepared_with_its_own_tokenizer(capsys, gpt2_wi
     out = capsys.readouterr().out
     assert out.startswith("ROMEO: But ")  # the line it learnt, word for word (the last cut)
     assert set(out.split()[:-1]) <= set(ROMEO.split()) and len(out.split()) > 4, out
+    assert main(["export", str(tmp_path / "tuned"), "--out", str(tmp_path / "out")]) == 0
+    transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out")  # every tensor, by shape
+    exported = safetensors.numpy.load_file(tmp_path / "out" / "model.safetensors")
+    tuned = checkpoint.read_arrays(checkpoint.open_manager(str(tmp_path / "tuned"),
+                                                           read_only=True), 40)
+    for i in range(2):
+        assert np.array_equal(exported[f"transformer.h.{i}.mlp.c_fc.weight"],
+                              tuned["params/blocks/up/kernel"][i])
 
 
 def _train_records(workdir) -> list[dict]:

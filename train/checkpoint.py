@@ -109,14 +109,16 @@ def metric_mode(monitor: str) -> str:
 
 
 def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
-                 monitor: str = "eval_accuracy", read_only: bool = False) -> ocp.CheckpointManager:
-    """A manager keeping the latest `keep` checkpoints and the best `keep_best` by `monitor`.
-    Orbax reads every checkpoint's metrics as it starts: an unreadable one raises
+                 monitor: str | None = None, read_only: bool = False) -> ocp.CheckpointManager:
+    """A manager keeping the latest `keep` checkpoints and the best `keep_best` by `monitor`
+    (None: the metric the checkpoints were ranked by when saved, `eval_accuracy` where none
+    was). Orbax reads every checkpoint's metrics as it starts: an unreadable one raises
     DamagedCheckpoint naming its step, which the caller sets aside before trying again."""
     if not read_only:
         check_retention(keep, keep_best)
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    _check_metrics(directory)
+    saved = _check_metrics(directory)
+    monitor = monitor or saved or "eval_accuracy"
     mode = metric_mode(monitor)
     policy = None
     if not read_only:
@@ -151,9 +153,11 @@ def state_handler() -> ocp.PyTreeCheckpointHandler:
             *others, (jax.Array, array)))
 
 
-def _check_metrics(directory: str) -> None:
-    """Raises DamagedCheckpoint for the first checkpoint whose metrics are not a JSON object."""
-    for step in _listed_steps(directory):
+def _check_metrics(directory: str) -> str | None:
+    """Raises DamagedCheckpoint for the first checkpoint whose metrics are not a JSON object;
+    returns the metric the newest checkpoint with metrics was ranked by (each holds that one)."""
+    monitor = None
+    for step in sorted(_listed_steps(directory)):
         try:
             metrics = json.loads(read_bytes(os.path.join(directory, str(step), "metrics",
                                                          "metrics")))
@@ -163,6 +167,9 @@ def _check_metrics(directory: str) -> None:
             raise DamagedCheckpoint(f"its metrics/metrics cannot be read ({e})", step) from None
         if not isinstance(metrics, dict):
             raise DamagedCheckpoint("its metrics/metrics is not a record of metrics", step)
+        if len(metrics) == 1:
+            (monitor,) = metrics
+    return monitor
 
 
 class _SealedOnCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):

@@ -78,16 +78,25 @@ class Task(NamedTuple):
     loss: PerTarget                 # what the gradient is taken of (with label smoothing)
     eval_loss: PerTarget            # the plain loss, for evaluation
     metrics: dict[str, PerTarget]   # reported beside the loss: accuracy, or mean absolute error
+    chunk: int = 0                  # > 0: a language model's logits are computed this many
+                                    # positions at a time (train/step.py, `scores`)
 
 
-def make_task(task: str, loss_name: str, label_smoothing: float = 0.0) -> Task:
+def make_task(task: str, loss_name: str, label_smoothing: float = 0.0, chunk: int = 0) -> Task:
     """The losses and metrics of a `classification` (integer labels, logits) or `regression`
-    (float targets, one output per target value) run trained on the loss called `loss_name`."""
+    (float targets, one output per target value) run trained on the loss called `loss_name`;
+    with `chunk` > 0, a language model's loss is computed that many positions at a time."""
+    if chunk < 0:
+        raise ValueError(f"loss.chunk={chunk} must be 0 (all positions at once) or a number of "
+                         f"positions")
     if task == "classification":
         return Task(task, classification_loss(loss_name, label_smoothing),
-                    classification_loss(loss_name), {"accuracy": accuracy})
+                    classification_loss(loss_name), {"accuracy": accuracy}, chunk)
     if task != "regression":
         raise ValueError(f"unknown task {task!r}; known: classification, regression")
+    if chunk:
+        raise ValueError(f"loss.chunk={chunk} applies to a language model's logits per position, "
+                         f"not to a regression; set loss.chunk=0")
     if loss_name not in REGRESSION_LOSSES:
         raise ValueError(f"loss.name={loss_name!r} does not apply to a regression dataset (float "
                          f"targets); use: {', '.join(sorted(REGRESSION_LOSSES))}")

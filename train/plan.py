@@ -33,6 +33,7 @@ class Plan(NamedTuple):
     strategy: str
     batch_size: int
     remat: str | None          # model.remat where the net takes it
+    chunk: int | None          # loss.chunk where the net is a language model
     params: int                # the parameters' bytes
     optimizer: int             # the optimizer state's (Adam's two moments, momentum, ...)
     other: int                 # batch-norm statistics, a moving average of the weights, step, key
@@ -78,7 +79,8 @@ def make_plan(config, model, dataset: Dataset, compile: bool = True) -> Plan:
         devices=trainer.mesh.devices.size, platform=first.platform,
         mesh=sharding.describe(trainer.mesh),
         strategy=trainer.strategy, batch_size=config.dataset.batch_size,
-        remat=config.model.get("remat"), params=per_device(state.params),
+        remat=config.model.get("remat"), chunk=trainer.task.chunk if trainer.chunkable else None,
+        params=per_device(state.params),
         optimizer=per_device(state.opt_state),
         other=per_device((state.step, state.model_state, state.rng, state.ema_params)),
         batch=per_device(batch), on_device_data=kept,
@@ -133,6 +135,9 @@ def report(plan: Plan, memory: int | None = None) -> list[str]:
     if plan.remat == "none":
         levers.append("--config.model.remat=block (each block's activations recomputed in the "
                       "backward pass)")
+    if plan.chunk == 0:
+        levers.append("--config.loss.chunk=128 (the float32 logits made 128 positions at a "
+                      "time, never over the whole sequence)")
     if plan.temporaries:
         levers.append("a smaller --config.dataset.batch_size with "
                       "--config.optimizer.accumulate_steps (temporaries grow with the batch)")

@@ -35,7 +35,7 @@ BATCH = ("data", "fsdp")           # the axes the batch is split over
 # nets' names are listed here, so that a rule for a name no net uses is caught as a typo.
 RULES = {"mlp": "tensor", "heads": "tensor", "vocab": "tensor", "conv_out": "tensor",
          "embed": "", "classes": "", "positions": "", "conv_in": "", "window": "",
-         "features": ""}
+         "features": "", "layers": ""}
 
 # the dimensions through which a layer reads its input features: see `spec`
 INPUTS = ("features", "conv_in")
@@ -177,6 +177,9 @@ def spec(name: str, shape: tuple[int, ...], names, mesh: Mesh, rules: dict) -> P
     # first layer's gradient 4 % off). So with a tensor axis, fsdp leaves those dimensions.
     avoid = {d for d, logical in enumerate(names or ())
              if logical in INPUTS and mesh.shape["tensor"] > 1}
+    # A stack of layers (`model.scan_layers`) is read one layer at a time: fsdp splits within
+    # each layer, never across them.
+    avoid |= {d for d, logical in enumerate(names or ()) if logical == "layers"}
     fsdp = 1 if "fsdp" in axes else mesh.shape["fsdp"]
     placed = fsdp_spec(shape, fsdp, axes, avoid)
     if fsdp == 1 or "fsdp" in placed or math.prod(shape) < FSDP_MIN_SIZE:

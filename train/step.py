@@ -26,18 +26,65 @@ def layer_norms(tree) -> dict[str, jax.Array]:
             for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
+def scores(model, inputs, targets, task: Task, *, train: bool, rngs=None) -> dict:
+    """The model's values per target (B,) or (B, L): `objective` (what the gradient is taken
+    of: the loss with label smoothing), `loss` (the plain loss) and each of the task's metrics.
+
+    With `task.chunk` = C > 0 the model is a language model with `features` (the last hidden
+    states, B x L x D) and `logits` (of some positions' states): the float32 logits are then
+    made C positions at a time, scored and dropped, and made again in the backward pass
+    (`jax.checkpoint`), so no step holds more than B x C x V of them instead of B x L x V.
+    The same numbers as all at once, to float32 rounding (tests/test_losses.py).
+    """
+    def score(logits, targets):
+        return {"objective": task.loss(logits, targets), "loss": task.eval_loss(logits, targets),
+                **{k: fn(logits, targets) for k, fn in task.metrics.items()}}
+
+    if not task.chunk:
+        return score(model(inputs, train=train, rngs=rngs), targets)
+    h_BxLxD = model.features(inputs, train=train, rngs=rngs)
+    (b, length, d), c = h_BxLxD.shape, task.chunk
+    check_chunk(c, length)
+    h_NxBxCxD = jnp.moveaxis(h_BxLxD.reshape(b, length // c, c, d), 1, 0)
+    t_NxBxC = jnp.moveaxis(targets.reshape(b, length // c, c), 1, 0)
+    scored = jax.lax.map(jax.checkpoint(lambda ht: score(model.logits(ht[0]), ht[1])),
+                         (h_NxBxCxD, t_NxBxC))
+    return jax.tree.map(lambda s_NxBxC: jnp.moveaxis(s_NxBxC, 0, 1).reshape(b, length), scored)
+
+
+def check_chunked(model, task: Task, input_shape) -> None:
+    """Refuses a `task.chunk` that `scores` cannot use with `model` and inputs of `input_shape`."""
+    if not task.chunk:
+        return
+    if not (hasattr(model, "features") and hasattr(model, "logits")) or len(input_shape) != 1:
+        raise ValueError(f"loss.chunk={task.chunk} applies to a language model's logits per "
+                         f"position (model.name=gpt), not to {type(model).__name__}; set "
+                         f"loss.chunk=0")
+    check_chunk(task.chunk, input_shape[0])
+
+
+def check_chunk(chunk: int, length: int) -> None:
+    if length % chunk:
+        divisors = [n for n in range(1, length + 1) if length % n == 0 and n < length]
+        nearest = min(divisors, key=lambda n: abs(n - chunk))
+        raise ValueError(f"loss.chunk={chunk} does not divide the sequence of {length} positions; "
+                         f"use a divisor such as {nearest}, or 0 for all at once")
+
+
 def make_loss_fn(graphdef: nnx.GraphDef, task: Task):
-    """Returns `loss_of(params, model_state, batch, dropout_key) -> (loss, (logits,
-    model_state))`: the mean training loss of the model in training mode (dropout on, batch
-    norm on the batch's statistics), the function every gradient here is taken of."""
+    """Returns `loss_of(params, model_state, batch, dropout_key) -> (objective, (measured,
+    model_state))`: the mean training objective of the model in training mode (dropout on,
+    batch norm on the batch's statistics), the function every gradient here is taken of, and
+    the means of the plain loss and the task's metrics beside it."""
 
     def loss_of(params, model_state, batch, dropout_key):
         # copy=True: fresh variables at this trace level, so batch norm may update them
         model = nnx.merge(graphdef, params, model_state, copy=True)
-        logits = model(batch["inputs"], train=True, rngs=dropout_key)
-        loss = jnp.mean(task.loss(logits, batch["targets"]))
+        per_target = scores(model, batch["inputs"], batch["targets"], task, train=True,
+                            rngs=dropout_key)
+        measured = {k: jnp.mean(v) for k, v in per_target.items()}
         _, _, model_state = nnx.split(model, nnx.Param, ...)
-        return loss, (logits, model_state)
+        return measured.pop("objective"), (measured, model_state)
 
     return loss_of
 
@@ -92,11 +139,8 @@ def make_train_step(graphdef: nnx.GraphDef, task: Task, tx: optax.GradientTransf
     loss_of = make_loss_fn(graphdef, task)
 
     def gradients_and_metrics(params, model_state, batch, dropout_key):
-        (objective, (logits, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+        (objective, (measured, model_state)), grads = jax.value_and_grad(loss_of, has_aux=True)(
             params, model_state, batch, dropout_key)
-        targets = batch["targets"]
-        measured = {"loss": jnp.mean(task.eval_loss(logits, targets)),
-                    **{k: jnp.mean(fn(logits, targets)) for k, fn in task.metrics.items()}}
         if report_objective:
             measured["objective"] = objective
         return grads, model_state, measured
@@ -159,15 +203,14 @@ def make_eval_step(graphdef: nnx.GraphDef, task: Task):
 
     def eval_step(state: TrainState, batch) -> dict:
         model = nnx.merge(graphdef, state.params, state.model_state)
-        logits = model(batch["inputs"], train=False)
-        targets = batch["targets"]
-        loss = task.eval_loss(logits, targets)  # one value per target: (B,) or (B, L)
+        per_target = scores(model, batch["inputs"], batch["targets"], task, train=False)
+        loss = per_target["loss"]  # one value per target: (B,) or (B, L)
         mask_B = batch.get("mask", jnp.ones(loss.shape[:1], bool))
         weight = jnp.broadcast_to(
             mask_B.reshape(-1, *[1] * (loss.ndim - 1)), loss.shape).astype(jnp.float32)
         sums = {"loss": jnp.sum(loss * weight), "count": jnp.sum(weight)}
-        for k, fn in task.metrics.items():
-            sums[k] = jnp.sum(fn(logits, targets) * weight)
+        for k in task.metrics:
+            sums[k] = jnp.sum(per_target[k] * weight)
         return sums
 
     return eval_step

@@ -15,7 +15,8 @@ from train.losses import make_task
 from train.optimizers import learning_rate_schedule, make_optimizer
 from train.sharding import check_accumulation
 from train.state import TrainState, create_state
-from train.step import make_eval_step, make_gradient_step, make_train_step, summarize_eval
+from train.step import (check_chunked, make_eval_step, make_gradient_step, make_train_step,
+                        summarize_eval)
 
 
 def total_steps(config, steps_per_epoch: int) -> int:
@@ -85,13 +86,17 @@ class Trainer:
         self.learning_rate = jax.jit(learning_rate_schedule(
             config.optimizer, num_steps, steps_per_epoch, config.dataset.batch_size))
         # Evaluation reports the plain loss: label smoothing is a training-time regulariser.
-        self.task = make_task(dataset.task, config.loss.name, config.loss.label_smoothing)
+        self.task = make_task(dataset.task, config.loss.name, config.loss.label_smoothing,
+                              config.loss.chunk)
         opt = config.optimizer
         self.accumulate_steps = opt.accumulate_steps
         check_accumulation(config.dataset.batch_size, self.accumulate_steps, self.mesh)
         self.ema_decay = opt.ema_decay
 
         def fresh_state(model):
+            check_chunked(model, self.task, dataset.input_shape)
+            # a language model whose loss may be made in chunks (loss.chunk; `descent plan`)
+            self.chunkable = hasattr(model, "features") and hasattr(model, "logits")
             return create_state(model, self.tx, config.seed, ema=self.ema_decay > 0)
 
         self.batch_sharding = sharding.batch_sharding(self.mesh)

@@ -1,8 +1,11 @@
 """Warm start (`init_from`): a fresh run's weights from another run's checkpoint.
 
 Every parameter array and batch-norm statistic whose name and shape match one in the
-checkpoint is loaded; the others keep their fresh initialisation, and the run says which (a
-new head for another number of classes, say). The optimizer state, the step and the random
+checkpoint is loaded, and so is a stack of layers saved one by one or the reverse (a run with
+`model.scan_layers` from one without: `blocks/up/kernel` of 12 x 768 x 3072 from
+`blocks/0/up/kernel` ... `blocks/11/up/kernel`, or layer 3 from index 3 of the stack); the
+others keep their fresh initialisation, and the run says which (a new head for another number
+of classes, say). The optimizer state, the step and the random
 key start fresh: a warm start is a new run, not a resume. The checkpoint is only read: its
 work directory is held with a shared lock, and its files are checked against their checksums
 before any array is used.
@@ -16,6 +19,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from train import checkpoint, workdir_lock
 from train.state import TrainState, named
@@ -26,12 +31,22 @@ log = logging.getLogger(__name__)
 LOADED = ("params", "model_state")  # the parts of a state a warm start takes
 
 
+class Layer(NamedTuple):
+    """Layer `index` of a stack of `length` layers saved as one array named `stack`."""
+    stack: str
+    index: int
+    length: int
+
+
 class Source(NamedTuple):
     """Which checkpoint a warm start reads, and what of it fits this run's state."""
     workdir: str
     step: int
     loaded: tuple[str, ...]  # names of the arrays taken from it ('params/head/kernel')
     fresh: tuple[str, ...]   # one line per array that starts fresh, saying why
+    # arrays made from another layout of the same layers: name -> the checkpoint's names
+    # they are stacked from, or the `Layer` of a checkpoint's stack they are
+    restacked: dict = {}
 
 
 def parse(init_from: str) -> tuple[str, str]:
@@ -71,7 +86,10 @@ def plan(init_from: str, like: TrainState, model: str) -> Source:
         raise ValueError(f"init_from={init_from!r} is a run of model {theirs!r}, and this run "
                          f"trains {model!r}; warm-start from a run of the same net")
     wanted = {name: tuple(leaf.shape) for name, leaf in _parts(like).items()}
-    loaded = tuple(name for name, shape in wanted.items() if saved.get(name) == shape)
+    restacked = {name: how for name, shape in wanted.items() if saved.get(name) != shape
+                 and (how := _other_layout(name, shape, saved)) is not None}
+    loaded = tuple(name for name, shape in wanted.items()
+                   if saved.get(name) == shape or name in restacked)
     fresh = tuple(f"{name} (not in the checkpoint)" if name not in saved else
                   f"{name} ({_shape(saved[name])} in the checkpoint, {_shape(shape)} here)"
                   for name, shape in wanted.items() if name not in loaded)
@@ -79,7 +97,27 @@ def plan(init_from: str, like: TrainState, model: str) -> Source:
         raise ValueError(f"init_from={init_from!r}: no parameter of the checkpoint at step "
                          f"{step} in {workdir} fits this model (e.g. {fresh[0]}); warm-start "
                          f"from a run of the same net")
-    return Source(os.path.abspath(workdir), step, loaded, fresh)
+    return Source(os.path.abspath(workdir), step, loaded, fresh, restacked)
+
+
+def _other_layout(name: str, shape: tuple, saved: dict):
+    """How array `name` of `shape` is made from `saved` (names to shapes) laid out the other
+    way: the names of layers 0, 1, ... saved one by one (`name` is their stack), or the `Layer`
+    of a saved stack it is; None where neither is there."""
+    parts = name.split("/")
+    for cut in range(1, len(parts)):
+        head, tail = "/".join(parts[:cut]), "/".join(parts[cut:])
+        if shape and f"{head}/0/{tail}" in saved:  # a stack wanted, layers saved
+            layers = [f"{head}/{i}/{tail}" for i in range(shape[0])]
+            if all(saved.get(layer) == shape[1:] for layer in layers) \
+                    and f"{head}/{shape[0]}/{tail}" not in saved:
+                return tuple(layers)
+        if parts[cut].isdigit() and cut + 1 < len(parts):  # a layer wanted, a stack saved
+            stack = f"{head}/{'/'.join(parts[cut + 1:])}"
+            stacked = saved.get(stack)
+            if stacked and stacked[1:] == shape and int(parts[cut]) < stacked[0]:
+                return Layer(stack, int(parts[cut]), stacked[0])
+    return None
 
 
 def load(source: Source, like: TrainState, level: int = logging.INFO) -> TrainState:
@@ -89,13 +127,19 @@ def load(source: Source, like: TrainState, level: int = logging.INFO) -> TrainSt
     with workdir_lock.hold(source.workdir, exclusive=False):
         manager = checkpoint.open_manager(source.workdir, read_only=True)
         ours = _parts(like)
-        target = _target(_saved_parts(manager, source.step), "",
-                         {name: ours[name] for name in source.loaded})
+        wanted = {name: ours[name] for name in source.loaded if name not in source.restacked}
+        for name, how in source.restacked.items():
+            wanted.update(_pieces(ours[name], how))
+        target = _target(_saved_parts(manager, source.step), "", wanted)
         restored = manager.restore(source.step, args=ocp.args.Composite(
             state=ocp.args.PyTreeRestore(
                 target, restore_args=ocp.checkpoint_utils.construct_restore_args(target),
                 partial_restore=True))).state
     read = named(restored)
+    for name, how in source.restacked.items():
+        made = (read[how.stack][how.index] if isinstance(how, Layer)
+                else jnp.stack([read[layer] for layer in how]))
+        read[name] = jax.device_put(made, ours[name].sharding)
     parts = {}
     for part in LOADED:
         tree = getattr(like, part)
@@ -107,9 +151,25 @@ def load(source: Source, like: TrainState, level: int = logging.INFO) -> TrainSt
     log.log(level, "init_from: %d of %d arrays loaded from the checkpoint at step %d in %s",
             len(source.loaded), len(source.loaded) + len(source.fresh), source.step,
             source.workdir)
+    if source.restacked:
+        log.log(level, "init_from: %d of them stacked from layers saved one by one, or taken "
+                "from a saved stack of layers (model.scan_layers)", len(source.restacked))
     for line in source.fresh:
         log.log(level, "init_from: initialised here: %s", line)
     return state
+
+
+def _pieces(ours, how) -> dict:
+    """What to read from the checkpoint for `ours` made as `how` says (`_other_layout`), each
+    laid out as `ours` is, without or with the stack's dimension."""
+    spec = (*ours.sharding.spec, *[None] * (ours.ndim - len(ours.sharding.spec)))
+    if isinstance(how, Layer):  # the whole stack is read, laid out as ours along the rest
+        where = NamedSharding(ours.sharding.mesh, P(None, *spec))
+        return {how.stack: jax.ShapeDtypeStruct((how.length, *ours.shape), ours.dtype,
+                                                sharding=where)}
+    where = NamedSharding(ours.sharding.mesh, P(*spec[1:]))  # each layer as a layer of ours
+    return {layer: jax.ShapeDtypeStruct(ours.shape[1:], ours.dtype, sharding=where)
+            for layer in how}
 
 
 def _parts(state: TrainState) -> dict:

@@ -90,6 +90,8 @@ DEFAULTS = (
 
     ("loss.name", "cross_entropy", None),       # cross_entropy | binary_cross_entropy | mse
     ("loss.label_smoothing", 0.0, FRACTION),
+    ("loss.chunk", 0, NON_NEGATIVE),            # > 0: a language model's logits are made this
+                                                # many positions at a time, never all at once
 
     ("epochs", 10, None),                       # at least 1 unless steps is set (check_values)
     ("steps", 0, NON_NEGATIVE),                 # > 0: overrides epochs
