@@ -139,8 +139,8 @@ def test_remat_recomputes_the_blocks_to_the_same_gradients(name, inputs, remat):
         np.testing.assert_allclose(recomputed, plain, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name, inputs", [("gpt", "ids"), ("bert", "rows")])
-@pytest.mark.parametrize("remat", ["none", "block"])
+@pytest.mark.parametrize("name, inputs, remat", [("gpt", "ids", "none"),
+                                                 ("bert", "rows", "block")])
 def test_scanned_layers_compute_what_the_loop_computes(name, inputs, remat):
     """model.scan_layers stacks the same blocks (the same initial numbers) and runs them as one
     scan: the logits and every gradient are the loop's, its layer i at index i of the stack.

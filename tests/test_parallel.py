@@ -75,7 +75,8 @@ MESHES = [("8x1x1", "data=8"), ("1x8x1", "fsdp=8"), ("1x1x8", "tensor=8"),
 # dp and fsdp on 8 are the meshes 8x1x1 and 1x8x1; 1x1x8 and 4x1x2 are the mesh models' below
 IN_PROCESS = [("1 device", "data=1", "dp"), ("dp on 8", "data=8", "dp"),
               ("fsdp on 8", "data=8", "fsdp"), ("pmap on 8", "data=8", "pmap"),
-              ("2x2x2", "data=2,fsdp=2,tensor=2", "dp")]
+              ("1x1x8", "tensor=8", "dp"), ("2x2x2", "data=2,fsdp=2,tensor=2", "dp"),
+              ("4x1x2", "data=4,tensor=2", "dp")]
 # pmap across processes too: `jax.pmap` nested in a `jit` maps over one process's devices only;
 # a mesh of three axes across processes for the MLP (each pair of processes is ~30 s of CPU)
 TWO_PROCESSES = [("2 processes x 4", "dp", "data=-1"), ("pmap, 2 processes x 4", "pmap", "data=-1")]
@@ -151,7 +152,7 @@ def finish_two_processes(proc: subprocess.Popen, workdir, strategy):
     assert "[Gloo]" not in stdout  # the collective library's chatter: only with --verbose
     restored = run.restore(workdir, "latest")
     assert restored.step == STEPS and restored.config.parallel.strategy == strategy
-    with open(os.path.join(workdir, f"eval_test_{STEPS}.json")) as f:
+    with open(os.path.join(workdir, f"eval_{restored.config.test_split}_{STEPS}.json")) as f:
         test = json.load(f)
     state = restored.state
     return jax.device_get({"params": state.params, "model_state": state.model_state}), test
@@ -182,14 +183,25 @@ def test_every_strategy_and_process_count_gives_the_same_numbers(model, tmp_path
 
 
 @pytest.mark.parametrize("model", sorted(MESH_MODELS))
-def test_every_mesh_gives_the_same_numbers(model, corpus, capsys):
-    # Meshes with a tensor axis: 8x1x1 and 1x8x1 split no layer, and lay out every net's arrays
-    # by the rule the MLP and the CNN above check on them. The GPT on 1x1x8, 2x2x2 and 4x1x2,
-    # the encoder on 1x1x8 and 2x2x2, the ResNet (8 s a mesh) and the GPT's levers on 2x2x2.
-    meshes = {"resnet": [MESHES[3]], "bert": MESHES[2:4], "gpt": MESHES[2:],
-              "gpt_levers": [MESHES[3]]}[model]
-    results = {label: train_in_process(model_config(model, corpus, **{"parallel.mesh": mesh}))
-               for label, mesh in [("1 device", "data=1"), *meshes]}
+def test_every_mesh_gives_the_same_numbers(model, corpus, capsys, tmp_path):
+    """Each net on every mesh of 8 devices, and on 2 processes of 4 (their mesh 2x2x2, started
+    first: it trains while the meshes here do); the GPT's levers on 2x2x2 alone."""
+    meshes = [MESHES[3]] if model == "gpt_levers" else MESHES
+    config_name, fields = MESH_MODELS[model]
+    fields = {k: corpus if v == "CORPUS" else v for k, v in fields.items()}
+    two = "2x2x2, 2 processes x 4"
+    proc = None
+    if model != "gpt_levers":
+        proc = start_two_processes(config_name, fields, "dp", MESHES[3][1], str(tmp_path / "two"))
+    try:
+        results = {label: train_in_process(model_config(model, corpus,
+                                                        **{"parallel.mesh": mesh}))
+                   for label, mesh in [("1 device", "data=1"), *meshes]}
+        if proc is not None:
+            results[two] = finish_two_processes(proc, str(tmp_path / "two"), "dp")
+    finally:
+        if proc is not None:
+            proc.kill()  # none left running after a failure
     assert_the_same_numbers(model, results, capsys)
 
 
