@@ -34,6 +34,7 @@ class Plan(NamedTuple):
     batch_size: int
     remat: str | None          # model.remat where the net takes it
     chunk: int | None          # loss.chunk where the net is a language model
+    scan_layers: bool | None   # model.scan_layers where the net takes it
     params: int                # the parameters' bytes
     optimizer: int             # the optimizer state's (Adam's two moments, momentum, ...)
     other: int                 # batch-norm statistics, a moving average of the weights, step, key
@@ -80,6 +81,7 @@ def make_plan(config, model, dataset: Dataset, compile: bool = True) -> Plan:
         mesh=sharding.describe(trainer.mesh),
         strategy=trainer.strategy, batch_size=config.dataset.batch_size,
         remat=config.model.get("remat"), chunk=trainer.task.chunk if trainer.chunkable else None,
+        scan_layers=config.model.get("scan_layers"),
         params=per_device(state.params),
         optimizer=per_device(state.opt_state),
         other=per_device((state.step, state.model_state, state.rng, state.ema_params)),
@@ -122,6 +124,9 @@ def report(plan: Plan, memory: int | None = None) -> list[str]:
     lines.append(f"  total             {_size(plan.total):>10}")
     if plan.flops:
         lines.append(f"FLOPs per step and device: {plan.flops:.3g}")
+    elif plan.temporaries is not None:
+        lines.append("FLOPs per step: not counted (the step runs a loop, whose body XLA counts "
+                     "once)")
     if memory is None:
         return lines
     if plan.total <= memory:
@@ -133,8 +138,9 @@ def report(plan: Plan, memory: int | None = None) -> list[str]:
                       f"{plan.devices} devices: about {_size(state / plan.devices)} of its "
                       f"{_size(state)})")
     if plan.remat == "none":
-        levers.append("--config.model.remat=block (each block's activations recomputed in the "
-                      "backward pass)")
+        scan = " --config.model.scan_layers=true" if plan.scan_layers is False else ""
+        levers.append(f"--config.model.remat=block{scan} (each block's activations recomputed "
+                      f"in the backward pass)")
     if plan.chunk == 0:
         levers.append("--config.loss.chunk=128 (the float32 logits made 128 positions at a "
                       "time, never over the whole sequence)")

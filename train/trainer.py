@@ -7,6 +7,7 @@ from typing import NamedTuple
 import jax
 import numpy as np
 from flax import nnx
+from jax.extend import core as jex_core
 from flax.core import spmd
 
 from train import compilation, pmap, sharding
@@ -21,6 +22,28 @@ from train.step import (check_chunked, make_eval_step, make_gradient_step, make_
 
 def total_steps(config, steps_per_epoch: int) -> int:
     return config.steps or config.epochs * steps_per_epoch
+
+
+LOOPS = ("scan", "while")                      # lax.scan and lax.map; lax.while_loop
+PRODUCTS = ("dot_general", "conv_general_dilated")  # where a step's FLOPs are
+
+
+def loops_over_products(jaxpr) -> bool:
+    """Whether `jaxpr`, or one inside it, loops over matrix products or convolutions (not over
+    the few integer rounds of a random-number generator, which XLA also writes as a loop)."""
+    for eqn in jaxpr.eqns:
+        inner = [getattr(j, "jaxpr", j) for j in jex_core.jaxprs_in_params(eqn.params)]
+        if eqn.primitive.name in LOOPS and any(_uses(j, PRODUCTS) for j in inner):
+            return True
+        if any(loops_over_products(j) for j in inner):
+            return True
+    return False
+
+
+def _uses(jaxpr, primitives) -> bool:
+    return any(eqn.primitive.name in primitives or any(
+        _uses(getattr(j, "jaxpr", j), primitives) for j in jex_core.jaxprs_in_params(eqn.params))
+        for eqn in jaxpr.eqns)
 
 
 # Evaluation steps dispatched before waiting for them: XLA's collectives on CPU devices (a
@@ -198,19 +221,27 @@ class Trainer:
         the batch from the feed's arrays."""
         start = time.perf_counter()
         if feed is None:
-            lowered = self.train_step.lower(state, batch)
+            traced = self.train_step.trace(state, batch)
+            lowered = traced.lower()
             executable = step = lowered.compile()
         else:
-            lowered = feed.step.lower(state, feed.arrays, batch)
+            traced = feed.step.trace(state, feed.arrays, batch)
+            lowered = traced.lower()
             executable = lowered.compile()
 
             def step(state, plan):
                 return executable(state, feed.arrays, plan)
         seconds = time.perf_counter() - start
         # Counted on the program as traced, before the backend rewrites it: a GPU's compiled
-        # program hides its convolutions in cuDNN calls that XLA's count leaves out.
+        # program hides its convolutions in cuDNN calls that XLA's count leaves out. XLA counts
+        # a loop's body once, whatever its trip count (a scan over 12 stacked blocks counted as
+        # one block), so a step that loops over matrix products or convolutions
+        # (model.scan_layers, a recurrent net, loss.chunk, optimizer.accumulate_steps) gets no
+        # count rather than a wrong one.
         try:
             flops = float(lowered.cost_analysis()["flops"]) / self._devices_per_traced_program
+            if loops_over_products(traced.jaxpr.jaxpr):
+                flops = None
         except Exception:  # noqa: BLE001 - a backend without cost analysis: no FLOP/s, no MFU
             flops = None
         try:

@@ -1,5 +1,6 @@
 """What `model.remat` saves: the temporary memory XLA plans for a GPT's training step (the
-gradient of its loss), from the compiled program's own memory analysis, per remat setting.
+gradient of its loss), from the compiled program's own memory analysis, per remat setting, with
+the blocks in a Python loop and scanned (`model.scan_layers`).
 
     python -m experiments.benchmarks.remat [--layers 12] [--tokens 1024] [--batch 4]
 
@@ -36,12 +37,19 @@ def main(argv=None) -> int:
                       jnp.int32)
     print(f"GPT {args.layers} layers x 384 wide, {args.batch} x {args.tokens} tokens, gradient "
           f"of the loss, {jax.devices()[0].device_kind}")
-    print("| model.remat | temporaries (XLA's plan) | none's / this |")
-    print("|---|---|---|")
+    print("| blocks | model.remat | temporaries (XLA's plan) | none's / this |")
+    print("|---|---|---|---|")
+    for scan in (False, True):
+        plan(args, ids, scan)
+    return 0
+
+
+def plan(args, ids, scan: bool) -> None:
     planned = {}
     for remat in SETTINGS:
         model = nets.build("gpt", input_shape=(args.tokens,), num_classes=65,
-                           layers=args.layers, heads=6, width=384, dropout=0.1, remat=remat)
+                           layers=args.layers, heads=6, width=384, dropout=0.1, remat=remat,
+                           scan_layers=scan)
         graphdef, params = nnx.split(model)
 
         def loss(params, ids):
@@ -52,9 +60,8 @@ def main(argv=None) -> int:
         compiled = jax.jit(jax.grad(loss)).lower(params, ids).compile()
         planned[remat] = compiled.memory_analysis().temp_size_in_bytes
         ratio = planned["none"] / planned[remat]
-        print(f"| {remat} | {planned[remat] / 2**20:,.0f} MiB | "
+        print(f"| {'scan' if scan else 'loop'} | {remat} | {planned[remat] / 2**20:,.0f} MiB | "
               f"{'-' if remat == 'none' else f'{ratio:.2f}x'} |", flush=True)
-    return 0
 
 
 if __name__ == "__main__":
