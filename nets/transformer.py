@@ -191,7 +191,9 @@ class GPT(nnx.Module):
     and on each residual branch, not on the attention probabilities (GPT-2 also drops those;
     `jax.nn.dot_product_attention`, whose fused kernels we want, has no dropout).
     `param_dtype` is the parameters' dtype (`nets.dtypes.parameter_dtype`), `dtype` the
-    computation's.
+    computation's. `remat` recomputes the blocks in the backward pass (`_run_blocks`);
+    `scan_layers` stacks them into one whose arrays have a leading dimension of layers, run by
+    one `lax.scan` (`_stacked`).
     """
 
     def __init__(self, *, input_shape, num_classes, layers=12, heads=12, width=768, context=0,

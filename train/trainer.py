@@ -7,8 +7,8 @@ from typing import NamedTuple
 import jax
 import numpy as np
 from flax import nnx
-from jax.extend import core as jex_core
 from flax.core import spmd
+from jax.extend import core as jex_core
 
 from train import compilation, pmap, sharding
 from train.dataset import Dataset, InMemory, check_dataset
