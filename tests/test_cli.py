@@ -447,6 +447,7 @@ def test_a_net_that_cannot_read_text_is_refused_on_a_text_dataset(capsys, tmp_pa
                                     "checkpoint_dots"),
     ("--config.loss.chunk=7", "loss.chunk=7 does not divide the sequence of 32 positions; use a "
                               "divisor such as 8, or 0 for all at once"),
+    ("--config.model.scan_layers=maybe", "config.model.scan_layers='maybe' is not a bool"),
 ])
 def test_a_bad_language_model_lever_is_refused_before_the_workdir_is_made(
         capsys, tmp_path, prepared, override, message):
