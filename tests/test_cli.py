@@ -370,6 +370,8 @@ def test_failed_run_leaves_existing_checkpoints_untouched(capsys, tmp_path):
     assert code == 2  # a different model cannot resume from these checkpoints
     assert "does not fit this model and optimizer" in err
     assert "params/hidden/1/kernel: checkpoint (64, 64) vs model (128, 128)" in err
+    assert err.endswith(f"or another --workdir, with --config.init_from={tmp_path} to start "
+                        f"from its weights")
     after = {os.path.join(r, n): os.path.getmtime(os.path.join(r, n))
              for r, _, names in os.walk(tmp_path / "checkpoints") for n in names}
     assert after == snapshot

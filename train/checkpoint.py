@@ -473,9 +473,10 @@ def _restore_state(manager: ocp.CheckpointManager, step: int, like: TrainState) 
         shown = "; ".join(differences[:6]) + (f"; and {len(differences) - 6} more"
                                               if len(differences) > 6 else "")
         raise IncompatibleCheckpoint(
-            f"the checkpoint at step {step} in {manager.directory} does not fit this "
-                         f"model and optimizer ({len(differences)} arrays differ): {shown}. "
-                         f"Use the config it was saved with, or another --workdir")
+            f"the checkpoint at step {step} in {manager.directory} does not fit this model and "
+            f"optimizer ({len(differences)} arrays differ): {shown}. Use the config it was saved "
+            f"with, or another --workdir, with --config.init_from="
+            f"{os.path.dirname(str(manager.directory))} to start from its weights")
     target = abstract(like)
     restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.PyTreeRestore(
         target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))))
