@@ -169,5 +169,9 @@ def test_a_loop_over_matrix_products_is_found_and_a_random_number_loop_is_not():
         lambda x: jax.lax.scan(lambda c, _: (c @ c, None), x, None, length=3)[0], x))
     assert loops_over_products(jaxpr(  # inside a jit inside a checkpoint
         jax.checkpoint(lambda x: jax.jit(lambda x: jax.lax.map(lambda r: r @ x, x))(x)), x))
-    assert not loops_over_products(jaxpr(  # dropout's random bits: a loop of integer rounds
+    # a loop of integer arithmetic beside a product outside it (as XLA writes the rounds of
+    # dropout's random bits), and the random bits themselves: nothing XLA would count short
+    assert not loops_over_products(jaxpr(
+        lambda x: (x @ x) * jax.lax.fori_loop(0, 5, lambda i, c: c + i, 0), x))
+    assert not loops_over_products(jaxpr(
         lambda x, k: (x @ x) * jax.random.bernoulli(k, 0.5, x.shape), x, jax.random.key(0)))

@@ -35,6 +35,7 @@ class Plan(NamedTuple):
     remat: str | None          # model.remat where the net takes it
     chunk: int | None          # loss.chunk where the net is a language model
     scan_layers: bool | None   # model.scan_layers where the net takes it
+    loops: bool                # the step loops over matrix products (its FLOPs go uncounted)
     params: int                # the parameters' bytes
     optimizer: int             # the optimizer state's (Adam's two moments, momentum, ...)
     other: int                 # batch-norm statistics, a moving average of the weights, step, key
@@ -88,7 +89,7 @@ def make_plan(config, model, dataset: Dataset, compile: bool = True) -> Plan:
         batch=per_device(batch), on_device_data=kept,
         temporaries=(compiled.memory.temp_size_in_bytes
                      if compiled and compiled.memory else None),
-        flops=compiled.flops if compiled else None)
+        flops=compiled.flops if compiled else None, loops=bool(compiled and compiled.loops))
 
 
 def per_device(tree) -> int:
@@ -124,7 +125,7 @@ def report(plan: Plan, memory: int | None = None) -> list[str]:
     lines.append(f"  total             {_size(plan.total):>10}")
     if plan.flops:
         lines.append(f"FLOPs per step and device: {plan.flops:.3g}")
-    elif plan.temporaries is not None:
+    elif plan.loops:
         lines.append("FLOPs per step: not counted (the step runs a loop, whose body XLA counts "
                      "once)")
     if memory is None:

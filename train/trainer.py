@@ -64,6 +64,7 @@ class Compiled(NamedTuple):
     seconds: float          # how long compiling it took
     flops: float | None     # XLA's count of one step's FLOPs, per device, where it has one
     memory: object | None   # XLA's memory analysis of the compiled step, where it has one
+    loops: bool = False     # the step loops over matrix products: XLA's count would be short
 
 
 class Trainer:
@@ -238,17 +239,17 @@ class Trainer:
         # one block), so a step that loops over matrix products or convolutions
         # (model.scan_layers, a recurrent net, loss.chunk, optimizer.accumulate_steps) gets no
         # count rather than a wrong one.
+        loops = loops_over_products(traced.jaxpr.jaxpr)
         try:
-            flops = float(lowered.cost_analysis()["flops"]) / self._devices_per_traced_program
-            if loops_over_products(traced.jaxpr.jaxpr):
-                flops = None
+            flops = None if loops else (float(lowered.cost_analysis()["flops"])
+                                        / self._devices_per_traced_program)
         except Exception:  # noqa: BLE001 - a backend without cost analysis: no FLOP/s, no MFU
             flops = None
         try:
             memory = executable.memory_analysis()
         except Exception:  # noqa: BLE001 - a backend without memory analysis
             memory = None
-        return Compiled(step, seconds, flops, memory)
+        return Compiled(step, seconds, flops, memory, loops)
 
     def weights(self, state: TrainState, which: str = "raw") -> TrainState:
         """`state` with the parameters `which` names: `raw` (as trained) or `ema` (their moving
