@@ -379,8 +379,10 @@ def _run(argv: list[str]) -> int:
         summary = run.train_and_evaluate(config, args.workdir,
                                          allow_config_change=args.allow_config_change)
         test = summary["test"]
-        curves = summary["curves"] and os.path.abspath(summary["curves"])
-        _say(f"workdir: {os.path.abspath(args.workdir)} (curves: {curves}; TensorBoard: "
+        from train.storage import absolute  # a bucket's URL stays as it is
+
+        curves = summary["curves"] and absolute(summary["curves"])
+        _say(f"workdir: {absolute(args.workdir)} (curves: {curves}; TensorBoard: "
              f"tensorboard --logdir {args.workdir})")
         for other in (m for m in summary["tests"].values() if m is not test):
             _say(f"{_WEIGHTS[other['weights']]} at the same step: {_scores(other)}")

@@ -19,7 +19,7 @@ import ml_collections
 
 import nets
 from experiments.configs.common import DEFAULTS, INT_LIMIT, MODEL_RANGES, base_config
-from train.workdir import URL
+from train.storage import URL
 
 FLOAT32_MAX = 3.4028234663852886e38  # numpy.finfo(numpy.float32).max, without importing numpy
 

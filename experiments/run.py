@@ -15,7 +15,7 @@ import data
 import nets
 from experiments import weights
 from experiments.config import check_values, complete
-from train import checkpoint, many, report, sampling, sharding, workdir_lock
+from train import checkpoint, many, report, sampling, sharding, storage, workdir_lock
 from train.dataset import Dataset, InMemory, Preprocesses, ReadsImageFiles, Text
 from train.loop import counted, fit, scored_weights
 from train.resume import RESUMABLE_CHANGES, flat
@@ -112,7 +112,7 @@ def _saved_under_another_config(workdir: str, config: ml_collections.ConfigDict)
     """Whether a checkpoint in `workdir` was saved under a config that differs from `config`
     in more than where and how long it runs: its weights need the model that config builds,
     not the one this run compiles. Read before training; unreadable counts as different."""
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not storage.is_folder(os.path.join(workdir, "checkpoints")):
         return False
     now = flat(json.loads(json.dumps(config.to_dict())))
     try:
@@ -324,7 +324,7 @@ def _open(workdir: str, which, monitor: str = "eval_accuracy"):
 def _check_has_checkpoints(workdir: str) -> None:
     """Refuses a work directory without checkpoints before its lock is taken (or made)."""
     check_workdir(workdir)  # a link, or a name orbax cannot take, is the culprit to name first
-    if not os.path.isdir(os.path.join(workdir, "checkpoints")):
+    if not storage.is_folder(os.path.join(workdir, "checkpoints")):
         raise FileNotFoundError(f"no checkpoints in {workdir!r}; "
                                 f"run `descent train --workdir {workdir} ...` first")
 

@@ -29,7 +29,7 @@ from train.files import write_atomically
 from train.optimizers import make_optimizer
 from train.resume import prepare_workdir
 from train.state import create_state
-from train.workdir import URL
+from train.storage import URL
 
 SOURCES = ("hf-gpt2", "torchvision-resnet")
 IMPORTED = "imported"  # the dataset name an imported work directory's description records

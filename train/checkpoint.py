@@ -36,6 +36,7 @@ from absl import logging as absl_logging
 from orbax.checkpoint._src.metadata import array_metadata_store
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from train import storage
 from train.files import read_bytes, write_atomically
 from train.state import TrainState, abstract, named
 
@@ -116,7 +117,7 @@ def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
     DamagedCheckpoint naming its step, which the caller sets aside before trying again."""
     if not read_only:
         check_retention(keep, keep_best)
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    directory = os.path.join(storage.absolute(workdir), "checkpoints")
     saved = _check_metrics(directory)
     monitor = monitor or saved or "eval_accuracy"
     mode = metric_mode(monitor)
@@ -130,7 +131,8 @@ def open_manager(workdir: str, *, keep: int = 3, keep_best: int = 1,
     options = ocp.CheckpointManagerOptions(
         best_fn=lambda m: m[monitor], best_mode=mode, preservation_policy=policy,
         read_only=read_only, create=not read_only, save_interval_steps=0 if read_only else 1,
-        temporary_path_class=None if read_only else _SealedOnCommit)
+        temporary_path_class=None if read_only else (
+            _SealedInBucket if storage.is_url(directory) else _SealedOnCommit))
     with _without_read_only_notice():
         return ocp.CheckpointManager(
             directory, options=options,
@@ -183,6 +185,17 @@ class _SealedOnCommit(ocp.path.atomicity.AtomicRenameTemporaryPath):
         await super().finalize()
 
 
+class _SealedInBucket(ocp.path.atomicity.CommitFileTemporaryPath):
+    """In a bucket, which cannot rename a folder at once, orbax writes a save into its step's
+    folder and commits it by writing `commit_success.txt` last; the format record and checksums
+    are written just before."""
+
+    async def finalize(self) -> None:
+        if STEP_NAME.fullmatch(self.get_final().name):
+            await asyncio.to_thread(seal, str(self.get()))
+        await super().finalize()
+
+
 def seal(directory: str) -> None:
     """Writes `FORMAT` and `CHECKSUMS` (a CRC-32 of every file but orbax's commit files) into a
     save that is written and not yet committed."""
@@ -205,7 +218,7 @@ class Checkpoints:
                                             monitor=monitor)
                 break
             except DamagedCheckpoint as e:
-                set_aside(os.path.join(os.path.abspath(workdir), "checkpoints"), e.step, e)
+                set_aside(os.path.join(storage.absolute(workdir), "checkpoints"), e.step, e)
         self.directory = str(self.manager.directory)
         self._saving = None     # the step of the last save started: what a failure names
 
@@ -329,8 +342,9 @@ def _format_version(directory: str) -> int | None:
 def _files(directory: str) -> list[str]:
     """The checkpoint's files a save records, relative to it: all but `CHECKSUMS` and the
     files orbax writes as it commits, after the record."""
-    names = (os.path.relpath(os.path.join(root, n), directory)
-             for root, _, files in os.walk(directory) for n in files)
+    names = (storage.files_under(directory) if storage.is_url(directory) else
+             (os.path.relpath(os.path.join(root, n), directory)
+              for root, _, files in os.walk(directory) for n in files))
     return [n for n in names if n != CHECKSUMS and n not in ORBAX_COMMIT_FILES]
 
 
@@ -340,6 +354,10 @@ def _checksums(directory: str, only: dict | None = None) -> dict[str, str]:
     sums = {}
     for name in names:
         crc = 0
+        if storage.is_url(directory):
+            with contextlib.suppress(FileNotFoundError):
+                sums[name] = f"{zlib.crc32(storage.read_bytes(os.path.join(directory, name))):08x}"
+            continue
         try:
             fd = os.open(os.path.join(directory, name), os.O_RDONLY | os.O_NOFOLLOW)
         except FileNotFoundError:
@@ -369,6 +387,9 @@ def _listed_steps(directory) -> list[int]:
     """The steps of the checkpoints in `directory`, whether orbax lists them or not (one whose
     metadata is gone): real directories named by their step in ASCII digits."""
     directory = str(directory)
+    if storage.is_url(directory):  # a bucket holds no links
+        return [int(n) for n in storage.listdir(directory) if STEP_NAME.fullmatch(n)
+                and storage.isdir(os.path.join(directory, n))]
     try:
         names = os.listdir(directory)
     except OSError:
@@ -383,7 +404,8 @@ def warn_of_strays(directory) -> None:
     file named as a step, "039", "٣٩"): they are ignored, never read, moved or deleted."""
     directory = str(directory)
     try:
-        names = sorted(os.listdir(directory))
+        names = storage.listdir(directory) if storage.is_url(directory) else sorted(
+            os.listdir(directory))
     except OSError:
         return
     ours = set(map(str, _listed_steps(directory)))
@@ -506,7 +528,7 @@ def saved_dataset(manager: ocp.CheckpointManager, step: int) -> dict | None:
     """The description of the dataset saved with the checkpoint at `step`; None for a
     checkpoint saved before descent stored one (its config names the dataset)."""
     directory = os.path.join(str(manager.directory), str(step), "dataset")
-    if not os.path.isdir(directory):
+    if not (storage.isdir(directory) if storage.is_url(directory) else os.path.isdir(directory)):
         return None
     return manager.restore(step, args=ocp.args.Composite(dataset=ocp.args.JsonRestore())).dataset
 
@@ -517,8 +539,18 @@ def saved_data_position(manager: ocp.CheckpointManager, step: int) -> dict:
 
 
 def remove_incomplete(workdir: str) -> None:
-    """Removes what an interrupted save left (orbax's temporary directories), saying so."""
-    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    """Removes what an interrupted save left (orbax's temporary directories; in a bucket, a
+    step's folder without the file orbax commits it with), saying so."""
+    directory = os.path.join(storage.absolute(workdir), "checkpoints")
+    if storage.is_url(directory):
+        for name in storage.listdir(directory):
+            step = os.path.join(directory, name)
+            if (STEP_NAME.fullmatch(name)
+                    and not storage.exists(os.path.join(step, ORBAX_COMMIT_FILES[1]))):
+                log.info("removing an incomplete checkpoint left by an interrupted save: %s",
+                         name)
+                storage.rmtree(step)
+        return
     if not os.path.isdir(directory):
         return
     for name in sorted(os.listdir(directory)):
@@ -568,7 +600,9 @@ def _move_aside(manager: ocp.CheckpointManager | str, step: int) -> str:
     workdir = os.path.dirname(directory)
     damaged = os.path.join(workdir, DAMAGED_DIR)
     name = f"{step}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if jax.process_index() == 0:
+    if jax.process_index() == 0 and storage.is_url(directory):  # a copy, then a deletion
+        storage.rename(os.path.join(directory, str(step)), os.path.join(damaged, name))
+    elif jax.process_index() == 0:
         name = _rename_into(directory, str(step), damaged, name)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils

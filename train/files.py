@@ -1,13 +1,16 @@
 """Writing into a work directory: whole files by rename, lines by append, never through a link.
 
 A file descent appends to or reads back is opened with O_NOFOLLOW and refused if it has another
-name (a hard link), so a link planted after `train.workdir.check` is not followed either.
+name (a hard link), so a link planted after `train.workdir.check` is not followed either. In a
+bucket (`gs://`), each file is an object written whole (`train.storage`).
 """
 import contextlib
 import errno
 import json
 import os
 import tempfile
+
+from train import storage
 
 
 def open_own(path: str, flags: int, mode: int = 0o644) -> int:
@@ -33,6 +36,8 @@ def open_own(path: str, flags: int, mode: int = 0o644) -> int:
 
 def append_line(path: str, record: dict) -> None:
     """Appends `record` as one line of JSON to `path`, never through a link."""
+    if storage.is_url(path):
+        return storage.append_line(path, record)
     fd = open_own(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
     with os.fdopen(fd, "a") as f:
         f.write(json_line(record))
@@ -40,6 +45,8 @@ def append_line(path: str, record: dict) -> None:
 
 def read_bytes(path: str) -> bytes:
     """The bytes of `path`, read without following a link."""
+    if storage.is_url(path):
+        return storage.read_bytes(path)
     with os.fdopen(open_own(path, os.O_RDONLY), "rb") as f:
         return f.read()
 
@@ -47,6 +54,8 @@ def read_bytes(path: str) -> bytes:
 def write_atomically(path: str, data: str | bytes) -> None:
     """Writes `data` to a new temporary file beside `path`, then renames it over `path`: a
     reader never sees half a file, and a symbolic link at `path` is replaced, not followed."""
+    if storage.is_url(path):
+        return storage.write(path, data)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".",
                                prefix=f".{os.path.basename(path)}.")
     try:

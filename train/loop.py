@@ -159,7 +159,7 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
     starts = [warm_start.plan(c.init_from, t.initial_state, c.model.name)
               if c.init_from and not checkpoint.has_checkpoints(w) else None
               for c, w, t in zip(configs, workdirs, runs.trainers)]
-    tracked_by = trackers.names(config)
+    tracked_by = trackers.names(config, workdirs[0])
     chief = jax.process_index() == 0
     info = logging.INFO if console and chief else logging.DEBUG
 

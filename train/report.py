@@ -13,6 +13,7 @@ import threading
 
 import jax
 
+from train import storage
 from train.files import append_line, json_line, read_bytes, write_atomically  # noqa: F401
 from train.workdir import check as workdir_check
 
@@ -26,7 +27,7 @@ def read_metrics(workdir: str) -> list[dict]:
     """The records of `<workdir>/metrics.jsonl`, in order; [] when there is none. A line that
     is not JSON names the file and the line; a last line cut short by a full disk is dropped."""
     path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.lexists(path):
+    if not (storage.exists(path) if storage.is_url(path) else os.path.lexists(path)):
         return []
     lines = read_bytes(path).split(b"\n")
     records = []
@@ -99,7 +100,7 @@ def plot_curves(workdir: str, title: str = "", eval_label: str = "eval") -> str:
         for text in ax.legend().get_texts():
             text.set_parse_math(False)
     axes[0].set_yscale("log")
-    fig.suptitle(title or os.path.basename(os.path.abspath(workdir)), parse_math=False)
+    fig.suptitle(title or os.path.basename(storage.absolute(workdir)), parse_math=False)
     fig.tight_layout()
     path = os.path.join(workdir, CURVES_FILE)
     png = io.BytesIO()

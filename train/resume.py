@@ -25,7 +25,7 @@ from collections.abc import Sequence
 import jax
 from jax.experimental import multihost_utils
 
-from train import checkpoint, report, warm_start
+from train import checkpoint, report, storage, warm_start
 from train.state import TrainState
 from train.workdir import check as workdir_check
 
@@ -43,6 +43,9 @@ def prepare_workdir(workdir: str) -> str:
     """Checks `workdir` (a name orbax can take, no link inside: `train.workdir.check`), then
     creates it and proves it writable, before any work is done; returns its absolute path."""
     path = workdir_check(workdir)
+    if storage.is_url(path):
+        storage.probe_writable(path)
+        return path
     try:
         os.makedirs(path, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=path, prefix=".write-test-")  # never a link
@@ -216,9 +219,12 @@ def _remove(saved: checkpoint.Checkpoints, ahead: list[int]) -> None:
     for step in ahead:
         # renamed first, as orbax names a save under way: a kill mid-removal leaves what the next
         # start removes (`checkpoint.remove_incomplete`), never half a checkpoint at its step
-        gone = os.path.join(saved.directory, f"{step}.orbax-checkpoint-tmp-superseded")
-        os.rename(os.path.join(saved.directory, str(step)), gone)
-        shutil.rmtree(gone)
+        if storage.is_url(saved.directory):  # an object store renames by copying: deleted
+            storage.rmtree(os.path.join(saved.directory, str(step)))
+        else:
+            gone = os.path.join(saved.directory, f"{step}.orbax-checkpoint-tmp-superseded")
+            os.rename(os.path.join(saved.directory, str(step)), gone)
+            shutil.rmtree(gone)
         log.info("removed the checkpoint at step %d in %s: the group resumes from an earlier "
                  "step every run holds, and writes it again", step, saved.directory)
     saved.manager.reload()
@@ -287,7 +293,7 @@ def data_position(step: int, steps_per_epoch: int, config, group: list | None = 
 def _rewrite_metrics(workdir: str, records: list[dict]) -> None:
     """Keeps only the records up to the resumed step; written whole, then renamed into place."""
     path = os.path.join(workdir, report.METRICS_FILE)
-    if not os.path.exists(path):
+    if not (storage.exists(path) if storage.is_url(path) else os.path.exists(path)):
         return
     report.write_atomically(path, "".join(report.json_line(r) for r in records))
 

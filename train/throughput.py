@@ -5,6 +5,7 @@ import os
 
 import jax
 
+from train import storage
 from train.workdir import check_no_links, refuse_foreign
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,10 @@ class Profile:
         if start_step > last_step:
             raise ValueError(f"profile.start_step={start_step} is after the run's last step "
                              f"{last_step}; trace a step the run reaches")
+        if start_step and storage.is_url(workdir):
+            raise ValueError(f"profile.start_step={start_step}: the profiler writes its trace to "
+                             f"a folder on this machine, and the work directory is a bucket; "
+                             f"profile a run with a local --workdir")
         self.start, self.stop = start_step, min(start_step + num_steps - 1, last_step)
         self.active = bool(start_step) and jax.process_index() == 0
         self.directory = os.path.join(workdir, PROFILE_DIR)

@@ -20,7 +20,8 @@ import os
 import time
 from collections.abc import Iterator
 
-from train.files import write_atomically
+from train import storage
+from train.files import read_bytes, write_atomically
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +31,11 @@ KNOWN = {"wandb": ("wandb", "wandb"), "mlflow": ("mlflow", "mlflow")}
 WANDB_HOST = "api.wandb.ai"
 
 
-def names(config) -> list[str]:
+def names(config, workdir: str = "") -> list[str]:
     """The trackers `config.log.trackers` names, checked: known, each once, installed, and for
-    W&B online, with credentials. Raises ValueError naming the fix."""
+    W&B online, with credentials; for a work directory in a bucket, each with a place of its
+    own on this machine or a server (`WANDB_DIR`, `MLFLOW_TRACKING_URI`), since neither writes
+    to a bucket. Raises ValueError naming the fix."""
     given = config.log.get("trackers", "")
     if not isinstance(given, str):
         raise ValueError(f"log.trackers={given!r} is not text; write e.g. wandb,mlflow")
@@ -55,6 +58,13 @@ def names(config) -> list[str]:
                              f"installed here: pip install 'descent[{extra}]'") from None
     if "wandb" in listed:
         _check_wandb_credentials()
+    if storage.is_url(workdir):
+        for name, variable, what in (("wandb", "WANDB_DIR", "a folder on this machine for "
+                                      "W&B's files"),
+                                     ("mlflow", "MLFLOW_TRACKING_URI", "the MLflow server")):
+            if name in listed and not os.environ.get(variable):
+                raise ValueError(f"log.trackers={name} with a work directory in a bucket needs "
+                                 f"{variable} set to {what}; {name} cannot write to {workdir}")
     return listed
 
 
@@ -93,7 +103,8 @@ class _Wandb:
         self.wandb = wandb
         self.run = wandb.init(
             project=config.log.project, name=os.path.basename(workdir), id=run_id or None,
-            resume="allow", dir=workdir, config=config.to_dict(), reinit="create_new",
+            resume="allow", dir=os.environ["WANDB_DIR"] if storage.is_url(workdir) else workdir,
+            config=config.to_dict(), reinit="create_new",
             settings=wandb.Settings(console="off", silent=True, symlink=False,
                                     x_disable_stats=True))
         self.id = self.run.id
@@ -164,10 +175,9 @@ class Trackers:
         self.workdir, self.open = workdir, {}
         path = os.path.join(workdir, IDS_FILE)
         ids = {}
-        if os.path.exists(path):
+        if storage.exists(path) if storage.is_url(path) else os.path.exists(path):
             try:
-                with open(path) as f:
-                    ids = dict(json.load(f))
+                ids = dict(json.loads(read_bytes(path)))
             except (OSError, ValueError, TypeError) as e:
                 log.warning("%s cannot be read (%s); the trackers start new tracked runs", path,
                             e)
@@ -218,7 +228,7 @@ def tracked(workdir: str, config, listed: list[str], chief: bool) -> Iterator[Tr
     if not listed or not chief:
         yield None
         return
-    trackers = Trackers(os.path.abspath(workdir), config, listed)
+    trackers = Trackers(storage.absolute(workdir), config, listed)
     try:
         yield trackers
     finally:

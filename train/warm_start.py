@@ -22,9 +22,8 @@ import orbax.checkpoint as ocp
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from train import checkpoint, workdir_lock
+from train import checkpoint, storage, workdir_lock
 from train.state import TrainState, named
-from train.workdir import URL
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +52,8 @@ def parse(init_from: str) -> tuple[str, str]:
     """'WORKDIR[:STEP]' -> (WORKDIR, STEP), STEP 'best' (the default), 'latest' or a number.
     A folder whose own name ends in ':best' or ':7' is read as that folder."""
     found = re.fullmatch(r"(.+):(best|latest|[0-9]+)", init_from)
-    if found and not os.path.isdir(init_from):
+    if found and not (storage.isdir(init_from) if storage.is_url(init_from)
+                      else os.path.isdir(init_from)):
         return found.group(1), found.group(2)
     return init_from, "best"
 
@@ -64,9 +64,8 @@ def plan(init_from: str, like: TrainState, model: str) -> Source:
     ValueError when `init_from` names no checkpoint, a damaged one, one of another net, or one
     none of whose parameters fits."""
     workdir, which = parse(init_from)
-    if URL.match(workdir):
-        raise ValueError(f"init_from={init_from!r} is a URL; descent reads a warm start from a "
-                         f"work directory on this machine: copy it here and name that")
+    if storage.is_url(workdir):
+        workdir = storage.check_url(workdir, what="init_from")
     if not checkpoint.has_checkpoints(workdir):
         raise ValueError(f"init_from={init_from!r}: {workdir} holds no checkpoint; name the "
                          f"work directory of a run that saved one (descent train, descent "
@@ -97,7 +96,7 @@ def plan(init_from: str, like: TrainState, model: str) -> Source:
         raise ValueError(f"init_from={init_from!r}: no parameter of the checkpoint at step "
                          f"{step} in {workdir} fits this model (e.g. {fresh[0]}); warm-start "
                          f"from a run of the same net")
-    return Source(os.path.abspath(workdir), step, loaded, fresh, restacked)
+    return Source(storage.absolute(workdir), step, loaded, fresh, restacked)
 
 
 def _other_layout(name: str, shape: tuple, saved: dict):

@@ -4,8 +4,9 @@ Every command that works in a work directory (train and its resume, eval, sample
 `run.restore`, `report.plot_curves`) calls `check` first, before it creates, reads or writes
 anything there. It refuses, with one line naming the culprit and the fix:
 
-- a URL (`gs://`, `s3://`, ...): work directories are on a file system (a bucket mounted
-  with gcsfuse or mountpoint-s3 is one);
+- a URL other than `gs://bucket/path` (`s3://`, `https://`, a whole bucket): see
+  `train.storage`. A bucket holds no links, so a `gs://` work directory is checked for nothing
+  else;
 - a path orbax's array store cannot take: a backslash (tensorstore reads it as a folder
   separator, so a checkpoint's arrays land in another folder and the checkpoint reads back
   damaged), the glob characters `[`, `*` and `?` (orbax expands a checkpoint's path as a glob
@@ -27,8 +28,9 @@ itself. What it does not guarantee: a link planted by another process while a co
 between this check and orbax's own writes, is not seen (orbax and tensorstore follow links).
 """
 import os
-import re
 import stat
+
+from train import storage
 
 # Characters of a work directory's path that orbax's array store cannot take, and why.
 UNSAFE = {
@@ -48,18 +50,12 @@ UNSAFE = {
 TRACKER_FOLDERS = ("wandb",)
 
 
-# A path that names a scheme (gs://, s3://, https://): read as a local path it would be a folder
-# named "gs:" in the current directory, the bucket untouched.
-URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
-
-
 def check(workdir: str) -> str:
     """Refuses (ValueError) a work directory that orbax cannot take or that holds a link, as
-    the module docstring says; returns its absolute path. A directory not yet made passes."""
-    if URL.match(workdir):
-        raise ValueError(f"workdir {shown(workdir)} is a URL: descent reads and writes work "
-                         f"directories on a file system only; mount the bucket (gcsfuse for "
-                         f"gs://, mountpoint-s3 for s3://) and pass the mounted path")
+    the module docstring says; returns its absolute path (a bucket's URL, without a trailing
+    "/"). A directory not yet made passes."""
+    if storage.is_url(workdir):
+        return storage.check_url(workdir)
     path = os.path.abspath(workdir)
     check_name(path)
     if os.path.lexists(path):

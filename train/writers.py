@@ -23,6 +23,7 @@ from typing import Protocol
 import jax
 from tqdm import tqdm
 
+from train import storage
 from train.files import append_line
 from train.report import METRICS_FILE
 from train.workdir import refuse_foreign
@@ -95,6 +96,10 @@ OWN_EVENT_FILE = re.compile(r"events\.out\.tfevents\.\d+\..*\.\d+\.descent")
 def own_event_files(root: str) -> list[str]:
     """The event files descent wrote under `root` (one level of run folders, no link followed):
     the only files a resumed run removes there, once it has written their records again."""
+    if storage.is_url(root):
+        return [os.path.join(root, run, name) for run in storage.listdir(root)
+                for name in storage.listdir(os.path.join(root, run))
+                if OWN_EVENT_FILE.fullmatch(name)]
     if not os.path.isdir(root) or os.path.islink(root):
         return []
     found = []
@@ -136,6 +141,8 @@ class TensorBoard:
                 raise ValueError(f"{run!r} cannot name a TensorBoard folder; name the split "
                                  f"without {os.sep!r}")
             folder = os.path.join(self.root, run)
+            if storage.is_url(folder):  # an object each, uploaded whole at every flush
+                return EventsWriter(os.path.join(folder, "events"), suffix)
             os.makedirs(folder, exist_ok=True)
             for path in (self.root, folder):  # made, or found, by us: never a link out
                 refuse_foreign(path, os.lstat(path))
@@ -148,7 +155,7 @@ class TensorBoard:
         mine = {w._file_name for w in self._runs.values()}  # noqa: SLF001
         for path in earlier:  # replaced by what was just written, so removed only now
             if path not in mine:
-                os.remove(path)
+                storage.remove(path) if storage.is_url(path) else os.remove(path)
 
     def write(self, record: dict) -> None:
         values = {}
