@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from train import storage
 from train.dataset import Dataset, InMemory
 from train.loop import train_runs
 from train.optimizers import make_optimizer
@@ -194,6 +195,9 @@ def fit_many(configs: Sequence, workdirs: Sequence[str], models: Sequence, datas
     if len(set(map(os.path.abspath, workdirs))) < len(workdirs):
         raise ValueError("two runs share a workdir; give each run its own")
     for workdir in workdirs:  # planted there, it would take a run's files elsewhere
+        if storage.is_url(workdir):  # a group removes checkpoints it resumes past, by rename
+            raise ValueError(f"the run directory {workdir} is in a bucket; a group of runs "
+                             f"trains in a folder on this machine: pass a local --workdir")
         if os.path.islink(workdir):
             raise ValueError(f"the run directory {workdir} is a symbolic link; a group writes "
                              f"each run into a directory of its own: remove the link, or use "

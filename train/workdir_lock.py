@@ -211,6 +211,10 @@ class _Heartbeat(threading.Thread):
                                              if_generation_match=self.generation)
                 self.generation = self.blob.generation
             except Exception as e:  # noqa: BLE001
+                if type(e).__name__ == "PreconditionFailed":  # another trainer took it over
+                    log.error("the lease of %s was taken over by another trainer; stop this "
+                              "run, which can no longer keep its checkpoints safe", self.workdir)
+                    return
                 log.error("could not renew the lease of %s (%s); another trainer may take it "
                           "over after %.0f s", self.workdir, storage.failure(e), STALE_S)
 
