@@ -115,6 +115,13 @@ def test_train_kill_9_resume_eval_and_predict_in_a_bucket(gcs, tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     assert f"workdir: {whole} " in done.stdout + done.stderr
 
+    tuned = descent("train", "--config", "experiments/configs/digits_mlp.py:tiny",
+                    "--config.epochs=1", f"--config.init_from={whole}",
+                    "--workdir", str(tmp_path / "tuned"))  # a warm start from the bucket
+    assert tuned.returncode == 0, tuned.stderr[-2000:]
+    assert (f"init_from: 6 of 6 arrays loaded from the checkpoint at step {FINAL_STEP} in "
+            f"{whole}") in tuned.stdout + tuned.stderr
+
     killed = f"gs://{BUCKET}/killed"
     proc = start(killed)
     deadline = time.monotonic() + 300

@@ -112,7 +112,7 @@ def test_a_resumed_warm_start_reads_no_source_and_equals_an_uninterrupted_one(so
     ("--config.init_from=EMPTY", "EMPTY holds no checkpoint"),
     ("--config.init_from=SOURCE:999", "no checkpoint at step 999 in SOURCE/checkpoints; saved "
      "steps: "),
-    ("--config.init_from=gs://bucket/run", "init_from='gs://bucket/run' is a URL"),
+    ("--config.init_from=s3://bucket/run", "init_from 's3://bucket/run': s3:// is not supported"),
     ("--config.model.name=cnn --config.init_from=SOURCE", "is a run of model 'mlp', and this "
      "run trains 'cnn'"),
     ("--config.optimizer.freeze=backbone/*", "optimizer.freeze pattern 'backbone/*' matches no "

@@ -13,6 +13,7 @@ Only `gs://` is taken. `s3://` is refused up front: orbax 0.12 writes a checkpoi
 file system or to `gs://` only (it reads `s3://...` as a relative path), so a run there could
 not save. Every other scheme is refused alike, before anything is written.
 """
+import functools
 import json
 import logging
 import os
@@ -52,18 +53,35 @@ def check_url(url: str, what: str = "workdir") -> str:
     if url.rstrip("/").count("/") < 3:
         raise ValueError(f"{what} {url!r} is a whole bucket; pass a folder in it, "
                          f"gs://BUCKET/PATH")
+    try:
+        import gcsfs  # noqa: F401
+        from google.cloud import storage  # noqa: F401 - the lease's conditional writes
+    except ImportError:
+        raise ValueError(f"{what} {url!r} needs gcsfs and google-cloud-storage, which are not "
+                         f"installed here: pip install 'descent[gcs]'") from None
     _quiet_gcsfs()
+    _reach(url.rstrip("/").split("/")[2], what, url)
     return url.rstrip("/")
+
+
+@functools.cache
+def _reach(bucket: str, what: str, url: str) -> None:
+    """Lists the bucket once per process, so missing credentials or a network that cannot
+    reach it are named in one line before any work, not deep inside a save."""
+    try:
+        path(f"gs://{bucket}").exists()
+    except Exception as e:  # noqa: BLE001 - the storage libraries raise many kinds
+        raise ValueError(f"{what} {url!r} cannot be reached ({failure(e)})") from None
 
 
 def _quiet_gcsfs() -> None:
     """fsspec caches a bucket's listings, which another process's writes (orbax's, through
-    tensorstore) make stale: listings are read afresh. gcsfs's guess at a bucket's kind, which
-    it warns of without credentials for Google's control API, is kept out of the log."""
+    tensorstore) make stale: listings are read afresh. gcsfs's own log (its guess at a bucket's
+    kind, a traceback per failed request) is kept out: descent names a failure in one line."""
     import fsspec
 
     fsspec.config.conf.setdefault("gcs", {})["use_listings_cache"] = False
-    logging.getLogger("gcsfs").setLevel(logging.ERROR)
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
 
 
 def is_folder(where: str) -> bool:
