@@ -217,22 +217,28 @@ def dead_pid() -> int:
     return proc.pid
 
 
-@pytest.mark.parametrize("workdir, says", [
-    ("s3://bucket/run", "s3:// is not supported"),
-    ("https://example.com/run", "gs:// buckets or on a file system only"),
-    (f"gs://{BUCKET}", "is a whole bucket"),
-    ("gs://Not_A_Bucket/run", "does not name a bucket"),
-    ("gs://no-such-bucket-here/run", "the bucket does not exist"),
+@pytest.mark.parametrize("workdir, extra, says", [
+    ("s3://bucket/run", [], "s3:// is not supported"),
+    ("https://example.com/run", [], "gs:// buckets or on a file system only"),
+    (f"gs://{BUCKET}", [], "is a whole bucket"),
+    ("gs://Not_A_Bucket/run", [], "does not name a bucket"),
+    ("gs://no-such-bucket-here/run", [], "the bucket does not exist"),
+    (f"gs://{BUCKET}/group", ["--seeds", "0-1"], "a group of runs trains in a folder"),
+    (f"gs://{BUCKET}/profiled", ["--config.profile.start_step=2"], "profile a run with a local"),
+    (f"gs://{BUCKET}/tracked", ["--config.log.trackers=mlflow"], "needs MLFLOW_TRACKING_URI"),
 ])
-def test_a_scheme_or_bucket_descent_cannot_work_in_is_one_line_and_exit_2(gcs, tmp_path,
-                                                                          workdir, says):
+def test_what_descent_cannot_do_in_a_bucket_is_one_line_exit_2_and_writes_nothing(
+        gcs, tmp_path, monkeypatch, workdir, extra, says):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     config = os.path.join(ROOT, "experiments", "configs", "digits_mlp.py:tiny")
     done = subprocess.run([sys.executable, "-m", "experiments", "train", "--config", config,
-                           "--workdir", workdir], cwd=tmp_path, capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "XLA_FLAGS": xla_flags(1),
-                               "PYTHONPATH": ROOT})
+                           "--workdir", workdir, *extra], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "XLA_FLAGS": xla_flags(1),
+                                                       "PYTHONPATH": ROOT})
     assert done.returncode == 2, done.stderr[-2000:]
     last = done.stderr.strip().splitlines()[-1]
     assert last.startswith("descent: error: ") and says in last, done.stderr[-2000:]
     assert "Traceback" not in done.stderr
     assert os.listdir(tmp_path) == []  # no local folder named "s3:" or "gs:"
+    if workdir.startswith(f"gs://{BUCKET}/"):
+        assert objects_under(workdir) == []

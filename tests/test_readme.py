@@ -16,6 +16,8 @@ BIN = os.path.dirname(sys.executable)
 
 OWN = ("the reader's own files; tests/test_own_data.py trains, evaluates and predicts the same "
        "way on an .npz, a folder of PNGs and CSV tables it writes")
+BUCKET = ("needs a Google Cloud Storage bucket; tests/test_buckets.py trains, kills, resumes, "
+          "evaluates and predicts in one that a GCS emulator serves")
 CLUSTER = "needs a {} cluster; tests/test_distributed_env.py simulates its variables"
 WEIGHTS = ("needs {} of the reader's; tests/test_weights.py imports those transformers and "
            "torchvision write, fine-tunes and exports them")
@@ -43,6 +45,9 @@ COMMANDS = {
         "descent study list": {},
     },
     "docs/checkpoints.md": {
+        "descent train --config experiments/configs/digits_mlp.py --workdir "
+        "gs://my-bucket/runs/mlp": {"skip": BUCKET},
+        "descent eval --workdir gs://my-bucket/runs/mlp": {"skip": BUCKET},
         "descent eval --workdir runs/cnn": {},
         "descent eval --workdir runs/cnn --checkpoint latest --split validation": {},
         # names runs/quick first, so it runs in the README's runs/quick chain, after it
