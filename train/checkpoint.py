@@ -528,7 +528,7 @@ def saved_dataset(manager: ocp.CheckpointManager, step: int) -> dict | None:
     """The description of the dataset saved with the checkpoint at `step`; None for a
     checkpoint saved before descent stored one (its config names the dataset)."""
     directory = os.path.join(str(manager.directory), str(step), "dataset")
-    if not (storage.isdir(directory) if storage.is_url(directory) else os.path.isdir(directory)):
+    if not storage.is_folder(directory):
         return None
     return manager.restore(step, args=ocp.args.Composite(dataset=ocp.args.JsonRestore())).dataset
 

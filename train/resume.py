@@ -219,12 +219,9 @@ def _remove(saved: checkpoint.Checkpoints, ahead: list[int]) -> None:
     for step in ahead:
         # renamed first, as orbax names a save under way: a kill mid-removal leaves what the next
         # start removes (`checkpoint.remove_incomplete`), never half a checkpoint at its step
-        if storage.is_url(saved.directory):  # an object store renames by copying: deleted
-            storage.rmtree(os.path.join(saved.directory, str(step)))
-        else:
-            gone = os.path.join(saved.directory, f"{step}.orbax-checkpoint-tmp-superseded")
-            os.rename(os.path.join(saved.directory, str(step)), gone)
-            shutil.rmtree(gone)
+        gone = os.path.join(saved.directory, f"{step}.orbax-checkpoint-tmp-superseded")
+        os.rename(os.path.join(saved.directory, str(step)), gone)
+        shutil.rmtree(gone)
         log.info("removed the checkpoint at step %d in %s: the group resumes from an earlier "
                  "step every run holds, and writes it again", step, saved.directory)
     saved.manager.reload()

@@ -52,8 +52,7 @@ def parse(init_from: str) -> tuple[str, str]:
     """'WORKDIR[:STEP]' -> (WORKDIR, STEP), STEP 'best' (the default), 'latest' or a number.
     A folder whose own name ends in ':best' or ':7' is read as that folder."""
     found = re.fullmatch(r"(.+):(best|latest|[0-9]+)", init_from)
-    if found and not (storage.isdir(init_from) if storage.is_url(init_from)
-                      else os.path.isdir(init_from)):
+    if found and not storage.is_folder(init_from):
         return found.group(1), found.group(2)
     return init_from, "best"
 
