@@ -70,13 +70,22 @@ PATHS = ("path", "data_dir")
 EVERY_DATASET = ("name", "batch_size", "eval_batch_size", "train_examples", "on_device")
 
 
-def check_path(option: str, value) -> None:
-    """Refuses a URL (gs://, s3://, ...) given where a file or folder is read: as a local path
-    it would be a folder named "gs:", the bucket never read."""
-    if isinstance(value, str) and re.match(r"[A-Za-z][A-Za-z0-9+.-]*://", value):
-        raise ValueError(f"{option} {value!r} is a URL: descent reads data from a file system "
-                         f"only; mount the bucket (gcsfuse for gs://, mountpoint-s3 for s3://) "
-                         f"and pass the mounted path")
+# Datasets read from one file, which may be an object in a gs:// bucket (read whole, once).
+IN_BUCKETS = ("csv", "arrays")
+URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_path(option: str, value, dataset: str = "") -> None:
+    """Refuses a URL (gs://, s3://, ...) given where a file or folder is read, unless it is the
+    `gs://` file of a dataset read from one file (`IN_BUCKETS`): as a local path it would be a
+    folder named "gs:", the bucket never read."""
+    if not (isinstance(value, str) and URL.match(value)):
+        return
+    if value.startswith("gs://") and dataset in IN_BUCKETS and option != "dataset.data_dir":
+        return
+    raise ValueError(f"{option} {value!r} is a URL: descent reads data from a file system, or a "
+                     f"CSV table or .npz in a gs:// bucket; mount the bucket (gcsfuse for gs://, "
+                     f"mountpoint-s3 for s3://) and pass the mounted path")
 
 
 def options(name: str) -> dict:
@@ -94,11 +103,11 @@ def load(name: str, **given):
         raise ValueError(f"dataset {name!r} takes no option {', '.join(unknown)}; its options: "
                          f"{', '.join(known) or 'none'}")
     for key in PATHS:
-        check_path(f"dataset.{key}", given.get(key))
+        check_path(f"dataset.{key}", given.get(key), name)
     dataset = _loader(name)(**given)
     recorded = {k: v for k, v in {**known, **given}.items() if k != "arrays"}  # not JSON
     for key in PATHS:  # recorded absolute: eval and predict then work from any directory
-        if recorded.get(key):
+        if recorded.get(key) and not URL.match(recorded[key]):
             recorded[key] = os.path.abspath(recorded[key])
     return dataclasses.replace(dataset, about={**dataset.about, "name": name,
                                                "options": recorded})
@@ -138,5 +147,6 @@ def check_same(dataset, description: dict) -> None:
 
 
 __all__ = ["ArrayDataset", "Batch", "CharText", "DATASETS", "Described", "EVERY_DATASET",
-           "FUNCTIONS", "FolderImages", "GrainImages", "Normalization", "PATHS", "check_path",
+           "FUNCTIONS", "FolderImages", "GrainImages", "IN_BUCKETS", "Normalization", "PATHS",
+           "check_path",
            "check_same", "described", "from_description", "load", "options"]

@@ -10,6 +10,7 @@ later process rebuilds exactly the same examples or says what changed.
 import csv
 import dataclasses
 import hashlib
+import io
 import logging
 import math
 import os
@@ -127,11 +128,14 @@ def _read_npz(path: str) -> dict:
                          "y_train, ...), or from Python data.load('arrays', arrays={...})")
     _existing(path, "an .npz file")
     fix = "save the arrays with numpy.savez(path, x_train=..., y_train=...)"
-    if os.path.isdir(path) or not zipfile.is_zipfile(path):
+    if os.path.isdir(path):
+        raise ValueError(f"{path} is not an .npz archive (a zip of numpy arrays); {fix}")
+    archive = io.BytesIO(_file_bytes(path))
+    if not zipfile.is_zipfile(archive):
         raise ValueError(f"{path} is not an .npz archive (a zip of numpy arrays); {fix}")
     arrays = {}
     try:
-        with np.load(path, allow_pickle=False) as f:
+        with np.load(archive, allow_pickle=False) as f:
             for key in f.files:
                 try:
                     arrays[key] = f[key]
@@ -240,9 +244,45 @@ def _dataset(name, splits, task, class_names, source, preprocessing, fingerprint
 
 
 def _existing(path: str, what: str) -> str:
-    if not os.path.exists(path):
+    if not (_object_exists(path) if path.startswith("gs://") else os.path.exists(path)):
         raise FileNotFoundError(f"dataset.path {path!r} does not exist; point it at {what}")
     return path
+
+
+def _object_exists(path: str) -> bool:
+    try:
+        return _in_bucket(path).exists()
+    except ValueError:
+        raise
+    except Exception as e:  # noqa: BLE001 - credentials, a network that cannot reach it
+        raise ValueError(f"dataset.path {path!r} cannot be reached ({type(e).__name__}: "
+                         f"{printable(str(e).splitlines()[0] if str(e) else '')[:200]})") from None
+
+
+def _in_bucket(path: str):
+    """The object at gs:// `path`, as etils' epath reaches it (through gcsfs, or TensorFlow's
+    file system where it is installed); a bucket that cannot be reached is named in one line."""
+    from etils import epath
+
+    try:
+        import gcsfs  # noqa: F401
+    except ImportError:
+        raise ValueError(f"dataset.path {path!r} needs gcsfs, which is not installed here: "
+                         f"pip install 'descent[gcs]'") from None
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)  # a failure is named in one line
+    return epath.Path(path)
+
+
+def _file_bytes(path: str) -> bytes:
+    """The bytes of the file (or gs:// object) at `path`."""
+    if not path.startswith("gs://"):
+        with open(path, "rb") as f:
+            return f.read()
+    try:
+        return _in_bucket(path).read_bytes()
+    except Exception as e:  # noqa: BLE001 - the storage libraries raise many kinds
+        raise ValueError(f"dataset.path {path!r} cannot be read ({type(e).__name__}: "
+                         f"{printable(str(e).splitlines()[0] if str(e) else '')[:200]})") from None
 
 
 # --- a folder of images
@@ -491,7 +531,7 @@ def csv_table(path: str = "", target: str = "", split_seed: int = 0,
     if not path:
         raise ValueError("dataset 'csv' needs --config.dataset.path=FILE.csv (a header row, then "
                          "one row per example)")
-    header, rows = _read_table(_existing(path, "a CSV file with a header row"))
+    header, rows, content = _read_table(_existing(path, "a CSV file with a header row"))
     target = target or header[-1]
     if target not in header:
         raise ValueError(f"dataset.target={target!r} is not a column of {path}; its "
@@ -508,8 +548,7 @@ def csv_table(path: str = "", target: str = "", split_seed: int = 0,
                          stratify=task == "classification")
     splits = {s: {"inputs": inputs[idx], "targets": targets[idx]} for s, idx in parts.items()}
     normalization, how = _float_inputs(splits["train"]["inputs"], standardize)
-    with open(path, "rb") as f:
-        fingerprint = hashlib.sha256(f.read()).hexdigest()
+    fingerprint = hashlib.sha256(content).hexdigest()
     dataset = _dataset(
         "csv", splits, task, classes, f"the table {path} (target {target!r})",
         f"{len(features)} feature columns {how}; validation {validation_fraction:g} and test "
@@ -528,15 +567,16 @@ def _float_inputs(train: np.ndarray, standardize: bool) -> tuple[Normalization, 
                                      "deviation")
 
 
-def _read_table(path: str) -> tuple[list[str], list[list[str]]]:
+def _read_table(path: str) -> tuple[list[str], list[list[str]], bytes]:
+    """(header, rows, the file's bytes) of the CSV table at `path`."""
     if os.path.isdir(path):
         raise ValueError(f"{path} is a folder, not a readable CSV file; point at the table")
-    # utf-8-sig: a byte-order mark (spreadsheets write one) is not part of the first column's name
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        try:
-            table = [row for row in csv.reader(f) if row]
-        except (csv.Error, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not a readable CSV file ({e})") from None
+    content = _file_bytes(path)
+    try:  # utf-8-sig: a byte-order mark (spreadsheets write one) is not the first column's name
+        text = content.decode("utf-8-sig")
+        table = [row for row in csv.reader(io.StringIO(text, newline="")) if row]
+    except (csv.Error, UnicodeDecodeError) as e:
+        raise ValueError(f"{path} is not a readable CSV file ({e})") from None
     if len(table) < 2:
         raise ValueError(f"{path} needs a header row and at least one row of data")
     header = [c.strip() for c in table[0]]
@@ -549,7 +589,7 @@ def _read_table(path: str) -> tuple[list[str], list[list[str]]]:
         if len(row) != len(header):
             raise ValueError(f"{path} line {number} has {len(row)} fields but the header has "
                              f"{len(header)}")
-    return header, table[1:]
+    return header, table[1:], content
 
 
 # What tables write for a value they lack: as a target it is no class and no number.
@@ -610,7 +650,7 @@ def feature_matrix(rows: list[list[str]], columns: list[int], header: list[str],
 def read_table_features(dataset, path: str) -> np.ndarray:
     """The feature columns a CSV run trained on, by name, from another CSV (its target column
     may be there or not), raw: `dataset.model_inputs` standardises them."""
-    header, rows = _read_table(path)
+    header, rows, _ = _read_table(path)
     names = dataset.about["features"]
     missing = [n for n in names if n not in header]
     if missing:

@@ -301,8 +301,8 @@ def _moved_to(described: dict, data_path: str | None) -> dict:
     if key is None:
         raise ValueError(f"--data-path: this run's dataset, {described['name']}, reads no files; "
                          f"leave --data-path out")
-    data.check_path("--data-path", data_path)
-    if not os.path.exists(data_path):
+    data.check_path("--data-path", data_path, described["name"])
+    if not data_path.startswith("gs://") and not os.path.exists(data_path):
         what = "file or folder" if key == "path" else "folder of prepared datasets"
         raise FileNotFoundError(f"--data-path {data_path!r} does not exist; point it at the "
                                 f"{what} the run trained on")

@@ -242,3 +242,54 @@ def test_what_descent_cannot_do_in_a_bucket_is_one_line_exit_2_and_writes_nothin
     assert os.listdir(tmp_path) == []  # no local folder named "s3:" or "gs:"
     if workdir.startswith(f"gs://{BUCKET}/"):
         assert objects_under(workdir) == []
+
+
+def wine_files(tmp_path):
+    """The wine table as a CSV and an .npz, on disk and in the bucket: {format: (local, url)}."""
+    from sklearn.datasets import load_wine
+
+    from train import storage
+
+    wine = load_wine()
+    table = ",".join([*wine.feature_names, "class"]) + "\n" + "".join(
+        ",".join([*map(repr, map(float, x)), str(int(y))]) + "\n"
+        for x, y in zip(wine.data, wine.target))
+    (tmp_path / "wine.csv").write_text(table)
+    np.savez(tmp_path / "wine.npz", x_train=wine.data, y_train=wine.target)
+    files = {}
+    for name, fmt in (("wine.csv", "csv"), ("wine.npz", "arrays")):
+        url = f"gs://{BUCKET}/data/{name}"
+        storage.check_url(url, what="dataset.path")
+        storage.write(url, (tmp_path / name).read_bytes())
+        files[fmt] = (str(tmp_path / name), url)
+    return files
+
+
+def test_a_table_or_arrays_in_a_bucket_read_as_the_same_file_on_disk(gcs, tmp_path):
+    import data
+
+    for fmt, (local, url) in wine_files(tmp_path).items():
+        here, there = data.load(fmt, path=local), data.load(fmt, path=url)
+        assert there.description()["fingerprint"] == here.description()["fingerprint"]
+        assert there.description()["options"]["path"] == url  # recorded as given, not made local
+        for split in ("train", "validation", "test"):
+            np.testing.assert_array_equal(there.splits[split]["inputs"],
+                                          here.splits[split]["inputs"])
+
+
+def test_train_on_a_table_in_a_bucket_then_eval_from_another_directory(gcs, tmp_path):
+    _, url = wine_files(tmp_path)["csv"]
+    workdir = str(tmp_path / "wine")
+    done = descent("train", "--config", "experiments/configs/digits_mlp.py:tiny",
+                   "--config.dataset.name=csv", f"--config.dataset.path={url}",
+                   "--workdir", workdir)
+    assert done.returncode == 0, done.stderr[-2000:]
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    evaluated = subprocess.run([sys.executable, "-m", "experiments", "eval", "--workdir", workdir],
+                               cwd=elsewhere, capture_output=True, text=True, timeout=300,
+                               env={**os.environ, "XLA_FLAGS": xla_flags(1), "PYTHONPATH": ROOT})
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    final = done.stdout.strip().splitlines()[-1]  # best checkpoint: step N; test accuracy ...
+    assert final.split("; ", 1)[1] in evaluated.stdout
+    assert os.listdir(elsewhere) == []

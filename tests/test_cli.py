@@ -474,10 +474,14 @@ def test_every_config_takes_model_dtype_from_the_command_line(capsys, name):
      "to a file system or gs:// only; mount the bucket (mountpoint-s3)"),
     (["eval", "--workdir", "https://example.com/run"], "workdir 'https://example.com/run': "
      "descent works in gs:// buckets or on a file system only"),
+    (["train", "--config", TINY, "--workdir", "run", "--config.dataset.name=image_folder",
+      "--config.dataset.path=gs://bucket/photos"],
+     "dataset.path 'gs://bucket/photos' is a URL: descent reads data from a file system, or a "
+     "CSV table or .npz in a gs:// bucket; mount the bucket (gcsfuse for gs://, mountpoint-s3 "
+     "for s3://)"),
     (["train", "--config", TINY, "--workdir", "run", "--config.dataset.name=csv",
-      "--config.dataset.path=gs://bucket/table.csv"],
-     "dataset.path 'gs://bucket/table.csv' is a URL: descent reads data from a file system only; "
-     "mount the bucket (gcsfuse for gs://, mountpoint-s3 for s3://)"),
+      "--config.dataset.path=s3://bucket/table.csv"], "dataset.path 's3://bucket/table.csv' is "
+     "a URL"),
 ])
 def test_a_url_descent_cannot_work_in_is_refused_before_anything_is_written(
         capsys, tmp_path, monkeypatch, argv, message):
