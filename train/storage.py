@@ -176,6 +176,10 @@ def failure(error: BaseException) -> str:
                 "a service account's key file, or run `gcloud auth application-default login`")
     if "404" in text or "NotFound" in text or isinstance(error, FileNotFoundError):
         return "the bucket does not exist; create it (gcloud storage buckets create) or fix its name"
-    if "403" in text or "Forbidden" in text or isinstance(error, PermissionError):
-        return "the bucket refuses writes from these credentials; grant them Storage Object Admin"
+    if any(code in text for code in ("401", "403", "Forbidden", "Unauthorized")) or isinstance(
+            error, PermissionError):
+        return ("the bucket refuses these credentials: Google's usual ones, from the key file "
+                "GOOGLE_APPLICATION_CREDENTIALS names or `gcloud auth application-default "
+                "login` (without either the request is anonymous); grant them Storage Object "
+                "Admin on the bucket")
     return first
