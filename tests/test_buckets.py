@@ -42,7 +42,7 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def gcs():
     """The emulator's address; the environment of this process points both storage layers at
-    it (and epath at gcsfs, not TensorFlow's file system, which knows no emulator)."""
+    it, and the commands started from it inherit that."""
     from gcp_storage_emulator import server as emulator
     from gcp_storage_emulator.handlers import objects
 
@@ -68,7 +68,7 @@ def gcs():
     server.start()
     url = f"http://127.0.0.1:{port}"
     env = {"STORAGE_EMULATOR_HOST": url, "TENSORSTORE_GCS_HTTP_URL": url,
-           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator", "EPATH_USE_TF": "false"}
+           "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator"}  # and EPATH_USE_TF: tests/conftest.py
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     yield url
