@@ -80,6 +80,8 @@ def _quiet_gcsfs() -> None:
     kind, a traceback per failed request) is kept out: descent names a failure in one line."""
     import fsspec
 
+    if fsspec.config.conf.get("gcs", {}).get("use_listings_cache") is False:
+        return
     fsspec.config.conf.setdefault("gcs", {})["use_listings_cache"] = False
     logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
 
@@ -92,6 +94,7 @@ def is_folder(where: str) -> bool:
 def path(url: str):
     from etils import epath
 
+    _quiet_gcsfs()
     return epath.Path(url)
 
 
