@@ -211,6 +211,23 @@ def test_a_live_lease_refuses_a_second_trainer_and_a_stale_one_is_taken_over(gcs
         pass
 
 
+def test_a_trainer_renews_its_lease_while_it_holds_it(gcs, monkeypatch):
+    from train import storage, workdir_lock
+
+    monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.2)
+    workdir = f"gs://{BUCKET}/renewed"
+    storage.check_url(workdir)
+    with workdir_lock.hold(workdir, exclusive=True):
+        first = json.loads(storage.read_bytes(f"{workdir}/.descent.lease"))
+        deadline = time.monotonic() + 30
+        while (now := json.loads(storage.read_bytes(f"{workdir}/.descent.lease")))[
+                "heartbeat"] == first["heartbeat"]:
+            assert time.monotonic() < deadline, "the heartbeat was never renewed"
+            time.sleep(0.1)
+        assert now["owner"] == first["owner"] and now["heartbeat"] > first["heartbeat"]
+    assert not storage.exists(f"{workdir}/.descent.lease")
+
+
 def dead_pid() -> int:
     proc = subprocess.Popen([sys.executable, "-c", "pass"])
     proc.wait()
