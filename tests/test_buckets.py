@@ -5,10 +5,9 @@ The bucket is gcp-storage-emulator's, started here on 127.0.0.1 and stopped afte
 Orbax writes the arrays through tensorstore's own GCS driver (`TENSORSTORE_GCS_HTTP_URL`), the
 other files go through gcsfs (`STORAGE_EMULATOR_HOST`). The emulator leaves out one thing real
 GCS sends, which tensorstore needs: the object's generation in the `x-goog-generation` header of
-a download (without it tensorstore's OCDBT reads fail with "Malformed StorageGeneration"), so
-the fixture adds that header. It does not enforce conditional writes (`ifGenerationMatch`) either,
-so a race of two trainers for a free lease is not tested here; every lease decision that reads
-the lease first is.
+a download (without it tensorstore's OCDBT reads fail with "Malformed StorageGeneration"); and
+it ignores a simple upload's condition (`ifGenerationMatch`), which the lease relies on. The
+fixture adds both, as GCS documents them.
 """
 import json
 import logging
@@ -18,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+from http import HTTPStatus
 
 import jax
 import numpy as np
@@ -57,11 +57,28 @@ def gcs():
             response["x-goog-generation"] = found["generation"]
         return handle
 
-    download = with_generation(objects.download)
-    emulator.HANDLERS = tuple((regex, {method: download if h is objects.download else h
-                                       for method, h in handlers.items()})
+    def with_preconditions(handler):
+        def handle(request, response, storage, *args, **kwargs):
+            wanted = request.query.get("ifGenerationMatch")
+            meta = request.data.get("meta", {}) if isinstance(request.data, dict) else {}
+            name = request.query.get("name", [meta.get("name")])[0]
+            if wanted and name:
+                try:
+                    now = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
+                except Exception:  # noqa: BLE001 - no such object: generation 0
+                    now = "0"
+                if str(now) != wanted[0]:
+                    response.status = HTTPStatus.PRECONDITION_FAILED
+                    response.json({"error": {"code": 412, "message": "conditionNotMet"}})
+                    return
+            handler(request, response, storage, *args, **kwargs)
+        return handle
+
+    wrapped = {objects.download: with_generation(objects.download),
+               objects.insert: with_preconditions(objects.insert)}
+    emulator.HANDLERS = tuple((regex, {method: wrapped.get(h, h) for method, h in handlers.items()})
                               for regex, handlers in emulator.HANDLERS)
-    objects.download = download  # what a JSON API get with alt=media hands over to
+    objects.download = wrapped[objects.download]  # what a JSON get with alt=media hands over to
     logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)  # every miss is an ERROR
     port = free_port()
     server = emulator.create_server("127.0.0.1", port, in_memory=True, default_bucket=BUCKET)
@@ -209,6 +226,26 @@ def test_a_live_lease_refuses_a_second_trainer_and_a_stale_one_is_taken_over(gcs
                   lease(socket.gethostname(), age_s=1, pid=dead_pid()))
     with workdir_lock.hold(workdir, exclusive=True):
         pass
+
+
+def test_of_two_trainers_that_find_no_lease_only_one_takes_it(gcs, monkeypatch):
+    """The second writes its lease only if none is there (GCS's conditional write): another
+    host's lease made between its look and its write stops it."""
+    from train import storage, workdir_lock
+
+    workdir = f"gs://{BUCKET}/raced"
+    storage.check_url(workdir)
+    looked = workdir_lock._lease_holder
+
+    def another_host_takes_it_meanwhile(blob):
+        storage.write(f"{workdir}/.descent.lease", lease("tpu-vm-9", age_s=0))
+        return looked(blob)
+
+    monkeypatch.setattr(workdir_lock, "_lease_holder", another_host_takes_it_meanwhile)
+    with pytest.raises(workdir_lock.WorkdirBusy, match="another trainer took its lease"):
+        with workdir_lock.hold(workdir, exclusive=True):
+            pass
+    assert json.loads(storage.read_bytes(f"{workdir}/.descent.lease"))["host"] == "tpu-vm-9"
 
 
 def test_a_trainer_renews_its_lease_while_it_holds_it(gcs, monkeypatch):
