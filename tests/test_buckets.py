@@ -6,8 +6,8 @@ Orbax writes the arrays through tensorstore's own GCS driver (`TENSORSTORE_GCS_H
 other files go through gcsfs (`STORAGE_EMULATOR_HOST`). The emulator leaves out one thing real
 GCS sends, which tensorstore needs: the object's generation in the `x-goog-generation` header of
 a download (without it tensorstore's OCDBT reads fail with "Malformed StorageGeneration"); and
-it ignores a simple upload's condition (`ifGenerationMatch`), which the lease relies on. The
-fixture adds both, as GCS documents them.
+it ignores the condition of an upload or a deletion (`ifGenerationMatch`), which the lease
+relies on. The fixture adds both, as GCS documents them.
 """
 import json
 import logging
@@ -61,7 +61,8 @@ def gcs():
         def handle(request, response, storage, *args, **kwargs):
             wanted = request.query.get("ifGenerationMatch")
             meta = request.data.get("meta", {}) if isinstance(request.data, dict) else {}
-            name = request.query.get("name", [meta.get("name")])[0]
+            name = request.query.get("name", [meta.get("name")])[0] or request.params.get(
+                "object_id")
             if wanted and name:
                 try:
                     now = storage.get_file_obj(request.params["bucket_name"], name)["generation"]
@@ -75,7 +76,8 @@ def gcs():
         return handle
 
     wrapped = {objects.download: with_generation(objects.download),
-               objects.insert: with_preconditions(objects.insert)}
+               objects.insert: with_preconditions(objects.insert),
+               objects.delete: with_preconditions(objects.delete)}
     emulator.HANDLERS = tuple((regex, {method: wrapped.get(h, h) for method, h in handlers.items()})
                               for regex, handlers in emulator.HANDLERS)
     objects.download = wrapped[objects.download]  # what a JSON get with alt=media hands over to
@@ -246,6 +248,26 @@ def test_of_two_trainers_that_find_no_lease_only_one_takes_it(gcs, monkeypatch):
         with workdir_lock.hold(workdir, exclusive=True):
             pass
     assert json.loads(storage.read_bytes(f"{workdir}/.descent.lease"))["host"] == "tpu-vm-9"
+
+
+def test_a_trainer_whose_lease_was_taken_over_saves_no_more(gcs, monkeypatch):
+    """A trainer that could not renew its lease in time finds, at its next renewal, that
+    another took it over: its next save stops the run instead of writing beside the other's."""
+    from train import checkpoint, storage, workdir_lock
+
+    monkeypatch.setattr(workdir_lock, "HEARTBEAT_S", 0.2)
+    workdir = f"gs://{BUCKET}/taken-over"
+    storage.check_url(workdir)
+    with workdir_lock.hold(workdir, exclusive=True) as holding:
+        holding.check()  # still this run's
+        storage.write(f"{workdir}/.descent.lease", lease("tpu-vm-3", age_s=0))
+        deadline = time.monotonic() + 30
+        while not holding.lost:
+            assert time.monotonic() < deadline, "the renewal never found the lease taken"
+            time.sleep(0.1)
+        with pytest.raises(checkpoint.CheckpointWriteError, match="taken over by another"):
+            holding.check()
+    assert json.loads(storage.read_bytes(f"{workdir}/.descent.lease"))["host"] == "tpu-vm-3"
 
 
 def test_a_trainer_renews_its_lease_while_it_holds_it(gcs, monkeypatch):

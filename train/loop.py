@@ -111,6 +111,7 @@ class _Run:
     workdir: str
     stopping: EarlyStopping
     checkpoints: checkpoint.Checkpoints | None = None
+    holding: workdir_lock.Holding | None = None  # the work directory's lock, or bucket lease
     history: list = dataclasses.field(default_factory=list)
     writers: Writers | None = None
     trackers: "trackers.Trackers | None" = None  # W&B, MLflow (`log.trackers`), on process 0
@@ -167,7 +168,7 @@ def train_runs(runs: Runs, configs: Sequence, workdirs: Sequence[str], dataset: 
     with contextlib.ExitStack() as held:
         for run in members:
             prepare_workdir(run.workdir)
-            held.enter_context(workdir_lock.hold(run.workdir, exclusive=True))
+            run.holding = held.enter_context(workdir_lock.hold(run.workdir, exclusive=True))
         for run in members:
             run.checkpoints = held.enter_context(open_checkpoints(run.workdir, run.config,
                                                                   group=len(members) > 1))
@@ -302,6 +303,7 @@ def _log(runs: Runs, members: list[_Run], state, step: int, per_run: list, secon
             run.stop_reason = run.stopping.update(record)
         _write(run, record, saves)
         if do_save or run.stop_reason:
+            run.holding.check()  # a bucket's lease another trainer took over: no more saves
             saves.start(run.checkpoints, step, canonical[i], run.config.to_dict(),
                         data_position(step, plan.steps_per_epoch, run.config, group),
                         run.stopping.ranking(record), described)

@@ -31,6 +31,7 @@ import uuid
 import jax
 
 from train import storage
+from train.checkpoint import CheckpointWriteError
 from train.files import open_own
 from train.workdir import check
 
@@ -46,6 +47,17 @@ class WorkdirBusy(ValueError):
     """Another process holds the work directory's lock."""
 
 
+class Holding:
+    """What `hold` gives the block it guards: `check()` before each write that needs the work
+    directory to be this run's alone. A lock the operating system holds is never lost."""
+
+    lost: str | None = None
+
+    def check(self) -> None:
+        if self.lost:
+            raise CheckpointWriteError(self.lost)
+
+
 @contextlib.contextmanager
 def hold(workdir: str, *, exclusive: bool):
     """Holds `workdir`'s lock (exclusive for training) while the block runs; a directory in use
@@ -53,18 +65,18 @@ def hold(workdir: str, *, exclusive: bool):
     orbax cannot take, is refused first (`train.workdir.check`)."""
     path = os.path.join(check(workdir), LOCK_FILE)
     if jax.process_index() != 0:
-        yield
+        yield Holding()
         return
     if storage.is_url(path):
-        with _lease(check(workdir), exclusive=exclusive):
-            yield
+        with _lease(check(workdir), exclusive=exclusive) as holding:
+            yield holding
         return
     try:  # held open read-only: a file open for writing would keep the disk from being
         # remounted read-only, and flock does not need write access
         fd = open_own(path, os.O_RDONLY | os.O_CREAT)
     except OSError as e:
         if e.errno in (errno.EROFS, errno.EACCES, errno.ENOENT) and not exclusive:
-            yield  # a read-only copy, or no work directory: nobody can be training in it
+            yield Holding()  # a read-only copy, or no work directory: nobody trains in it
             return
         raise
     try:
@@ -86,7 +98,7 @@ def hold(workdir: str, *, exclusive: bool):
             _write(path, {"pid": os.getpid(), "host": socket.gethostname(),
                           "since": datetime.datetime.now().isoformat(timespec="seconds")})
         try:
-            yield
+            yield Holding()
         finally:
             if exclusive:
                 with contextlib.suppress(OSError):  # e.g. the disk went read-only meanwhile
@@ -143,7 +155,7 @@ def _lease(workdir: str, *, exclusive: bool):
     if holder is not None and _alive(holder):
         raise WorkdirBusy(_busy_message(workdir, holder, exclusive))
     if not exclusive:
-        yield
+        yield Holding()
         return
     me = {"owner": uuid.uuid4().hex, "pid": os.getpid(), "host": socket.gethostname(),
           "since": datetime.datetime.now().isoformat(timespec="seconds")}
@@ -161,11 +173,12 @@ def _lease(workdir: str, *, exclusive: bool):
     heartbeat = _Heartbeat(blob, me, workdir)
     heartbeat.start()
     try:
-        yield
+        yield heartbeat
     finally:
         heartbeat.stop()
-        with contextlib.suppress(Exception):  # a clean exit: nothing to take over
-            blob.delete(if_generation_match=heartbeat.generation)
+        if not heartbeat.lost:  # a clean exit: nothing to take over; never another's lease
+            with contextlib.suppress(Exception):
+                blob.delete(if_generation_match=heartbeat.generation)
 
 
 def _lease_holder(blob) -> dict | None:
@@ -195,8 +208,9 @@ def _alive(holder: dict) -> bool:
     return True
 
 
-class _Heartbeat(threading.Thread):
-    """Renews the lease every `HEARTBEAT_S`, only while it is still the one this run wrote."""
+class _Heartbeat(threading.Thread, Holding):
+    """Renews the lease every `HEARTBEAT_S`, only while it is still the one this run wrote; a
+    lease another trainer took over is `lost`, and `check` then stops the run's next save."""
 
     def __init__(self, blob, me: dict, workdir: str):
         super().__init__(daemon=True, name="descent-lease")
@@ -212,8 +226,11 @@ class _Heartbeat(threading.Thread):
                 self.generation = self.blob.generation
             except Exception as e:  # noqa: BLE001
                 if type(e).__name__ == "PreconditionFailed":  # another trainer took it over
-                    log.error("the lease of %s was taken over by another trainer; stop this "
-                              "run, which can no longer keep its checkpoints safe", self.workdir)
+                    self.lost = (f"the lease of {self.workdir} was taken over by another "
+                                 f"trainer (this run did not renew it for {STALE_S:.0f} s); "
+                                 f"this run stopped without saving, and the checkpoints there "
+                                 f"are that trainer's now")
+                    log.error("%s", self.lost)
                     return
                 log.error("could not renew the lease of %s (%s); another trainer may take it "
                           "over after %.0f s", self.workdir, storage.failure(e), STALE_S)
