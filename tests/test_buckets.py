@@ -299,6 +299,8 @@ def dead_pid() -> int:
     (f"gs://{BUCKET}", [], "is a whole bucket"),
     ("gs://Not_A_Bucket/run", [], "does not name a bucket"),
     ("gs://no-such-bucket-here/run", [], "the bucket does not exist"),
+    # orbax gathers a checkpoint's arrays by a glob of its path, in a bucket too
+    (f"gs://{BUCKET}/run[1]", [], "contains '['"),
     (f"gs://{BUCKET}/group", ["--seeds", "0-1"], "a group of runs trains in a folder"),
     (f"gs://{BUCKET}/profiled", ["--config.profile.start_step=2"], "profile a run with a local"),
     (f"gs://{BUCKET}/tracked", ["--config.log.trackers=mlflow"], "needs MLFLOW_TRACKING_URI"),

@@ -55,6 +55,7 @@ def check(workdir: str) -> str:
     the module docstring says; returns its absolute path (a bucket's URL, without a trailing
     "/"). A directory not yet made passes."""
     if storage.is_url(workdir):
+        check_name(workdir)  # orbax reads a bucket's paths as glob patterns too
         return storage.check_url(workdir)
     path = os.path.abspath(workdir)
     check_name(path)
