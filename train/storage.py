@@ -24,8 +24,6 @@ import re
 URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://")
 BUCKET = re.compile(r"gs://([a-z0-9][a-z0-9._-]{1,220}[a-z0-9])(/.*)?")
 
-log = logging.getLogger(__name__)
-
 
 def is_url(path) -> bool:
     return bool(URL.match(str(path)))
