@@ -130,12 +130,12 @@ def _read_npz(path: str) -> dict:
     fix = "save the arrays with numpy.savez(path, x_train=..., y_train=...)"
     if os.path.isdir(path):
         raise ValueError(f"{path} is not an .npz archive (a zip of numpy arrays); {fix}")
-    archive = io.BytesIO(_file_bytes(path))
-    if not zipfile.is_zipfile(archive):
+    content = _file_bytes(path)
+    if not zipfile.is_zipfile(io.BytesIO(content)):  # which leaves its file at the end
         raise ValueError(f"{path} is not an .npz archive (a zip of numpy arrays); {fix}")
     arrays = {}
     try:
-        with np.load(archive, allow_pickle=False) as f:
+        with np.load(io.BytesIO(content), allow_pickle=False) as f:
             for key in f.files:
                 try:
                     arrays[key] = f[key]
