@@ -250,12 +250,18 @@ def _existing(path: str, what: str) -> str:
 
 
 def _object_exists(path: str) -> bool:
+    return _from_bucket(path, "reached", lambda p: p.exists())
+
+
+def _from_bucket(path: str, doing: str, call):
+    """`call` on the gs:// object at `path`; what the storage libraries raise (credentials, a
+    network that cannot reach the bucket) becomes one line saying it cannot be `doing`."""
     try:
-        return _in_bucket(path).exists()
-    except ValueError:
+        return call(_in_bucket(path))
+    except ValueError:  # descent's own line (gcsfs not installed)
         raise
-    except Exception as e:  # noqa: BLE001 - credentials, a network that cannot reach it
-        raise ValueError(f"dataset.path {path!r} cannot be reached ({type(e).__name__}: "
+    except Exception as e:  # noqa: BLE001 - the storage libraries raise many kinds
+        raise ValueError(f"dataset.path {path!r} cannot be {doing} ({type(e).__name__}: "
                          f"{printable(str(e).splitlines()[0] if str(e) else '')[:200]})") from None
 
 
@@ -278,11 +284,7 @@ def _file_bytes(path: str) -> bytes:
     if not path.startswith("gs://"):
         with open(path, "rb") as f:
             return f.read()
-    try:
-        return _in_bucket(path).read_bytes()
-    except Exception as e:  # noqa: BLE001 - the storage libraries raise many kinds
-        raise ValueError(f"dataset.path {path!r} cannot be read ({type(e).__name__}: "
-                         f"{printable(str(e).splitlines()[0] if str(e) else '')[:200]})") from None
+    return _from_bucket(path, "read", lambda p: p.read_bytes())
 
 
 # --- a folder of images
