@@ -28,10 +28,13 @@ COMMAND = ["train", "--config", config_path("digits_mlp.py") + ":tiny",
 
 
 def start(workdir):
+    """The group's command, at a lower priority than this test: on a loaded machine the test
+    that watches its directories is then scheduled before the trainers, and so sees the moment
+    it waits for rather than one long gone by (`nice` execs, so the pid is the trainer's)."""
     env = {**os.environ, "XLA_FLAGS": xla_flags(1)}
-    return subprocess.Popen([sys.executable, "-m", "experiments", *COMMAND, "--workdir",
-                             str(workdir)], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(["nice", "-n", "10", sys.executable, "-m", "experiments", *COMMAND,
+                             "--workdir", str(workdir)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 def final_states(workdir) -> dict:
@@ -93,20 +96,30 @@ def _flat(lists) -> list[int]:
     return [x for xs in lists for x in xs]
 
 
-# The moments, each a test of the frozen group's directories at a save of `step` or later.
+# Each kill comes within WINDOW steps of the step it aims at: the group is then still far from
+# its last step, and the next start has the saves its own moment needs (a kill seen only after
+# the last save would leave the next start nothing to do).
+WINDOW = 50
+
+
+def _near(newest: int, step: int) -> bool:
+    return step <= newest < step + WINDOW
+
+
+# The moments, each a test of the frozen group's directories at a save of `step` or soon after.
 MOMENTS = {
     "after a checkpoint": lambda f, step: (len(set(f.newest())) == 1 and not _flat(f.saving)
-                                           and f.newest()[0] >= step),
+                                           and _near(f.newest()[0], step)),
     "during a save": lambda f, step: (len(set(f.newest())) == 1
-                                      and any(s >= step for s in _flat(f.saving))),
+                                      and any(_near(s, step) for s in _flat(f.saving))),
     "between two runs' saves": lambda f, step: (len(set(f.newest())) > 1
-                                                and max(f.newest()) >= step),
+                                                and _near(max(f.newest()), step)),
 }
 
 
 def kill_at(proc, workdir, moment: str, step: int) -> "Frozen":
     """Freezes the group (SIGSTOP) as soon as its directories show `moment` at `step` or
-    later and kills it there (kill -9); a moment gone by when it froze is let go."""
+    soon after and kills it there (kill -9); a moment gone by when it froze is let go."""
     deadline = time.monotonic() + 300
     while True:
         while not MOMENTS[moment](Frozen(workdir), step):
@@ -144,7 +157,7 @@ def interrupt_then_finish(workdir, stops) -> list[dict]:
         elif moment is not None:
             frozen = kill_at(proc, workdir, moment, step)
         out, err = proc.communicate(timeout=300)
-        starts.append({"stop": moment, "left": frozen, "code": proc.returncode,
+        starts.append({"stop": moment, "at": step, "left": frozen, "code": proc.returncode,
                        "printed": out + err})
     return starts
 
@@ -188,7 +201,7 @@ def test_a_group_killed_at_five_moments_resumes_bit_identical_with_the_same_comm
     kinds = {m: sum(s["stop"] == m for s in kills) for m in MOMENTS}
     # every kill came, as aimed: what the frozen group's directories showed is the moment
     assert kinds == {"after a checkpoint": 1, "during a save": 2, "between two runs' saves": 2}
-    assert all(MOMENTS[s["stop"]](s["left"], 0) for s in kills)
+    assert all(MOMENTS[s["stop"]](s["left"], s["at"]) for s in kills)
     assert sum(1 for s in kills if min(s["left"].newest()) == 0) == 1  # the first save's
     for workdir, group in interrupted.values():
         for name in RUNS:  # nothing half-written left behind
