@@ -5,7 +5,7 @@ from flax import nnx
 
 from nets import activations
 from nets.conv import conv_impl as conv_function
-from nets.inits import kernel_init
+from nets.inits import bias_init as bias_initialiser, kernel_init
 from nets.dtypes import compute_dtype, output_dtype
 from nets.partitioning import named
 
@@ -38,14 +38,16 @@ POOLS = {"max": max_pool_2x2, "avg": avg_pool_2x2}
 class CNN(nnx.Module):
     """`channels[i]` filters of `kernel_size` per block, each block halving height and width
     (`pool`: a 2x2 max or avg pool), then a hidden dense layer of `dense` units (none if 0) and
-    the linear head. `init` names the weights' initialisation (lecun, glorot, he:
-    `nets.inits`). `conv_impl` names how the convolutions are computed (`nets.conv`: auto =
+    the linear head. `init` names the weights' initialisation (lecun, glorot, he) and
+    `bias_init` the biases' (zeros, or uniform as PyTorch draws them): `nets.inits`.
+    `conv_impl` names how the convolutions are computed (`nets.conv`: auto =
     the fastest measured on the backend; xla; im2col): the parameters are nnx.Conv's whichever
     it is."""
 
     def __init__(self, *, input_shape, num_classes, channels=(32, 64), kernel_size=3,
                  dense=128, activation="relu", dropout=0.0, batch_norm=False, init="lecun",
-                 dtype="float32", conv_impl="auto", pool="max", rngs: nnx.Rngs):
+                 bias_init="zeros", dtype="float32", conv_impl="auto", pool="max",
+                 rngs: nnx.Rngs):
         activations.activation(activation)  # an unknown name fails here, not at first call
         if pool not in POOLS:
             raise ValueError(f"unknown pool {pool!r}; known: {', '.join(POOLS)}")
@@ -54,6 +56,7 @@ class CNN(nnx.Module):
         self.act = activation
         self.dtype = dt = compute_dtype(dtype)
         weights = kernel_init(init)
+        bias_initialiser(bias_init, 1)  # an unknown name fails here
         height, width, in_channels = input_shape
         self.convs = nnx.List()
         self.norms = nnx.List()
@@ -61,7 +64,8 @@ class CNN(nnx.Module):
             self.convs.append(nnx.Conv(
                 in_channels, out_channels, (kernel_size, kernel_size), use_bias=not batch_norm,
                 kernel_init=named(weights, "window", "window", "conv_in", "conv_out"),
-                bias_init=named(zeros, "conv_out"), dtype=dt, conv_general_dilated=convolve,
+                bias_init=named(bias_initialiser(bias_init, in_channels * kernel_size ** 2),
+                                "conv_out"), dtype=dt, conv_general_dilated=convolve,
                 rngs=rngs))
             if batch_norm:
                 self.norms.append(nnx.BatchNorm(
@@ -76,12 +80,14 @@ class CNN(nnx.Module):
             )
         features = height * width * in_channels
         self.dense = (nnx.Linear(features, dense, kernel_init=named(weights, "features", "mlp"),
-                                 bias_init=named(zeros, "mlp"), dtype=dt, rngs=rngs)
+                                 bias_init=named(bias_initialiser(bias_init, features), "mlp"),
+                                 dtype=dt, rngs=rngs)
                       if dense else None)
         self.head = nnx.Linear(dense or features, num_classes,
                                kernel_init=named(weights, "mlp" if dense else "features",
                                                  "classes"),
-                               bias_init=named(zeros, "classes"), dtype=dt, rngs=rngs)
+                               bias_init=named(bias_initialiser(bias_init, dense or features),
+                                               "classes"), dtype=dt, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)
 
     def blocks(self, x_BxHxWxC, *, train=False) -> list[jax.Array]:

@@ -57,6 +57,8 @@ MODEL_ROWS = [
     train("model.activation empty", "--config.model.activation=",
           names=["unknown activation ''"]),
     train("model.init unknown", "--config.model.init=zeros", names=["'zeros'", "lecun"]),
+    train("model.bias_init unknown", "--config.model.bias_init=torch",
+          names=["unknown bias_init 'torch'", "zeros, uniform"]),
     train("model.dtype unknown", "--config.model.dtype=float8", names=["float8", "float32"]),
     train("model.name unknown", "--config.model.name=resnet9", names=["unknown model 'resnet9'"]),
     train("model.name empty", "--config.model.name=", names=["unknown model ''"]),

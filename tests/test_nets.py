@@ -82,6 +82,37 @@ def test_cnn_init_and_unknown_init():
         nets.build("mlp", input_shape=(8,), num_classes=2, init="xavier")
 
 
+def test_uniform_biases_are_drawn_as_pytorch_draws_them_and_zeros_stay_the_default():
+    model = nets.build("mlp", input_shape=(1,), num_classes=1, depth=2, width=4096,
+                       bias_init="uniform")
+    for layer, fan_in in zip([*model.hidden, model.head], (1, 4096, 4096)):
+        b = np.asarray(layer.bias[...])
+        bound = 1 / np.sqrt(fan_in)  # torch.nn.Linear: U(-1/sqrt(in_features), ...)
+        assert np.abs(b).max() <= bound
+        if b.size > 1:  # spread over the whole range: the variance of U(-a, a) is a^2 / 3
+            assert abs(b.var() / (bound ** 2 / 3) - 1) < 0.1, (fan_in, b.var())
+    cnn = nets.build("cnn", input_shape=(28, 28, 1), num_classes=10, channels=(64, 64),
+                     bias_init="uniform")
+    b = np.asarray(cnn.convs[1].bias[...])
+    assert np.abs(b).max() <= 1 / np.sqrt(3 * 3 * 64) and np.unique(b).size == 64
+    assert nets.fields("mlp")["bias_init"] == nets.fields("cnn")["bias_init"] == "zeros"
+    with pytest.raises(ValueError, match="unknown bias_init 'normal'; known: zeros, uniform"):
+        nets.build("mlp", input_shape=(8,), num_classes=2, bias_init="normal")
+
+
+@pytest.mark.parametrize("bias_init", ["zeros", "uniform"])
+def test_where_a_one_input_relu_layer_bends_is_set_by_its_biases(bias_init):
+    """With zero biases every unit of a one-hidden-layer ReLU net on one input bends at x = 0,
+    so the net is a straight line on each side of 0, however wide; spread biases put the
+    bends across [-1, 1]."""
+    model = nets.build("mlp", input_shape=(1,), num_classes=1, depth=1, width=256,
+                       bias_init=bias_init, seed=3)
+    x = np.linspace(0.01, 1.0, 100, dtype=np.float32)[:, None]
+    slopes = np.diff(np.asarray(model(x))[:, 0]) / np.diff(x[:, 0])
+    straight = np.ptp(slopes) < 1e-3 * np.abs(slopes).max()
+    assert straight == (bias_init == "zeros"), np.ptp(slopes)
+
+
 def test_cnn_blocks_are_the_feature_maps_the_logits_are_computed_from():
     model = nets.build("cnn", input_shape=(28, 28, 1), num_classes=10, channels=(4, 8), dense=0)
     x = jax.random.normal(jax.random.PRNGKey(0), (2, 28, 28, 1))
