@@ -3,6 +3,7 @@ import json
 import os
 import types
 
+import numpy as np
 import pytest
 
 from experiments import studies
@@ -113,3 +114,51 @@ def test_runs_that_differ_in_seed_and_rate_train_as_one_program_as_they_would_al
     ok, blown = study.train_group(["ok", "blown"], [config(0), config(0, lr=1e5)], test=False)
     assert not ok.diverged and ok.history[-1]["step"] == 78
     assert "became" in blown.diverged and 1 <= blown.diverged_at < 78
+
+
+def test_a_sweep_whose_best_rate_is_at_its_edge_is_extended_and_flagged(tmp_path):
+    """Plain SGD on the tiny digits MLP learns little at 1e-4 and 3e-4: the best is the top of
+    the sweep, so `tune` climbs the ladder, one rung at a time, up to its extensions; every
+    seed of every rate is trained, and the pick is the lowest mean validation loss."""
+    module = types.SimpleNamespace(TITLE="Tune", CLAIM="", SEEDS=2)
+    study = common.Study("tune", module, str(tmp_path), progress=lambda line: None)
+
+    def config(lr, seed):
+        return study.config("digits_mlp.py", "tiny", seed=seed, **{
+            "optimizer.name": "sgd", "optimizer.learning_rate": lr, "eval_every": 26})
+
+    def score(r):
+        return r.last("eval_loss")
+
+    tuned = common.tune(study, "mlp", config, (1e-4, 3e-4), score=score,
+                                     extensions=1)
+    assert sorted(tuned.sweep) == [1e-4, 3e-4, 1e-3]  # one rung added above the edge
+    assert tuned.rate == 1e-3 and tuned.at_edge and "at the edge" in tuned.row()
+    assert [r.config.seed for r in tuned.runs] == [0, 1]
+    assert all(r.config.optimizer.learning_rate == 1e-3 for r in tuned.runs)
+    assert tuned.sweep[1e-3] == pytest.approx(np.mean([score(r) for r in tuned.runs]))
+    assert tuned.sweep[1e-4] > tuned.sweep[3e-4] > tuned.sweep[1e-3]
+    with pytest.raises(ValueError, match="not consecutive rungs"):
+        common.tune(study, "mlp", config, (1e-4, 1e-3), score=score)
+
+
+def test_a_comparison_says_beats_only_where_the_paired_test_does():
+    better = [0.10, 0.20, 0.15, 0.30, 0.25]
+    worse = [x + d for x, d in zip(better, (0.05, 0.04, 0.06, 0.05, 0.05))]
+    c = common.compare(better, worse)
+    assert c.verdict == "a" and c.p < 0.001 and c.difference == pytest.approx(-0.05)
+    assert c.words("Adam", "SGD") == f"Adam beats SGD (paired t-test over 5 seeds, p = {c.p:.2g})"
+    assert common.compare(worse, better).verdict == "b"
+    assert common.compare(better, worse, lower_is_better=False).verdict == "b"  # accuracies
+    # the same means, but the seeds disagree on the sign: a tie, however far apart the arms
+    noisy = [x + d for x, d in zip(better, (0.3, -0.2, 0.25, -0.15, 0.1))]
+    assert common.compare(noisy, better).verdict == "tie"
+    assert "tie (paired t-test over 5 seeds" in common.compare(noisy, better).words("A", "B")
+    assert common.compare([1.0, 2.0], [3.0, 4.0]).verdict == "tie"  # 2 seeds never decide
+    # errors that differ by factors, compared as log10: 10x lower on every seed
+    ten_x = common.compare([1e-4, 2e-4, 3e-4], [1e-3, 2.2e-3, 2.9e-3], log=True)
+    assert ten_x.verdict == "a" and ten_x.difference == pytest.approx(-1, abs=0.05)
+    # a diverged run (NaN) is the worst outcome, not a missing one
+    assert common.compare([np.nan] * 3, [2.0, 2.1, 2.2]).verdict == "b"
+    with pytest.raises(ValueError, match="one value per seed"):
+        common.compare([1.0, 2.0, 3.0], [1.0, 2.0])

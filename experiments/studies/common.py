@@ -4,7 +4,11 @@ figures with seed spread, and the report (`report.md`, `results.json`, PNGs) the
 A study module defines `TITLE`, `CLAIM` (the article's words), `SEEDS` (its default number of
 seeds) and `run(study) -> dict` with the keys `finding` (one sentence with its numbers),
 `setup` (markdown), `tables` (a list of `Table`), optionally `meaning` (what the finding says
-about the claim), and `data` (every number, JSON-able: what the tests read).
+about the claim) and `literature` (a list of `Cited`: published results beside ours), and
+`data` (every number, JSON-able: what the tests read).
+
+Comparisons share two tools here: `tune` gives each arm its own learning rate from a bracketed
+sweep, and `compare` says "beats" only where a paired test over the seeds does, else "tie".
 """
 import contextlib
 import dataclasses
@@ -50,6 +54,15 @@ class Table(NamedTuple):
                  "|" + "---|" * len(self.header)]
         lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in self.rows]
         return "\n".join(lines)
+
+
+class Cited(NamedTuple):
+    """A published result beside the study's own: who, what they report, what we measured, and
+    whether the two agree (in words: "agrees", "disagrees: ...", "not comparable: ...")."""
+    source: str
+    theirs: str
+    ours: str
+    verdict: str
 
 
 @dataclasses.dataclass
@@ -285,6 +298,11 @@ class Study:
             parts += [f"![{caption}]({file})", "", f"*{caption}*", ""]
         if out.get("meaning"):
             parts += ["## What this says about the claim", "", out["meaning"].strip(), ""]
+        if out.get("literature"):
+            parts += ["## Literature", "", Table(
+                "Published results beside this study's", ["source", "what it reports", "here",
+                                                          "agreement"],
+                [list(c) for c in out["literature"]]).markdown(), ""]
         parts += ["---", "",
                   f"{'Quick run' if self.quick else 'Run'} of {results['date']}: "
                   f"{_duration(results['wall_s'])} on {results['machine']}; seeds "
@@ -309,6 +327,115 @@ def write_index(out: str, results: dict, wall_s: float) -> str:
     path = os.path.join(out, "index.md")
     report.write_atomically(path, "\n".join(lines))
     return path
+
+
+# --- fair comparisons
+# The 1-3-10 ladder of learning rates that sweeps climb.
+LADDER = tuple(float(f"{m}e{e}") for e in range(-6, 2) for m in (1, 3))
+
+
+class Tuned(NamedTuple):
+    """An arm at the learning rate its sweep picked: the rate, its runs (one per seed), the mean
+    score at every rate tried, and whether the pick is still at an edge of the sweep (the
+    ladder's end or `extensions` used up): a rate to read with care."""
+    rate: float
+    runs: list
+    sweep: dict
+    at_edge: bool
+
+    def row(self) -> str:
+        """'0.003 (of 0.001-0.01)' or '0.01 (of 0.001-0.01, at the edge)'."""
+        rates = sorted(self.sweep)
+        return (f"{self.rate:g} (of {rates[0]:g}-{rates[-1]:g}"
+                + (", at the edge)" if self.at_edge else ")"))
+
+
+def tune(study, label: str, config_for, rates, *, score, extensions: int = 2) -> Tuned:
+    """Trains `config_for(rate, seed)` for every rate of `rates` (consecutive rungs of `LADDER`)
+    and every seed of the study, all as one program, and picks the rate whose mean `score` over
+    the seeds is lowest (`score(run)`: inf for a diverged run). While the pick is at an edge of
+    what was tried, the next rung beyond it is trained too, up to `extensions` times."""
+    rungs = sorted(LADDER.index(float(r)) for r in rates)
+    if rungs != list(range(rungs[0], rungs[-1] + 1)):
+        raise ValueError(f"rates {rates} are not consecutive rungs of the 1-3-10 ladder")
+    runs: dict[float, list] = {}
+
+    def train(js):
+        new = [(LADDER[j], seed) for j in js for seed in study.seeds]
+        trained = study.train_group([f"{label}-lr{lr:g}-seed{seed}" for lr, seed in new],
+                                    [config_for(lr, seed) for lr, seed in new])
+        for (lr, _), r in zip(new, trained):
+            runs.setdefault(lr, []).append(r)
+
+    def mean_score(lr):
+        values = [score(r) for r in runs[lr]]
+        return float(np.mean(values)) if all(np.isfinite(values)) else np.inf
+
+    train(rungs)
+    for extension in range(extensions + 1):
+        best = min(runs, key=mean_score)
+        tried = sorted(runs)
+        step = -1 if best == tried[0] else 1 if best == tried[-1] else 0
+        beyond = LADDER.index(best) + step
+        if step == 0 or not 0 <= beyond < len(LADDER) or extension == extensions:
+            break
+        if step == 1 and not np.isfinite(mean_score(best)):
+            break
+        study.plan_more(len(study.seeds))
+        train([beyond])
+    tried = sorted(runs)
+    return Tuned(best, runs[best], {lr: mean_score(lr) for lr in tried},
+                 len(tried) > 1 and best in (tried[0], tried[-1]))
+
+
+class Compared(NamedTuple):
+    """`a` against `b` over paired seeds: the mean difference (of log10 values where `log`),
+    the paired t-test's two-sided p, and the verdict: "a", "b" (which is better) or "tie"."""
+    difference: float
+    p: float
+    verdict: str
+    seeds: int
+
+    def words(self, a: str, b: str) -> str:
+        """'A beats B (paired t-test over 5 seeds, p = 0.002)', or 'A and B tie (...)'."""
+        test = f"paired t-test over {self.seeds} seeds, p = {self.p:.2g}"
+        if self.verdict == "tie":
+            return f"{a} and {b} tie ({test})"
+        winner, loser = (a, b) if self.verdict == "a" else (b, a)
+        return f"{winner} beats {loser} ({test})"
+
+
+def compare(a, b, *, lower_is_better: bool = True, log: bool = False,
+            alpha: float = 0.05) -> Compared:
+    """Seed i of `a` against seed i of `b` (the same seed: the same data order, the same
+    draws where the arms share them) by a two-sided paired t-test; `log` compares log10
+    values, for errors that differ by factors. A non-finite value (a diverged run) counts as
+    the worst. Fewer than 3 seeds never decide: the verdict is "tie"."""
+    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"compare needs one value per seed in each arm, got {a.shape} and "
+                         f"{b.shape}")
+    worst = np.inf if lower_is_better else -np.inf
+    a, b = np.where(np.isfinite(a), a, worst), np.where(np.isfinite(b), b, worst)
+    if log:
+        with np.errstate(divide="ignore"):
+            a, b = np.log10(a), np.log10(b)
+    d = a - b
+    if not np.all(np.isfinite(d)):  # an arm diverged where the other did not
+        p = 0.0 if np.all(np.sign(d) == np.sign(d[0])) and len(d) >= 3 else 1.0
+        mean = float(np.sign(d).mean()) * np.inf if p == 0.0 else float("nan")
+    elif len(d) < 3:
+        p, mean = 1.0, float(d.mean())
+    elif np.all(d == d[0]):  # no spread: the t statistic is undefined
+        p, mean = (1.0 if d[0] == 0 else 0.0), float(d[0])
+    else:
+        from scipy import stats
+        p, mean = float(stats.ttest_rel(a, b).pvalue), float(d.mean())
+    if p >= alpha:
+        verdict = "tie"
+    else:
+        verdict = "a" if (mean < 0) == lower_is_better else "b"
+    return Compared(mean, p, verdict, len(d))
 
 
 # --- figures
