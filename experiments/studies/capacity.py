@@ -197,7 +197,7 @@ def _plot_wave(study, fit, data, seed):
                   "over seeds", title_fontsize=6)
     axes[0, 0].set_ylabel("y = sin(pi x) + 0.5 sin(4 pi x)")
     axes[0, 1].sharey(axes[0, 0])
-    fig.suptitle(f"The wave fitted from zero and from spread biases: one wide layer "
+    fig.suptitle(f"The wave fitted from zero and from spread biases:\none wide layer "
                  f"({wave['widest']}) against a deep net ({wave['deep']})", fontsize=10)
     study.figure(fig, "wave_fits.png",
                  f"What the linear model, one hidden layer of {wave['widest'].split('x')[1]} "
@@ -230,10 +230,10 @@ def _plot_mse_against_params(study, data):
         ax.set_yscale("log")
         ax.set_xlabel("parameters")
         ax.set_title(f"{f} ({FUNCTIONS[f][0]}-D)")
-        ax.legend(fontsize=6.5, loc="lower left")
+        ax.legend(fontsize=6.5, loc="best")
     axes[0, 0].set_ylabel("test MSE (log scale)")
-    fig.suptitle("Test MSE against parameters: geometric mean line, one dot per seed; each "
-                 "arm at its own learning rate", fontsize=10)
+    fig.suptitle("Test MSE against parameters, each arm at its own learning rate\n(line: "
+                 "geometric mean over seeds; dots: every seed)", fontsize=10)
     study.figure(fig, "mse_vs_params.png",
                  "Test MSE of each model against its parameter count, with zero (dashed) and "
                  "uniform (solid) initial biases; horizontal lines: the linear model.")

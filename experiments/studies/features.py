@@ -180,20 +180,24 @@ def _plot_filters(study, models, steps, change, shown: int = 16):
     fig = Figure(figsize=(10.0, 3.9), layout="constrained")
     panels = {"at initialisation": initial, f"after {steps} training steps": trained,
               f"the change ({change:.0%} of the initial norm)": trained - initial}
-    for panel, (title, kernel) in zip(fig.subfigures(1, 3, wspace=0.03), panels.items()):
+    # one colour scale for the filters before and after training, so they compare; the change
+    # has its own, shared by every filter
+    weights_limit = float(max(np.abs(initial).max(), np.abs(trained).max()))
+    limits = [weights_limit, weights_limit, float(np.abs(trained - initial).max())]
+    for panel, (title, kernel), limit in zip(fig.subfigures(1, 3, wspace=0.03), panels.items(),
+                                             limits):
         count = kernel.shape[-1]
         cols = int(np.ceil(np.sqrt(count)))
         axes = panel.subplots(-(-count // cols), cols, squeeze=False)
         for i, ax in enumerate(axes.flat):
             ax.set_axis_off()
             if i < count:
-                w = kernel[:, :, i]
-                limit = np.abs(w).max()
-                ax.imshow(w, cmap="RdBu_r", vmin=-limit, vmax=limit, interpolation="nearest")
+                ax.imshow(kernel[:, :, i], cmap="RdBu_r", vmin=-limit, vmax=limit,
+                          interpolation="nearest")
         panel.suptitle(title, fontsize=10)
     fig.suptitle(f"First-layer 3x3 filters of the MNIST CNN ({min(shown, total)} of {total}, "
-                 f"seed {study.seeds[0]}; red: positive weight, blue: negative; each filter on "
-                 f"its own scale)", fontsize=10)
+                 f"seed {study.seeds[0]};\nred: positive weight, blue: negative; before and after "
+                 f"on one colour scale, the change on another)", fontsize=10)
     study.figure(fig, "first_layer_filters.png",
                  "First-layer filters of one net before and after training, in the same "
                  "order, and what training changed. A filter with a positive and a negative "

@@ -105,10 +105,13 @@ def _plot(study, zoo, gpts, s):
     labels = [r["name"] for r in zoo] + ["ResNet-152 (article)", "brain synapses (article)"]
     colors = ["tab:blue"] * len(zoo) + ["tab:orange", "tab:red"]
     order = np.argsort(counts)
-    ax.barh(np.arange(len(counts)), np.array(counts)[order], color=np.array(colors)[order])
+    # points, not bars: a bar on a log axis starts at an arbitrary left edge, and its length
+    # would say nothing
+    ax.scatter(np.array(counts)[order], np.arange(len(counts)), c=np.array(colors)[order], s=30,
+               zorder=3)
     ax.set_yticks(np.arange(len(counts)), np.array(labels)[order], fontsize=8)
     for i, count in enumerate(np.array(counts)[order]):
-        ax.annotate(_short(count), (count, i), textcoords="offset points", xytext=(3, -3),
+        ax.annotate(_short(count), (count, i), textcoords="offset points", xytext=(6, -3),
                     fontsize=7)
     ax.set_xscale("log")
     ax.set_xlim(right=max(counts) * 300)
