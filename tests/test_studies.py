@@ -19,7 +19,9 @@ def tiny_study(label="digits", **overrides):
         common.band(axes[0, 0], *r.curve("train_loss"), label="train loss")
         study.figure(fig, "loss.png", "the training loss")
         return {"finding": f"test accuracy {r.test['accuracy']:.3f}", "setup": "tiny MLP",
-                "tables": [common.Table("t", ["a"], [[1]])], "data": {"test": r.test}}
+                "tables": [common.Table("t", ["a"], [[1]])], "data": {"test": r.test},
+                "literature": [common.Cited("LeCun et al. 1998", "MLPs reach 0.95 on digits",
+                                            f"{r.test['accuracy']:.2f}", "agrees")]}
     return types.SimpleNamespace(TITLE="Tiny", CLAIM="Small nets learn.", SEEDS=1, run=run)
 
 
@@ -32,6 +34,9 @@ def test_a_study_writes_its_report_results_and_figures_and_a_rerun_replaces_only
     report = (folder / "report.md").read_text()
     assert "> Small nets learn." in report and "**Finding.** test accuracy" in report
     assert "Regenerate with `descent study tiny`" in report
+    literature = report.split("## Literature")[1]
+    assert "| source | what it reports | here | agreement |" in literature
+    assert "| LeCun et al. 1998 | MLPs reach 0.95 on digits |" in literature
     assert json.loads((folder / "results.json").read_text())["finding"] == first["finding"]
     (folder / "notes.txt").write_text("mine")  # a user's file beside the study's own
     stale = folder / "runs" / "digits" / "metrics.jsonl"

@@ -306,13 +306,21 @@ def _meaning(by_key, s) -> str:
         f"initialisation its first-layer gradient is "
         f"{first(deep, 'gelu', 'lecun'):.0e} and it {outcome('sgd', deep, 'gelu', 'lecun')}.")
     if ("adam", mid, "sigmoid", "glorot") in by_key and ("adam", deep, "relu", "he") in by_key:
+        adam_vs_sgd = compare(by_key["adam", deep, "relu", "he"]["final_val_accuracy"],
+                              by_key["sgd", deep, "relu", "he"]["final_val_accuracy"],
+                              lower_is_better=False).words("Adam", "SGD")
         text += (
-            f" The optimizer matters as much as the activation: Adam, which divides each "
-            f"step by the gradient's running size, lifts the {mid}-layer sigmoid net from "
-            f"chance to {acc('adam', mid, 'sigmoid', 'glorot')} and trains ReLU-He at depth "
-            f"{deep} to {acc('adam', deep, 'relu', 'he')}; the {deep}-layer sigmoid's "
-            f"gradient of {first(deep, 'sigmoid', 'glorot'):.0e} is beyond even Adam "
-            f"({acc('adam', deep, 'sigmoid', 'glorot')}).")
+            f" Adam, which divides each step by the gradient's running size, lifts the "
+            f"{mid}-layer sigmoid net from chance to {acc('adam', mid, 'sigmoid', 'glorot')}, "
+            f"still far from trained; the {deep}-layer sigmoid's gradient of "
+            f"{first(deep, 'sigmoid', 'glorot'):.0e} is beyond even Adam "
+            f"({acc('adam', deep, 'sigmoid', 'glorot')}). On ReLU-He at depth {deep}, each "
+            f"optimizer at its own rate, {adam_vs_sgd} ({acc('adam', deep, 'relu', 'he')} "
+            f"against {acc('sgd', deep, 'relu', 'he')})"
+            + (f": an earlier version of this study ran every arm at one SGD rate, found "
+               f"ReLU-He failing at depth {deep} and credited Adam; its own rate was the fix."
+               if by_key["sgd", deep, "relu", "he"]["trained"] == len(
+                   by_key["sgd", deep, "relu", "he"]["diverged"]) else "."))
     return text
 
 
