@@ -163,7 +163,10 @@ def test_a_comparison_says_beats_only_where_the_paired_test_does():
     # errors that differ by factors, compared as log10: 10x lower on every seed
     ten_x = common.compare([1e-4, 2e-4, 3e-4], [1e-3, 2.2e-3, 2.9e-3], log=True)
     assert ten_x.verdict == "a" and ten_x.difference == pytest.approx(-1, abs=0.05)
-    # a diverged run (NaN) is the worst outcome, not a missing one
-    assert common.compare([np.nan] * 3, [2.0, 2.1, 2.2]).verdict == "b"
+    # a diverged run (NaN) is the worst outcome, not a missing one; with no mean difference
+    # to test, a sign test decides: 6 seeds of 6 settle it (p = 2/64), 5 of 5 cannot (2/32)
+    diverged = common.compare([np.nan] * 6, [2.0, 2.1, 2.2, 2.3, 2.4, 2.5])
+    assert diverged.verdict == "b" and diverged.p == pytest.approx(2 / 64)
+    assert common.compare([np.nan] * 5, [2.0, 2.1, 2.2, 2.3, 2.4]).verdict == "tie"
     with pytest.raises(ValueError, match="one value per seed"):
         common.compare([1.0, 2.0, 3.0], [1.0, 2.0])
