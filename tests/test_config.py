@@ -93,7 +93,8 @@ def test_switching_to_a_variant_of_the_same_net_keeps_the_configs_values():
 
 def test_a_field_the_chosen_net_lacks_is_refused_naming_its_fields():
     with pytest.raises(ValueError, match="model 'mlp' has no field 'channels'; its fields: "
-                                         "activation, depth, dropout, dtype, init, name, width"):
+                                         "activation, bias_init, depth, dropout, dtype, init, name, "
+                                         "width"):
         override(load_config(MLP), ["--config.model.channels=4,8"])
     with pytest.raises(ValueError, match="model 'cnn' has no field 'width'"):  # set too early
         override(load_config(MLP), ["--config.model.width=7", "--config.model.name=cnn"])
