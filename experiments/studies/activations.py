@@ -13,7 +13,8 @@ Larger, on an accelerator: width 256 and depths up to 50 on MNIST (in `settings(
 import numpy as np
 from matplotlib.ticker import MaxNLocator
 
-from experiments.studies.common import Cited, Table, band, compare, new_figure, spread, tune
+from experiments.studies.common import (Cited, Table, band, compare, extending, new_figure,
+                                        spread, tune)
 
 TITLE = "Activations and vanishing gradients"
 CLAIM = ("ReLU does not saturate, so gradients flow through deep networks; sigmoid and tanh "
@@ -221,8 +222,7 @@ def _setup(study, s) -> str:
         + "; ".join(f"{', '.join(f'{r:g}' for r in rates)} ({'SGD' if o == 'sgd' else 'Adam'})"
                     for o, rates in s["rates"].items())
         + f" with the lowest final validation loss averaged over the seeds (a rate where any "
-          f"seed diverged loses), the sweep extended one rung of the 1-3-10 ladder at a time "
-          f"(up to {s['extensions']} times) while the best is at its edge; the table gives "
+          f"seed diverged loses), {extending(s['extensions'])}; the table gives "
           f"each arm's rate and flags one still at an edge. An arm's outcome is often all or "
           f"nothing, so the table also counts the seeds that train (final validation accuracy "
           f"at least {TRAINS}). Comparisons pair seed i of one arm with seed i of another and "

@@ -19,7 +19,8 @@ from matplotlib.colors import TwoSlopeNorm
 import nets
 from data.synthetic import FUNCTIONS
 from experiments import run as run_api
-from experiments.studies.common import Cited, Compared, Table, compare, new_figure, spread, tune
+from experiments.studies.common import (Cited, Compared, Table, compare, extending, new_figure,
+                                        spread, tune)
 
 TITLE = "Capacity: approximating a nonlinear function"
 CLAIM = ("Given enough data and parameters, networks approximate arbitrarily complex "
@@ -307,8 +308,7 @@ def _setup(study, s) -> str:
         f"({s['steps'] * BATCH // 1400} epochs), MSE. **Each arm's learning rate** (one per "
         f"function, model and bias initialisation) is the one of "
         f"{', '.join(f'{r:g}' for r in s['rates'])} with the lowest final validation MSE "
-        f"averaged over the seeds, the sweep extended one rung of the 1-3-10 ladder at a time "
-        f"(up to {s['extensions']} times) while the best is at its edge; the tables give the "
+        f"averaged over the seeds, {extending(s['extensions'])}; the tables give the "
         f"rate and flag one still at an edge. The test MSE is of the final weights against the "
         f"function itself. **Comparisons** pair seed i of one arm with seed i of the other "
         f"(the same data order) and apply a two-sided paired t-test to log10 test MSE: \"A "
@@ -362,8 +362,8 @@ def _meaning(data) -> str:
     deep_wins = {f: d["deep_vs_widest"]["uniform"]["verdict"] == "a"
                  for f, d in data["functions"].items()}
     return (
-        f"The claim holds as stated: the linear model cannot bend, and the largest net cuts "
-        f"its test error "
+        "The claim holds as stated: the linear model cannot bend, and the largest net cuts "
+        "its test error "
         + ", ".join(f"{1 / d['largest_over_linear']['uniform']:,.0f} times on the {f}"
                     for f, d in data["functions"].items())
         + ". How the parameters start matters too. A ReLU unit reading one input x computes "

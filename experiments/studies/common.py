@@ -388,6 +388,14 @@ def tune(study, label: str, config_for, rates, *, score, extensions: int = 2) ->
                  len(tried) > 1 and best in (tried[0], tried[-1]))
 
 
+def extending(extensions: int) -> str:
+    """How `tune` extended a sweep, in the words of a report's setup."""
+    if extensions == 0:
+        return "the sweep not extended (quick mode), so a best rate at its edge is only flagged"
+    return (f"the sweep extended one rung of the 1-3-10 ladder at a time (up to {extensions} "
+            f"times) while the best is at its edge")
+
+
 class Compared(NamedTuple):
     """`a` against `b` over paired seeds: the mean difference (of log10 values where `log`),
     the paired t-test's two-sided p, and the verdict: "a", "b" (which is better) or "tie"."""

@@ -333,7 +333,7 @@ def _meaning(data) -> str:
                  "what this measures: they tie. ")
     text += versus("lstm", "SGD + momentum", "SGD") + ". "
     cnn_tiers = _tiers(data["tasks"]["cnn"])
-    text += (f"On the small image classifier the tiers are "
+    text += ("On the small image classifier the tiers are "
              + " > ".join("{" + ", ".join(t) + "}" for t in cnn_tiers)
              + (": once each optimizer has its own rate, a small, well-conditioned problem "
                 "with batch norm leaves little for adaptivity to win. " if len(cnn_tiers) <= 2
