@@ -58,7 +58,7 @@ def run(study) -> dict:
     data = {"steps": s["steps"], "functions": {
         f: _function_summary(f, s["models"], tuned) for f in s["functions"]}}
     seed = study.seeds[0]
-    fits = {f: _fitted(tuned, f, s["models"], seed) for f in s["functions"]}
+    fits = {f: _fitted(tuned, f, d, seed) for f, d in data["functions"].items()}
     _straight_stretches(tuned, s["models"], data["functions"]["wave"])
     _plot_wave(study, fits["wave"], data, seed)
     _plot_mse_against_params(study, data)
@@ -135,13 +135,16 @@ def _slope(one_layer, bias) -> float | None:
     return float(np.polyfit(np.log10(widths), np.log10(mse), 1)[0])
 
 
-def _fitted(tuned, function, models, seed) -> dict:
-    """The true function and every model's predictions (restored from its checkpoint) on a
-    grid over [-1, 1]^dims, for the run with `seed`, under each bias initialisation."""
+def _fitted(tuned, function, summary, seed) -> dict:
+    """The true function and the drawn models' predictions (the linear model, the widest
+    one-layer net, the deep net beside it and the largest; restored from their checkpoints) on
+    a grid over [-1, 1]^dims, for the run with `seed`, under each bias initialisation."""
     dims, f = FUNCTIONS[function]
     axis = np.linspace(-1, 1, 401 if dims == 1 else 81, dtype=np.float32)
     grid = axis[:, None] if dims == 1 else np.stack(np.meshgrid(axis, axis), -1).reshape(-1, 2)
     out = {"axis": axis, "grid": grid, "true": f(grid), "fits": {}}
+    drawn = dict.fromkeys(summary[k] for k in ("linear", "widest", "deep", "largest"))
+    models = [(m["depth"], m["width"]) for m in summary["models"] if m["name"] in drawn]
     for bias in BIASES:
         for depth, width in models:
             r = next(r for r in tuned[function, bias, depth, width].runs
@@ -241,8 +244,7 @@ def _plot_mse_against_params(study, data):
 
 
 def _plot_ripple(study, fit, seed):
-    names = [name for bias, name in fit["fits"] if bias == BIASES[0]]
-    shown = [n for n in names if n in ("linear", "1x4096", "3x64", "3x256")] or names
+    shown = [name for bias, name in fit["fits"] if bias == BIASES[0]]
     cols = len(shown) + 1
     fig, axes = new_figure(cols, len(BIASES), width=2.3, height=2.2)
     n = len(fit["axis"])

@@ -331,7 +331,7 @@ def write_index(out: str, results: dict, wall_s: float) -> str:
 
 # --- fair comparisons
 # The 1-3-10 ladder of learning rates that sweeps climb.
-LADDER = tuple(float(f"{m}e{e}") for e in range(-6, 2) for m in (1, 3))
+LADDER = tuple(float(f"{m}e{e}") for e in range(-6, 3) for m in (1, 3))  # 1e-6 ... 300
 
 
 class Tuned(NamedTuple):
@@ -342,12 +342,6 @@ class Tuned(NamedTuple):
     runs: list
     sweep: dict
     at_edge: bool
-
-    def row(self) -> str:
-        """'0.003 (of 0.001-0.01)' or '0.01 (of 0.001-0.01, at the edge)'."""
-        rates = sorted(self.sweep)
-        return (f"{self.rate:g} (of {rates[0]:g}-{rates[-1]:g}"
-                + (", at the edge)" if self.at_edge else ")"))
 
 
 def tune(study, label: str, config_for, rates, *, score, extensions: int = 2) -> Tuned:

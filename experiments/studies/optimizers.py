@@ -12,8 +12,8 @@ thousand steps.
 import numpy as np
 from matplotlib.ticker import FuncFormatter
 
-from experiments.studies.common import (Cited, Table, band, compare, new_figure, on_grid,
-                                        spread)
+from experiments.studies.common import (LADDER, Cited, Table, band, compare, new_figure,
+                                        on_grid, spread)
 
 TITLE = "Optimizers"
 CLAIM = ("(The article's table of optimizers, paraphrased:) SGD is simple but slow; momentum "
@@ -32,7 +32,6 @@ OPTIMIZERS = {
 COLORS = {"SGD": "tab:gray", "SGD + momentum": "tab:blue", "Adam": "tab:red",
           "AdamW": "tab:orange", "RMSprop": "tab:green"}
 STYLES = {"SGD": ":", "SGD + momentum": "-.", "Adam": "-", "AdamW": "--", "RMSprop": "-"}
-LADDER = [m * 10.0 ** e for e in range(-5, 3) for m in (1, 3)]  # 1e-5, 3e-5, ..., 300
 MAX_EXTENSIONS = 3
 LOG_EVERY = 10
 
