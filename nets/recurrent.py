@@ -52,7 +52,7 @@ def symmetric_uniform(bound: float):
 
 
 class RecurrentLayer(nnx.Module):
-    def __init__(self, cell, in_features, hidden, dtype, rngs, forget_bias=0.0):
+    def __init__(self, cell, in_features, hidden, dtype, rngs, forget_bias=0.0, chrono=0):
         self.cell = cell
         _, gates = CELLS[cell]
         init = symmetric_uniform(1 / math.sqrt(hidden))
@@ -60,9 +60,19 @@ class RecurrentLayer(nnx.Module):
                                 dtype=dtype, rngs=rngs)
         self.recurrent = nnx.Linear(hidden, gates * hidden, kernel_init=init, bias_init=init,
                                     dtype=dtype, rngs=rngs)
-        if forget_bias:  # the LSTM's forget gate is the second quarter of its gates
+        # the LSTM's gates are input, forget, cell, output: the forget gate is the second quarter
+        forget, entry = slice(hidden, 2 * hidden), slice(0, hidden)
+        if forget_bias:
             bias = self.input.bias[...]
-            self.input.bias[...] = bias.at[hidden:2 * hidden].add(forget_bias)
+            self.input.bias[...] = bias.at[forget].add(forget_bias)
+        if chrono:
+            # Tallec & Ollivier 2018: log(u), u ~ U[1, chrono - 1], spreads the forget gates'
+            # memory times sigmoid(b) / (1 - sigmoid(b)) = u over 1 to chrono - 1 steps, and
+            # the input gate opens as little as the forget gate holds
+            b_H = jnp.log(jax.random.uniform(rngs.params(), (hidden,), minval=1.0,
+                                             maxval=chrono - 1.0))
+            self.input.bias[...] = self.input.bias[...].at[forget].set(b_H).at[entry].set(-b_H)
+            self.recurrent.bias[...] = self.recurrent.bias[...].at[forget].set(0).at[entry].set(0)
 
     def __call__(self, x_BxLxD) -> jax.Array:
         """The hidden state at every position: (B, L, D) -> (B, L, H)."""
@@ -91,14 +101,23 @@ class Recurrent(nnx.Module):
     features: a sequence classifier from the last position's hidden state, (B, ...) -> (B, K).
     `forget_bias` is added to the LSTM forget gate's initial bias: 0 as in PyTorch; Keras adds
     1 (Jozefowicz et al. 2015), so that at first the cell keeps more than half its memory.
+    `chrono` = T_max > 0 initialises the LSTM's forget and input gate biases instead by Tallec
+    and Ollivier's chrono initialisation, for dependencies up to about T_max steps apart.
     """
 
     def __init__(self, *, input_shape, num_classes, cell="lstm", layers=2, hidden=256,
-                 embed=64, dropout=0.0, forget_bias=0.0, dtype="float32", rngs: nnx.Rngs):
+                 embed=64, dropout=0.0, forget_bias=0.0, chrono=0, dtype="float32",
+                 rngs: nnx.Rngs):
         if cell not in CELLS:
             raise ValueError(f"unknown recurrent cell {cell!r}; known: {', '.join(CELLS)}")
-        if forget_bias and cell != "lstm":
-            raise ValueError(f"model.forget_bias applies to the lstm cell, not to {cell!r}")
+        for field, value in (("forget_bias", forget_bias), ("chrono", chrono)):
+            if value and cell != "lstm":
+                raise ValueError(f"model.{field} applies to the lstm cell, not to {cell!r}")
+        if chrono and forget_bias:
+            raise ValueError("model.chrono sets the forget gate's bias itself: leave "
+                             "model.forget_bias at 0 with it")
+        if chrono == 1:
+            raise ValueError("model.chrono=1 spans no steps: 0 (off) or T_max of 2 or more")
         self.dtype = compute_dtype(dtype)
         self.language_model = len(input_shape) == 1
         if self.language_model:
@@ -110,7 +129,7 @@ class Recurrent(nnx.Module):
         self.layers = nnx.List()
         for _ in range(layers):
             self.layers.append(RecurrentLayer(cell, features, hidden, self.dtype, rngs,
-                                              forget_bias))
+                                              forget_bias, chrono))
             features = hidden
         self.head = nnx.Linear(hidden, num_classes, dtype=self.dtype, rngs=rngs)
         self.dropout = nnx.Dropout(dropout)

@@ -150,6 +150,33 @@ def test_forget_bias_shifts_only_the_lstm_forget_gate():
         nets.build("gru", input_shape=(5, 3), num_classes=4, forget_bias=1.0)
 
 
+def test_chrono_spreads_the_lstm_memory_times_over_1_to_t_max_minus_1_steps():
+    """Tallec & Ollivier's chrono initialisation: forget-gate bias log(u), u ~ U[1, T_max - 1],
+    so each unit's initial memory time sigmoid(b) / (1 - sigmoid(b)) is u; input-gate bias -b;
+    the recurrent biases of both gates 0; the cell and output gates keep PyTorch's draw."""
+    t_max, hidden = 50, 512
+    layer = nets.build("lstm", input_shape=(5, 3), num_classes=4, hidden=hidden, layers=1,
+                       chrono=t_max).layers[0]
+    plain = nets.build("lstm", input_shape=(5, 3), num_classes=4, hidden=hidden,
+                       layers=1).layers[0]
+    b = np.asarray(layer.input.bias[...], np.float64)
+    entry, forget = b[:hidden], b[hidden:2 * hidden]
+    memory = 1 / (1 + np.exp(-forget)) / (1 - 1 / (1 + np.exp(-forget)))  # = exp(b) = u
+    assert 1 <= memory.min() and memory.max() <= t_max - 1
+    assert abs(memory.mean() - t_max / 2) < 2  # U[1, 49] has mean 25; 512 draws: sd ~0.6
+    np.testing.assert_allclose(entry, -forget)
+    recurrent = np.asarray(layer.recurrent.bias[...])
+    assert not recurrent[:2 * hidden].any()
+    np.testing.assert_array_equal(recurrent[2 * hidden:],
+                                  np.asarray(plain.recurrent.bias[...])[2 * hidden:])
+    with pytest.raises(ValueError, match="chrono=1 spans no steps"):
+        nets.build("lstm", input_shape=(5, 3), num_classes=4, chrono=1)
+    with pytest.raises(ValueError, match="leave model.forget_bias at 0"):
+        nets.build("lstm", input_shape=(5, 3), num_classes=4, chrono=t_max, forget_bias=1.0)
+    with pytest.raises(ValueError, match="chrono applies to the lstm cell, not to 'rnn'"):
+        nets.build("rnn", input_shape=(5, 3), num_classes=4, chrono=t_max)
+
+
 @pytest.mark.parametrize("name, inputs", [("gpt", "ids"), ("bert", "rows")])
 @pytest.mark.parametrize("remat", ["block", "dots_with_no_batch_dims_saveable"])
 def test_remat_recomputes_the_blocks_to_the_same_gradients(name, inputs, remat):
