@@ -67,8 +67,8 @@ class RecurrentLayer(nnx.Module):
             self.input.bias[...] = bias.at[forget].add(forget_bias)
         if chrono:
             # Tallec & Ollivier 2018: log(u), u ~ U[1, chrono - 1], spreads the forget gates'
-            # memory times sigmoid(b) / (1 - sigmoid(b)) = u over 1 to chrono - 1 steps, and
-            # the input gate opens as little as the forget gate holds
+            # time constants 1 / (1 - sigmoid(b)) = 1 + u over 2 to chrono steps, and the
+            # input gate opens as little as the forget gate holds
             b_H = jnp.log(jax.random.uniform(rngs.params(), (hidden,), minval=1.0,
                                              maxval=chrono - 1.0))
             self.input.bias[...] = self.input.bias[...].at[forget].set(b_H).at[entry].set(-b_H)

@@ -152,8 +152,9 @@ def test_forget_bias_shifts_only_the_lstm_forget_gate():
 
 def test_chrono_spreads_the_lstm_memory_times_over_1_to_t_max_minus_1_steps():
     """Tallec & Ollivier's chrono initialisation: forget-gate bias log(u), u ~ U[1, T_max - 1],
-    so each unit's initial memory time sigmoid(b) / (1 - sigmoid(b)) is u; input-gate bias -b;
-    the recurrent biases of both gates 0; the cell and output gates keep PyTorch's draw."""
+    so each unit's time constant 1 / (1 - f), f = sigmoid(b), lies in [2, T_max]; input-gate
+    bias -b; the recurrent biases of both gates 0; the cell and output gates keep PyTorch's
+    draw."""
     t_max, hidden = 50, 512
     layer = nets.build("lstm", input_shape=(5, 3), num_classes=4, hidden=hidden, layers=1,
                        chrono=t_max).layers[0]
@@ -161,9 +162,9 @@ def test_chrono_spreads_the_lstm_memory_times_over_1_to_t_max_minus_1_steps():
                        layers=1).layers[0]
     b = np.asarray(layer.input.bias[...], np.float64)
     entry, forget = b[:hidden], b[hidden:2 * hidden]
-    memory = 1 / (1 + np.exp(-forget)) / (1 - 1 / (1 + np.exp(-forget)))  # = exp(b) = u
-    assert 1 <= memory.min() and memory.max() <= t_max - 1
-    assert abs(memory.mean() - t_max / 2) < 2  # U[1, 49] has mean 25; 512 draws: sd ~0.6
+    time_constant = 1 / (1 - 1 / (1 + np.exp(-forget)))
+    assert 2 - 1e-4 <= time_constant.min() and time_constant.max() <= t_max + 1e-4
+    assert abs(time_constant.mean() - 26) < 2  # 1 + U[1, 49]: mean 26; 512 draws: sd ~0.6
     np.testing.assert_allclose(entry, -forget)
     recurrent = np.asarray(layer.recurrent.bias[...])
     assert not recurrent[:2 * hidden].any()
