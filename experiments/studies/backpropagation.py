@@ -317,8 +317,8 @@ def _literature(d) -> list[Cited]:
         Cited("Rumelhart, Hinton & Williams 1986",
               "back-propagation: the error derivative of every weight, layer by layer from the "
               "output backwards by the chain rule, then a step down the gradient",
-              f"jax.grad against a backward pass written out by hand: {d['max_relative_error_by_hand']:.1e} "
-              f"relative; against finite differences on all {fd[0]['parameters']:,} "
+              f"jax.grad against a backward pass written out by hand: "
+              f"{d['max_relative_error_by_hand']:.1e} relative; against finite differences on all {fd[0]['parameters']:,} "
               f"parameters: {d['max_relative_error_finite_differences']:.1e}",
               "agrees: the toolkit's gradient is that computation, to float64 rounding"),
         Cited("Baydin, Pearlmutter, Radul & Siskind 2018",
