@@ -4,24 +4,30 @@ Plain SGD (no momentum, constant rate) trains the digits MLP at learning rates s
 orders of magnitude for the same number of steps; the training loss over the last
 tenth of the run, against the learning rate, draws the U the article describes.
 
+Every comparison in the words ("best", "oscillates", "nothing learns") rests on the seeds: the
+best rate is checked against its neighbours by a paired t-test over the seeds
+(`common.compare`), and the failures are counted seed by seed.
+
 Larger, on an accelerator: the same ladder of rates on the MNIST CNN for a few epochs.
 """
 import numpy as np
 from matplotlib import cm, colors
 
-from experiments.studies.common import Table, band, new_figure, on_grid, spread
+from experiments.studies.common import Cited, Table, band, compare, new_figure, on_grid, spread
 
 TITLE = "The learning rate"
 CLAIM = ("Too large and the optimisation oscillates or diverges, too small and training is "
          "prohibitively slow.")
-SEEDS = 3
+SEEDS = 5
 
 BATCH, WIDTH, LOG_EVERY = 32, 512, 10
+RAGGED = 2  # a run oscillates when it ends above this many times its lowest logged loss
 
 
 def settings(quick: bool) -> dict:
-    if quick:  # the test's claim: the ends of the range and a best rate between them
-        return dict(learning_rates=(1e-4, 1e-3, 1e-2, 0.1, 0.3, 1.0, 10.0), steps=200)
+    if quick:  # the test's claim: the ends of the range, and the best rate against its
+        # neighbours over 5 seeds
+        return dict(learning_rates=(1e-4, 0.1, 0.3, 1.0, 10.0), steps=200)
     return dict(learning_rates=(1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0, 3.0, 10.0),
                 steps=1000)
 
@@ -43,10 +49,51 @@ def run(study) -> dict:
                   for r in data["runs"]]
     best = data["runs"][int(np.argmin(mean_final))]
     data["best_learning_rate"] = best["learning_rate"]
+    data["best_against_neighbours"] = _against_neighbours(data)
     _plot_final_loss(study, data)
     _plot_curves(study, runs, s)
     return {"finding": _finding(data), "setup": _setup(study, s), "tables": [_table(data)],
-            "meaning": _meaning(data) if not study.quick else "", "data": data}
+            "meaning": _meaning(data) if not study.quick else "",
+            "literature": _literature(data) if not study.quick else [], "data": data}
+
+
+def _final(r) -> np.ndarray:
+    """Final training loss per seed, inf where the run diverged."""
+    return np.array([np.inf if x is None else x for x in r["final_loss"]], dtype=float)
+
+
+def _against_neighbours(data) -> list[dict]:
+    """The best rate's final training loss against each neighbouring rate's, seed by seed: a
+    paired t-test on log10 of the losses (an exact sign test where a neighbour diverged)."""
+    runs, i = data["runs"], [r["learning_rate"] for r in data["runs"]].index(
+        data["best_learning_rate"])
+    out = []
+    for j in (i - 1, i + 1):
+        if 0 <= j < len(runs):
+            c = compare(_final(runs[i]), _final(runs[j]), log=True)
+            out.append({"learning_rate": runs[j]["learning_rate"], "verdict": c.verdict,
+                        "p": c.p, "seeds": c.seeds})
+    return out
+
+
+def _best_words(data) -> str:
+    """'better than 0.1 and 1 (paired t-tests over 5 seeds, p = 0.001, 0.02)', or with a tie."""
+    n = data["best_against_neighbours"][0]["seeds"]
+    beaten = [c for c in data["best_against_neighbours"] if c["verdict"] == "a"]
+    tied = [c for c in data["best_against_neighbours"] if c["verdict"] != "a"]
+    parts = []
+    if beaten:
+        parts.append("lower than at " + " and ".join(f"{c['learning_rate']:g}" for c in beaten)
+                     + " (p = " + ", ".join(f"{c['p']:.2g}" for c in beaten) + ")")
+    if tied:
+        parts.append("a tie with " + " and ".join(f"{c['learning_rate']:g}" for c in tied)
+                     + " (p = " + ", ".join(f"{c['p']:.2g}" for c in tied) + ")")
+    return "; ".join(parts) + f", paired t-test on log loss over {n} seeds"
+
+
+def _ragged(r) -> list[bool]:
+    """Per seed: ended above RAGGED times the lowest loss it logged (or diverged)."""
+    return [f is None or f > RAGGED * lo for f, lo in zip(r["final_loss"], r["lowest_loss"])]
 
 
 def _finding(data) -> str:
@@ -55,14 +102,18 @@ def _finding(data) -> str:
     finding = (
         f"After {data['steps']} steps of plain SGD from a loss of "
         f"{np.mean(data['initial_loss']):.2f}, learning rate {low['learning_rate']:g} lowers it "
-        f"by only {100 * np.mean(low['relative_decrease']):.1f} %, {best['learning_rate']:g} "
-        f"is best (final training loss {spread(best['final_loss'])})")
+        f"by only {100 * np.mean(low['relative_decrease']):.1f} % (every seed under "
+        f"{100 * max(low['relative_decrease']):.1f} %), {best['learning_rate']:g} is best "
+        f"(final training loss {spread(best['final_loss'])}; {_best_words(data)})")
     between = [r for r in data["runs"] if best["learning_rate"] < r["learning_rate"]
                < (edge["learning_rate"] if edge else np.inf)]
     if between:
-        finding += (f", {between[-1]['learning_rate']:g} ends at "
-                    f"{spread(between[-1]['final_loss'])} after a lowest logged loss of "
-                    f"{spread(between[-1]['lowest_loss'])} (it oscillates)")
+        r = between[-1]
+        ragged = sum(_ragged(r))
+        finding += (f", {r['learning_rate']:g} ends at {spread(r['final_loss'])} after a lowest "
+                    f"logged loss of {spread(r['lowest_loss'])} ({ragged} of "
+                    f"{len(r['final_loss'])} seeds end more than {RAGGED}x above their lowest"
+                    + (": it oscillates)" if 2 * ragged > len(r["final_loss"]) else ")"))
     if edge:
         diverged = sum(sum(r["diverged"]) for r in failed)
         total = sum(len(r["diverged"]) for r in failed)
@@ -123,6 +174,9 @@ def _plot_final_loss(study, data):
     val = _values(np.array([r["val_loss"] for r in data["runs"]], dtype=object).T)
     band(ax, lrs, train, "training loss, last 10 % of steps", "tab:blue", marker="o")
     band(ax, lrs, val, "validation loss at the end", "tab:green", "--", marker="s")
+    # each seed too: just above the best rate some seeds oscillate and others do not
+    ax.plot(np.repeat(lrs[None], len(train), 0).ravel(), train.ravel(), ".", color="navy",
+            markersize=4, alpha=0.6, label="training loss, each seed")
     start = np.mean(data["initial_loss"])
     ax.axhline(start, color="gray", linestyle=":", label=f"loss at step 1 ({start:.2f})")
     diverged = [r["learning_rate"] for r in data["runs"] if any(r["diverged"])]
@@ -263,9 +317,53 @@ def _meaning(data) -> str:
     by_val = min((r for r in runs if r not in failed and None not in r["val_loss"]),
                  key=lambda r: np.mean(r["val_loss"]))
     if by_val is not best:
-        text += (f"Judged by validation loss the best rate is {by_val['learning_rate']:g}, not "
-                 f"{best['learning_rate']:g}: the fastest optimisation also fits the 1,257 "
-                 f"training images hardest.")
+        c = compare(by_val["val_loss"], best["val_loss"], log=True)
+        text += (f"Judged by the mean validation loss the best rate is "
+                 f"{by_val['learning_rate']:g}, not {best['learning_rate']:g}"
+                 + (f" (lower on the paired seeds, p = {c.p:.2g}): the fastest optimisation "
+                    f"also fits the 1,257 training images hardest." if c.verdict == "a" else
+                    f", but the seeds do not separate the two (paired t-test on log loss, "
+                    f"p = {c.p:.2g}: a tie)."))
     else:
         text += "The validation loss picks the same rate as the training loss."
     return text
+
+
+def _literature(data) -> list[Cited]:
+    runs = data["runs"]
+    best = data["best_learning_rate"]
+    finite = max(r["learning_rate"] for r in runs if not any(r["diverged"]))
+    falling = max(r["learning_rate"] for r in runs if not any(r["above_start"]))
+    rungs = round(np.log10(finite / best) / np.log10(np.sqrt(10)))  # ladder steps apart
+    if rungs > 1 and falling != best:
+        verdict = (f"disagrees: the best rate is {rungs} rungs of the ladder (a factor "
+                   f"{finite / best:.0f}) below the largest without inf/NaN")
+    else:
+        verdict = "agrees" + (": the best rate is the largest at which every seed's loss "
+                              "falls" if falling == best else "")
+        if rungs == 1:
+            verdict += (f"{',' if falling == best else ':'} one rung of the ladder (a factor "
+                        f"{finite / best:.1f}) below the largest without inf/NaN; rungs a "
+                        f"factor ~3 apart cannot resolve a factor of 2")
+    bengio = Cited(
+        "Bengio 2012, Practical recommendations for gradient-based training",
+        "the optimal learning rate is usually close to (within a factor of 2 of) the largest "
+        "rate that does not cause the training criterion to diverge",
+        f"no seed's loss becomes inf/NaN up to {finite:g}; every seed's loss falls up to "
+        f"{falling:g}; the best rate is {best:g}", verdict)
+    ragged = [r["learning_rate"] for r in runs if r["learning_rate"] > best
+              and 2 * sum(_ragged(r)) > len(r["final_loss"])]
+    first_ragged = min(ragged) if ragged else None
+    protocol = (f"not comparable in protocol: a fixed rate per run for {data['steps']} steps, "
+                f"not one run with a rising rate")
+    smith = Cited(
+        "Smith 2017, Cyclical learning rates (the LR range test)",
+        "raise the rate during a short run; where accuracy becomes ragged or falls is max_lr, "
+        "and base_lr can be 1/3 or 1/4 of it",
+        (f"with one fixed rate per run, training turns ragged from {first_ragged:g} (most "
+         f"seeds end more than {RAGGED}x above their lowest loss); the best rate {best:g} is a "
+         f"factor {first_ragged / best:.1f} below" if first_ragged else
+         "no rate above the best turns ragged before the runs diverge"),
+        ("agrees in spirit: the best fixed rate is about where their rule puts base_lr; "
+         + protocol if first_ragged and 2.5 <= first_ragged / best <= 5 else protocol))
+    return [bengio, smith]
