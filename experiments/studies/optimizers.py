@@ -266,10 +266,10 @@ def _setup(study, s) -> str:
              f"Quick mode: fixed rates {s['fixed']} (the ones the default-size sweep picked). ")
     return (
         "\n".join(lines) + "\n\n"
-        f"Constant learning rate, no warmup, for every optimizer. SGD + momentum uses 0.9; "
-        f"RMSprop has no momentum (decay 0.9, as in optax); AdamW is Adam with decoupled "
-        f"weight decay 0.1 on the weight matrices (biases and norm scales are not decayed): at "
-        f"optax's default of 1e-4 it would be indistinguishable from Adam over runs this short. "
+        "Constant learning rate, no warmup, for every optimizer. SGD + momentum uses 0.9; "
+        "RMSprop has no momentum (decay 0.9, as in optax); AdamW is Adam with decoupled "
+        "weight decay 0.1 on the weight matrices (biases and norm scales are not decayed): at "
+        "optax's default of 1e-4 it would be indistinguishable from Adam over runs this short. "
         + sweep + f"Seeds {', '.join(map(str, study.seeds))} change the initial weights and the "
         f"batch order, and seed i of one optimizer is compared with seed i of another by a "
         f"paired t-test on the final validation loss. Nothing here is timed: a step of these "
