@@ -15,12 +15,12 @@ from flax import nnx
 from matplotlib.ticker import NullFormatter
 
 import nets
-from experiments.studies.common import Table, band, new_figure, spread
+from experiments.studies.common import Cited, Table, band, compare, new_figure, spread
 
 TITLE = "Scale: parameters, FLOPs and what they buy"
 CLAIM = ("ResNets have tens of millions of parameters (ResNet-152: 60 million); the human brain "
          "has about 100 trillion synapses.")
-SEEDS = 3
+SEEDS = 5
 
 ARTICLE_RESNET152, BRAIN_SYNAPSES = 60e6, 100e12
 # (layers, heads, width) of the GPTs trained, smallest first
@@ -42,16 +42,17 @@ def run(study) -> dict:
     study.plan(len(s["sizes"]) * len(study.seeds))
     gpts = []
     for layers, heads, width in s["sizes"]:
-        runs = [study.train(f"gpt-{layers}x{width}-seed{seed}",
-                            _config(study, layers, heads, width, s, seed))
-                for seed in study.seeds]
+        runs = study.train_seeds(f"gpt-{layers}x{width}",
+                                 lambda seed: _config(study, layers, heads, width, s, seed))
         gpts.append({"layers": layers, "heads": heads, "width": width,
                      "parameters": int(sum(x.size for x in jax.tree.leaves(
                          runs[0].summary["state"].params))),
                      "validation_loss": [r.test["loss"] for r in runs],
-                     "seconds": [r.seconds for r in runs],
                      "curves": [r.curve("eval_loss")[1].tolist() for r in runs],
                      "curve_steps": runs[0].curve("eval_loss")[0].tolist()})
+    for smaller, larger in zip(gpts, gpts[1:]):  # does each step up in size lower the loss?
+        c = compare(larger["validation_loss"], smaller["validation_loss"])
+        larger["against_smaller"] = {"verdict": c.verdict, "p": c.p}
     _plot(study, zoo, gpts, s)
     by_name = {r["name"]: r for r in zoo}
     r152 = by_name["resnet152"]["parameters"]
@@ -64,12 +65,30 @@ def run(study) -> dict:
         f"100 trillion synapses. At a fixed budget of {s['steps']} steps, GPTs from "
         f"{small['parameters'] / 1e3:,.0f}k to {big['parameters'] / 1e3:,.0f}k parameters reach "
         f"validation losses of {spread(small['validation_loss'])} to "
-        f"{spread(big['validation_loss'])} nats/char.")
+        f"{spread(big['validation_loss'])} nats/char"
+        + (", each size below the one before it on every seed" if _each_lower(gpts) else "")
+        + f"; as a power law L ~ N^-alpha, alpha = {spread(_alphas(gpts))}.")
     data_out = {"zoo": zoo, "gpts": gpts, "article_resnet152": ARTICLE_RESNET152,
                 "brain_synapses": BRAIN_SYNAPSES, "steps": s["steps"],
-                "characters_per_step": s["batch"] * s["context"]}
+                "characters_per_step": s["batch"] * s["context"], "alphas": _alphas(gpts)}
     return {"finding": finding, "setup": _setup(study, s), "tables": _tables(zoo, gpts),
-            "meaning": _meaning(gpts, s) if not study.quick else "", "data": data_out}
+            "meaning": _meaning(gpts, s) if not study.quick else "",
+            "literature": _literature(by_name["resnet152"], gpts) if not study.quick else [],
+            "data": data_out}
+
+
+def _each_lower(gpts) -> bool:
+    """Whether every seed's validation loss falls at every step up in size."""
+    return all(b < a for smaller, larger in zip(gpts, gpts[1:])
+               for a, b in zip(smaller["validation_loss"], larger["validation_loss"]))
+
+
+def _alphas(gpts) -> list[float]:
+    """Per seed, the alpha of a power law L = (N_c / N)^alpha fitted to the validation losses:
+    minus the least-squares slope of log(loss) against log(parameters)."""
+    x = np.log([g["parameters"] for g in gpts])
+    return [-float(np.polyfit(x, np.log([g["validation_loss"][i] for g in gpts]), 1)[0])
+            for i in range(len(gpts[0]["validation_loss"]))]
 
 
 def _zoo_row(name: str) -> dict:
@@ -161,23 +180,57 @@ def _tables(zoo, gpts) -> list[Table]:
     zoo_rows = [[r["name"], r["input"], f"{r['parameters']:,}",
                  f"{r['forward_flops'] / 1e9:,.3g}"] for r in zoo]
     gpt_rows = [[f"{g['layers']} x {g['width']}", f"{g['parameters']:,}",
-                 spread(g["validation_loss"]), f"{np.median(g['seconds']):.0f}"] for g in gpts]
+                 spread(g["validation_loss"]), _against_smaller(g)] for g in gpts]
     return [Table("The zoo", ["net", "input", "parameters", "forward GFLOP per example"],
                   zoo_rows),
-            Table("GPTs at a fixed budget", ["layers x width", "parameters",
-                                             "validation loss (nats/char)", "seconds per run"],
-                  gpt_rows)]
+            Table("GPTs at a fixed budget (the last column: a paired t-test over seeds against "
+                  "the next smaller GPT)",
+                  ["layers x width", "parameters", "validation loss (nats/char)",
+                   "against the next smaller"], gpt_rows)]
+
+
+def _against_smaller(g) -> str:
+    if "against_smaller" not in g:
+        return ""
+    c = g["against_smaller"]
+    word = {"a": "lower", "b": "higher", "tie": "tie"}[c["verdict"]]
+    return f"{word} (p = {c['p']:.2g})"
 
 
 def _meaning(gpts, s) -> str:
-    losses = [np.mean(g["validation_loss"]) for g in gpts]
-    monotone = all(b < a for a, b in zip(losses, losses[1:]))
+    monotone = all(g["against_smaller"]["verdict"] == "a" for g in gpts[1:])
+    flops = [6 * g["parameters"] for g in gpts]
     return (
         "The article's numbers are right: ResNet-152's parameter count is 60 million to within "
         "a third of a percent. Its comparison with the brain is one of orders of magnitude: "
         "even GPT-2 small is some six orders short of 100 trillion synapses, and a synapse is "
         "not a parameter. At a fixed budget of steps, "
-        + ("each larger GPT reached a lower validation loss" if monotone else
-           "more parameters did not always mean a lower validation loss")
-        + " on this CPU scale; a fixed budget of steps is not a fixed budget of compute, and "
-        "the larger nets cost more per step (see the table's seconds).")
+        + ("each larger GPT reached a lower validation loss (a paired t-test over the seeds at "
+           "every step up)" if monotone else
+           "more parameters did not always mean a lower validation loss by a paired t-test "
+           "over the seeds")
+        + " on this CPU scale. A fixed budget of steps is not a fixed budget of compute: at "
+        f"about 6 N FLOPs per character for N parameters, the largest GPT cost "
+        f"{flops[-1] / flops[0]:.0f} times the smallest's per step.")
+
+
+def _literature(r152, gpts) -> list[Cited]:
+    alphas = _alphas(gpts)
+    return [
+        Cited("He et al. 2016",
+              "ResNet-152 at 224x224: 11.3 billion FLOPs, counted as multiply-adds",
+              f"{r152['forward_flops'] / 2e9:.1f} billion multiply-adds (XLA's cost "
+              f"analysis, {r152['forward_flops'] / 1e9:.1f} GFLOP)",
+              "agrees" if abs(r152["forward_flops"] / 2e9 / 11.3 - 1) < 0.05 else
+              "disagrees by more than 5 %"),
+        Cited("Kaplan et al. 2020",
+              "trained to convergence, a language model's test loss falls as a power of its "
+              "non-embedding parameters, L ~ N^-0.076, over several orders of magnitude",
+              f"alpha = {spread(alphas)} over {len(gpts)} GPTs "
+              f"({gpts[0]['parameters']:,} to {gpts[-1]['parameters']:,} parameters, all "
+              "counted)",
+              "not comparable: these GPTs are far from converged after a fixed number of "
+              "steps, read characters rather than tokens, and span only two orders of "
+              "magnitude; the sign agrees"
+              if min(alphas) > 0 else "disagrees: a larger GPT was not better on every seed"),
+    ]
