@@ -344,18 +344,21 @@ class Tuned(NamedTuple):
     at_edge: bool
 
 
-def tune(study, label: str, config_for, rates, *, score, extensions: int = 2) -> Tuned:
+def tune(study, label: str, config_for, rates, *, score, extensions: int = 2,
+         seeds=None) -> Tuned:
     """Trains `config_for(rate, seed)` for every rate of `rates` (consecutive rungs of `LADDER`)
-    and every seed of the study, all as one program, and picks the rate whose mean `score` over
-    the seeds is lowest (`score(run)`: inf for a diverged run). While the pick is at an edge of
-    what was tried, the next rung beyond it is trained too, up to `extensions` times."""
+    and every seed of `seeds` (the study's, by default), all as one program, and picks the rate
+    whose mean `score` over the seeds is lowest (`score(run)`: inf for a diverged run). While
+    the pick is at an edge of what was tried, the next rung beyond it is trained too, up to
+    `extensions` times."""
+    seeds = study.seeds if seeds is None else list(seeds)
     rungs = sorted(LADDER.index(float(r)) for r in rates)
     if rungs != list(range(rungs[0], rungs[-1] + 1)):
         raise ValueError(f"rates {rates} are not consecutive rungs of the 1-3-10 ladder")
     runs: dict[float, list] = {}
 
     def train(js):
-        new = [(LADDER[j], seed) for j in js for seed in study.seeds]
+        new = [(LADDER[j], seed) for j in js for seed in seeds]
         trained = study.train_group([f"{label}-lr{lr:g}-seed{seed}" for lr, seed in new],
                                     [config_for(lr, seed) for lr, seed in new])
         for (lr, _), r in zip(new, trained):
@@ -375,7 +378,7 @@ def tune(study, label: str, config_for, rates, *, score, extensions: int = 2) ->
             break
         if step == 1 and not np.isfinite(mean_score(best)):
             break
-        study.plan_more(len(study.seeds))
+        study.plan_more(len(seeds))
         train([beyond])
     tried = sorted(runs)
     return Tuned(best, runs[best], {lr: mean_score(lr) for lr in tried},
@@ -508,7 +511,7 @@ def _describe(r: Run) -> str:
         return "diverged"
     if r.test:
         shown = {k: v for k, v in r.test.items() if k in ("accuracy", "loss", "mae")}
-        return f"test " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
+        return "test " + ", ".join(f"{k} {v:.4g}" for k, v in shown.items())
     evals = [x for x in r.history if "eval_loss" in x]
     return f"final eval loss {evals[-1]['eval_loss']:.4g}" if evals else "done"
 
