@@ -147,7 +147,7 @@ COMMANDS = {
             "skip": "tests/test_study_activations.py runs this study at --quick size"},
         "descent study activations": {"skip": "minutes; its quick form is tested"},
         "descent study all --out experiments/studies/gallery": {
-            "skip": "half an hour; it regenerates the committed gallery"},
+            "skip": "hours on 2 cores; it regenerates the committed gallery"},
     },
     "docs/training.md": {
         "WANDB_MODE=offline descent train --config experiments/configs/digits_mlp.py:tiny "
