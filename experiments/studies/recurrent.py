@@ -290,9 +290,10 @@ def _setup(study, s) -> str:
              f"at which a seed diverged loses), {extending(s['extensions'])}; the other seeds "
              f"then train at that rate, and the swept seeds' runs at it are reused, which "
              f"favours every cell alike. The sweep is repeated at every T because a rate "
-             f"tuned on a short gap does not carry over: in a probe, chrono initialisation "
-             f"at T = 100 learned the task at 0.003 and stayed at chance at 0.03, the rate "
-             f"a sweep at T = 10 picks for it"
+             f"tuned on a short gap does not carry over: a sweep at T = 10 picks 0.03 for "
+             f"chrono initialisation, and an earlier form of this study that kept each "
+             f"cell's T = 10 rate at every T left all 5 chrono seeds at chance at T = 100 "
+             f"after 2,000 steps"
              if s["rates"] else f"Every cell at Adam's rate {LR:g} (quick mode: no sweep)")
     return (
         f"The toolkit's `recall` dataset: {EXAMPLES:,} sequences of T + 1 one-hot tokens from a "
