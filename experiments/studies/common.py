@@ -175,9 +175,11 @@ class Study:
             node[leaf] = value
         return config
 
-    def train(self, label: str, config: ml_collections.ConfigDict, *, test: bool = True) -> Run:
+    def train(self, label: str, config: ml_collections.ConfigDict, *, test: bool = True,
+              dataset=None) -> Run:
         """Trains one run through `run.train_and_evaluate` (or `loop.fit` when `test` is off)
-        in `<dir>/runs/<label>`. A run that diverges is returned with `diverged` set, since
+        in `<dir>/runs/<label>`, on `dataset` where given (a `data` Dataset the study made,
+        e.g. a subset) rather than the one the config names. A run that diverges is returned with `diverged` set, since
         divergence is something studies measure; any other failure raises StudyError naming
         the run."""
         workdir = os.path.join(self.dir, "runs", _slug(label))
@@ -187,11 +189,13 @@ class Study:
         summary, result, diverged, diverged_at = None, None, None, None
         try:
             if test:
-                summary = run_api.train_and_evaluate(config, workdir, console=False)
+                summary = run_api.train_and_evaluate(config, workdir, console=False,
+                                                     dataset=dataset)
                 result = summary["test"]
             else:
                 from train.loop import fit
-                model, dataset = run_api.build(config)
+                model, built = run_api.build(config)
+                dataset = built if dataset is None else dataset
                 summary = fit(config, workdir, model, dataset, console=False)
         except Diverged as e:
             diverged, diverged_at = str(e), e.step

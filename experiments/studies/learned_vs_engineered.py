@@ -12,7 +12,6 @@ net without a prior about images) and the CNN of `experiments/configs/mnist_cnn.
 Larger, on an accelerator: sizes up to all 54,000 training images (the SVM, on the CPU, then
 takes far longer than the nets).
 """
-import os
 import time
 
 import numpy as np
@@ -23,10 +22,7 @@ from sklearn.svm import SVC
 from sklearn.tree import DecisionTreeClassifier
 
 from data import load as load_dataset
-from experiments import run as run_api
-from experiments.studies.common import Cited, Run, StudyError, Table, compare, new_figure, spread
-from train import report
-from train.loop import Diverged
+from experiments.studies.common import Cited, Table, compare, new_figure, spread
 
 TITLE = "Learned against hand-engineered features"
 CLAIM = ("An SVM or decision tree works on hand-engineered features; a deep network learns "
@@ -88,8 +84,10 @@ def run(study) -> dict:
                 row[method] = _fit_and_score(model, *inputs[features], train["targets"],
                                              test["targets"], seed, s["trees"])
             for method in NETS:
-                r = _train(study, f"{method.split(',')[0].lower()}-n{size}-seed{seed}",
-                           _config(study, s, method, size, seed), subset)
+                # the net trains on the very subset the other methods fit, and MNIST is
+                # read once, not per run
+                r = study.train(f"{method.split(',')[0].lower()}-n{size}-seed{seed}",
+                                _config(study, s, method, size, seed), dataset=subset)
                 row[method] = {"accuracy": r.test["accuracy"] if r.test else float("nan"),
                                "fit_s": float(r.training_seconds()[1][-1])}
             for m in METHODS:
@@ -135,29 +133,6 @@ def _config(study, s, method, size, seed):
         # checkpoint, as no other method gets to pick one
         "eval_every": steps, "checkpoint.every": steps, "log_every": 25,
         "optimizer.warmup_steps": min(100, steps // 5)})
-
-
-def _train(study, label: str, config, dataset) -> Run:
-    """`Study.train` on a dataset made here rather than the one the config names: the net
-    trains on the very subset the other methods fit (and MNIST is read once, not per run)."""
-    workdir = os.path.join(study.dir, "runs", label)
-    study.runs_done += 1
-    start = time.perf_counter()
-    summary, diverged, diverged_at = None, None, None
-    try:
-        summary = run_api.train_and_evaluate(config, workdir, console=False, dataset=dataset)
-    except Diverged as e:
-        diverged, diverged_at = str(e), e.step
-    except Exception as e:  # noqa: BLE001 - named and re-raised as the study's failure
-        raise StudyError(f"study {study.name}: run {label!r} failed: "
-                         f"{type(e).__name__}: {e}") from e
-    seconds = time.perf_counter() - start
-    history = [r for r in report.read_metrics(workdir) if "train_loss" in r]
-    done = Run(label, config, workdir, history, summary and summary["test"], summary, seconds,
-               diverged, diverged_at)
-    outcome = "diverged" if diverged else f"test accuracy {done.test['accuracy']:.4f}"
-    study.say(f"run {study.runs_done}/{study.planned} {label}: {outcome} ({seconds:.1f} s)")
-    return done
 
 
 def hand_features(images: np.ndarray) -> np.ndarray:
