@@ -381,9 +381,8 @@ def _run(argv: list[str]) -> int:
         test = summary["test"]
         from train.storage import absolute  # a bucket's URL stays as it is
 
-        curves = summary["curves"] and absolute(summary["curves"])
-        _say(f"workdir: {absolute(args.workdir)} (curves: {curves}; TensorBoard: "
-             f"tensorboard --logdir {args.workdir})")
+        curves = summary["curves"] and f"curves: {absolute(summary['curves'])}"
+        _say(f"workdir: {absolute(args.workdir)}{_outputs(config, args.workdir, curves)}")
         for other in (m for m in summary["tests"].values() if m is not test):
             _say(f"{_WEIGHTS[other['weights']]} at the same step: {_scores(other)}")
         _say(f"best checkpoint: step {test['step']}; {_scores(test)}"
@@ -509,9 +508,9 @@ def train_many(run, config, args, overrides: list[str]) -> int:
     named = run.variants(config, seeds, rates)
     workdirs = [os.path.join(args.workdir, name) for name in named]
     summaries = run.train_many(list(named.values()), workdirs)
+    curves = config.log.curves and "curves.png in each"
     _say(f"workdirs: {os.path.join(os.path.abspath(args.workdir), '<run>')} for the "
-         f"{len(named)} runs below (curves.png in each; TensorBoard: tensorboard --logdir "
-         f"{args.workdir})")
+         f"{len(named)} runs below{_outputs(config, args.workdir, curves)}")
     width = max(map(len, named))
     for name, summary in zip(named, summaries):
         if summary["diverged"]:
@@ -712,6 +711,15 @@ def prepare_data(args) -> int:
           f"({args.tokenizer}); train on it with --config.dataset.name=tokens "
           f"--config.dataset.path={folder}")
     return 0
+
+
+def _outputs(config, workdir: str, curves: str | None) -> str:
+    """' (curves: ...; TensorBoard: ...)': where a run's curves and event files are, of those
+    its config has it write (`log.curves`, `log.tensorboard`); empty where it writes neither."""
+    shown = [curves] if curves else []
+    if config.log.tensorboard:
+        shown.append(f"TensorBoard: tensorboard --logdir {workdir}")
+    return f" ({'; '.join(shown)})" if shown else ""
 
 
 def _say(line: str) -> None:

@@ -141,6 +141,7 @@ def error_of(capsys, *argv):
     ("--config.profile.num_steps=0", "config.profile.num_steps=0 must be at least 1"),
     ("--config.profile.start_step=500", "profile.start_step=500 is after the run's last step 78"),
     ("--config.log.tensorboard=maybe", "config.log.tensorboard='maybe' is not a bool"),
+    ("--config.log.curves=maybe", "config.log.curves='maybe' is not a bool"),
     ("--config.dataset.on_device=maybe", "config.dataset.on_device='maybe' is not a bool"),
     ("--config.dataset.standardize=maybe", "config.dataset.standardize='maybe' is not a bool"),
     ("--config.compile_cache=gs://bucket/cache", "config.compile_cache='gs://bucket/cache' is a "

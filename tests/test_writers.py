@@ -15,6 +15,7 @@ from experiments import run
 from train.losses import softmax_cross_entropy
 from train import report, throughput, writers
 
+from conftest import CONFIGS
 from helpers import tensorboard_scalars, tiny_config, trainer_for
 
 
@@ -77,6 +78,23 @@ def test_log_tensorboard_off_writes_no_event_files(tmp_path):
     run.train_and_evaluate(tiny_config(**{"log.tensorboard": False}), str(tmp_path),
                            console=False)
     assert not os.path.exists(tmp_path / writers.TENSORBOARD_DIR)
+
+
+def test_log_curves_off_draws_no_curves_and_the_command_does_not_name_them(tmp_path, capsys):
+    from experiments.cli import main
+    tiny = os.path.join(CONFIGS, "digits_mlp.py") + ":tiny"
+    alone, group = str(tmp_path / "alone"), str(tmp_path / "group")
+    assert main(["train", "--config", tiny, "--workdir", alone, "--config.steps=5",
+                 "--config.log.curves=false", "--config.log.tensorboard=false"]) == 0
+    assert not {"curves.png", writers.TENSORBOARD_DIR} & set(os.listdir(alone))
+    assert f"workdir: {alone}\n" in capsys.readouterr().out  # nothing said of either
+    assert main(["train", "--config", tiny, "--workdir", group, "--config.steps=5",
+                 "--config.log.curves=false", "--seeds", "0-1"]) == 0
+    for name in ("seed_0", "seed_1"):
+        assert not os.path.exists(os.path.join(group, name, "curves.png"))
+        assert os.path.isdir(os.path.join(group, name, writers.TENSORBOARD_DIR))
+    assert f"for the 2 runs below (TensorBoard: tensorboard --logdir {group})" in \
+        capsys.readouterr().out
 
 
 def test_a_users_writers_receive_every_record_the_metrics_file_holds(tmp_path):

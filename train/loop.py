@@ -70,7 +70,8 @@ class Preempted(Exception):
 def fit(config, workdir: str, model: nnx.Module | Callable[[], nnx.Module], dataset: Dataset,
         *, console: bool = True, allow_config_change: bool = False, writers: Sequence = (),
         test_split: str | None = None) -> dict:
-    """Trains `model` on `dataset` as `config` says; checkpoints, metrics and plot go to `workdir`.
+    """Trains `model` on `dataset` as `config` says; checkpoints, metrics and plot (unless
+    `log.curves` is off) go to `workdir`.
     `model` may be a function that builds it: its state is then made in place (`Trainer`).
 
     Every check of the config and the dataset runs before the work directory is created; it is
@@ -205,7 +206,8 @@ def _train(runs: Runs, members: list[_Run], dataset: Dataset, plan: _Plan, profi
     state = runs.join(states)
     batches = runs.batches(step, plan.num_steps)
     first = next(batches, None)
-    if chief:  # the curves' plotting library loads while XLA compiles, which frees the GIL
+    if chief and any(run.config.log.curves for run in members):
+        # the curves' plotting library loads while XLA compiles, which frees the GIL
         report.import_plotting_behind()
     compiled = runs.compile(state, first[1]) if first else None
     shown = Console(plan.num_steps, step, ("loss", *runs.trainers[0].task.metrics),
@@ -431,7 +433,7 @@ def _summaries(runs: Runs, members: list[_Run], state, info: int) -> list[dict]:
         title = f"{run.config.model.name} on {run.config.dataset.name}: " + os.path.abspath(
             run.workdir)
         curves = (_plot(run.workdir, title, run.config.eval_split)
-                  if jax.process_index() == 0 else None)
+                  if jax.process_index() == 0 and run.config.log.curves else None)
         summaries.append({
             "state": run.final if run.final is not None else final, "trainer": trainer,
             "best_step": run.checkpoints.best_step(),

@@ -102,6 +102,7 @@ DEFAULTS = (
 
     ("log.layer_grad_norms", False, None),      # also record every parameter array's grad norm
     ("log.tensorboard", True, None),            # TensorBoard event files in <workdir>/tensorboard
+    ("log.curves", True, None),                 # curves.png in <workdir> at the end of a run
     ("log.trackers", "", None),                 # experiment trackers, e.g. "wandb,mlflow"
     ("log.project", "descent", None),           # their project (W&B) or experiment (MLflow)
     ("compile_cache", "~/.cache/descent/jax", None),  # JAX's persistent cache; '' turns it off
