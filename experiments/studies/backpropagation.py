@@ -318,8 +318,9 @@ def _literature(d) -> list[Cited]:
               "back-propagation: the error derivative of every weight, layer by layer from the "
               "output backwards by the chain rule, then a step down the gradient",
               f"jax.grad against a backward pass written out by hand: "
-              f"{d['max_relative_error_by_hand']:.1e} relative; against finite differences on all {fd[0]['parameters']:,} "
-              f"parameters: {d['max_relative_error_finite_differences']:.1e}",
+              f"{d['max_relative_error_by_hand']:.1e} relative; against finite differences on all "
+              f"{fd[0]['parameters']:,} parameters: "
+              f"{d['max_relative_error_finite_differences']:.1e}",
               "agrees: the toolkit's gradient is that computation, to float64 rounding"),
         Cited("Baydin, Pearlmutter, Radul & Siskind 2018",
               "reverse mode gives the whole gradient of a scalar function for a small constant "

@@ -100,9 +100,10 @@ def run(study) -> dict:
 
 def _mnist_arrays(study, read) -> tuple[str, int]:
     """MNIST, decoded once through tensorflow-datasets (the first `read` images of its train
-    split and a sixth as many of test, None: all of both) with a stratified tenth of train held out for validation, as
-    the toolkit holds it out, and saved as its `arrays` dataset in the study's run folder:
-    every group of runs then reads it back in a moment instead of decoding the images again."""
+    split and a sixth as many of test, None: all of both) with a stratified tenth of train held
+    out for validation, as the toolkit holds it out, and saved as its `arrays` dataset in the
+    study's run folder: every group of runs then reads it back in a moment instead of decoding
+    the images again."""
     splits = {}
     for split in ("train", "test"):
         source = data_source("mnist", split, study.data_dir or None)

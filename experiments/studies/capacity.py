@@ -399,10 +399,12 @@ def _literature(data) -> list[Cited]:
     rows = []
     uniform_best = "; ".join(f"{d['widest']} from uniform biases: {_arm(d, d['widest'], 'uniform')}"
                              f" on the {f}" for f, d in data["functions"].items())
+    def mean_mse(w, bias):
+        return np.mean(w["arms"][bias]["test_mse"])
+
     zeros_cost = ", ".join(
-        f"{np.mean(w['arms']['zeros']['test_mse']) / np.mean(w['arms']['uniform']['test_mse']):,.0f}"
-        f" times on the {f}" for f, d in data["functions"].items()
-        for w in d["models"] if w["name"] == d["widest"])
+        f"{mean_mse(w, 'zeros') / mean_mse(w, 'uniform'):,.0f} times on the {f}"
+        for f, d in data["functions"].items() for w in d["models"] if w["name"] == d["widest"])
     rows.append(Cited(
         "Hornik, Stinchcombe & White 1989; Cybenko 1989",
         "one hidden layer with enough units approximates any continuous function on a "

@@ -448,7 +448,8 @@ def _setup(study, s) -> str:
         f"**Classifier.** The digits MLP ({DEPTH}x{WIDTH}, ReLU, no dropout or label "
         f"smoothing; 1,257 training and 180 validation images), batch {BATCH}, "
         f"{_steps_words(s['steps'])}, evaluated every {EVAL_EVERY}. `loss.name=cross_entropy` "
-        f"(softmax) against `loss.name=mse`, which regresses the 10 raw outputs onto the one-hot label. Plain SGD "
+        f"(softmax) against `loss.name=mse`, which regresses the 10 raw outputs onto the one-hot "
+        f"label. Plain SGD "
         f"(the article's w <- w - lr x gradient, no momentum) and Adam, at constant rates"
         + (": " if study.quick else "; the sweeps start at ")
         + f"{rates('sgd')} (SGD) and {rates('adam')} (Adam). MSE's gradient, 2(output - "
@@ -594,7 +595,8 @@ def _literature(data) -> list[Cited]:
               "(read as expected misclassification) and viable alternatives to log loss, "
               "in experiments on classical image datasets",
               f"accuracy after {_steps_words(data['steps'])}: plain SGD "
-              f"{arm('sgd', 'cross_entropy')}, {arm('sgd', 'mse')}; Adam {arm('adam', 'cross_entropy')}, {arm('adam', 'mse')}",
+              f"{arm('sgd', 'cross_entropy')}, {arm('sgd', 'mse')}; "
+              f"Adam {arm('adam', 'cross_entropy')}, {arm('adam', 'mse')}",
               "agrees: MSE on one-hot targets trains the classifier" + (
                   " as accurately as cross-entropy or more" if neither_worse else
                   ", though less accurately than cross-entropy under one optimizer")),

@@ -313,7 +313,8 @@ def _plot_memorisation(study, true_labels, shuffled, data, s):
                     label=f"{'no regularisation' if regime == 'none' else regime}: mean")
             for n, v in zip(sizes, values):
                 ax.plot([n] * len(v), v, ".", color=COLORS[regime], alpha=0.5, markersize=5)
-    for ax, label, title in ((gap_ax, "validation - training loss", "Gap against training-set size"),
+    for ax, label, title in ((gap_ax, "validation - training loss",
+                              "Gap against training-set size"),
                              (test_ax, "test accuracy", "Test accuracy against training-set size")):
         ax.set_xscale("log")
         ax.set_xticks(sorted(map(int, data["sizes"]["none"])),
@@ -328,7 +329,8 @@ def _plot_memorisation(study, true_labels, shuffled, data, s):
     study.figure(fig, "memorisation.png",
                  f"Top: the unregularised net on {TRAIN_EXAMPLES} digits with their true labels "
                  f"and with the labels shuffled, both at the rate that fits the shuffled ones "
-                 f"best ({data['fitted_at']['rate']:g}). Bottom: the gap between validation and training loss, and the "
+                 f"best ({data['fitted_at']['rate']:g}). Bottom: the gap between validation and "
+                 f"training loss, and the "
                  f"test accuracy, of the final weights as the training set grows (same steps).")
 
 
@@ -419,7 +421,8 @@ def _setup(study, s, data) -> str:
         f"images. An MLP of depth {s['depth']} and width {s['width']} (ReLU), Adam with the "
         f"shipped warmup-cosine schedule (50 warmup steps), batch {BATCH}, {s['steps']} steps "
         f"({s['steps'] * BATCH // TRAIN_EXAMPLES} epochs of {TRAIN_EXAMPLES} images), no label "
-        f"smoothing, evaluated every {s['eval_every']} steps. Regimes: none; dropout {DROPOUT} after "
+        f"smoothing, evaluated every {s['eval_every']} steps. Regimes: none; dropout {DROPOUT} "
+        f"after "
         f"every hidden layer; AdamW with decoupled weight decay {WEIGHT_DECAY} (each step "
         f"shrinks the weights by lr x {WEIGHT_DECAY}); early stopping with patience {PATIENCE} "
         f"evaluations on the validation loss, which keeps the checkpoint with the lowest one. "
@@ -477,8 +480,9 @@ def _tables(data) -> list[Table]:
                  {"a": "the first is better", "b": "the second is better",
                   "tie": "tie"}[c["verdict"]]]
                 for key, c in data["compared"].items()]
-    sweeps = [[regime, "training loss" if regime == RANDOM else "validation loss", "; ".join(f"{lr}: {'diverged' if v is None else f'{v:.3f}'}"
-                                 for lr, v in sweep["rates"].items())]
+    sweeps = [[regime, "training loss" if regime == RANDOM else "validation loss",
+               "; ".join(f"{lr}: {'diverged' if v is None else f'{v:.3f}'}"
+                         for lr, v in sweep["rates"].items())]
               for regime, sweep in data["sweeps"].items()]
     return [
         Table("The weights each arm hands over: the final ones, or the checkpoint early "
