@@ -261,6 +261,9 @@ def _plot_accuracy_per_seed(study, data):
                  "cross at the bottom: seeds that diverged).")
 
 
+CURVE_STYLES = {"rnn": "-", "gru": "--", "lstm": "-", "lstm_plus1": "-.", "lstm_chrono": ":"}
+
+
 def _plot_learning_curves(study, runs, s):
     shown = [t for t in s["distances"] if t >= 20][-2:] or list(s["distances"][-1:])
     fig, axes = new_figure(len(shown), 1, width=4.8, height=3.8)
@@ -268,7 +271,9 @@ def _plot_learning_curves(study, runs, s):
         for v in s["variants"]:
             for i, r in enumerate(runs[v, distance]):
                 steps, acc = r.curve("eval_accuracy")
-                ax.plot(steps, acc, "-", color=COLORS[v], alpha=0.6, linewidth=1,
+                # opaque, each cell its own dash: translucent lines of two cells that overlap
+                # blend into a colour of neither (GRU over chrono read as grey, a third cell's)
+                ax.plot(steps, acc, CURVE_STYLES[v], color=COLORS[v], linewidth=1.1,
                         label=NAMES[v] if i == 0 else None)
         ax.axhline(1 / VOCAB, color="gray", linestyle=":")
         ax.set_ylim(0, 1.03)
